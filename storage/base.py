@@ -1,0 +1,232 @@
+"""The storage interface: domain records and the repository API the bot uses.
+
+Everything that must survive a restart goes through a :class:`Store`. Callers speak in
+domain words (pages, conversations, work items); no caller ever builds a query. The
+TinyDB implementation lives in :mod:`storage.tinydb_store`; a server-backed store (for
+several bot replicas) would implement this same class.
+
+Every mutating method returns only after its effect is durable on disk, so a webhook
+may be acknowledged as soon as the ``await`` returns.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+QueueName = Literal["inbound", "outbound"]
+
+
+class StorageError(Exception):
+    """The store cannot be used (corrupt file, wrong key, locked, disk failure)."""
+
+
+class StoreLocked(StorageError):
+    """Another process holds the store's lock file."""
+
+
+@dataclass
+class Page:
+    """A connected Facebook Page and its linked Instagram professional account."""
+
+    page_id: str
+    name: str
+    instagram_id: str
+    username: str = ""
+    page_token: str = ""
+    user_token: str = ""
+    owner_id: str = ""  # Rocket.Chat user id of the admin who connected it
+    department_id: str | None = None
+    department_name: str | None = None
+    welcome_text: str | None = None
+    finished_text: str | None = None
+    offline_text: str | None = None
+    subscribed: bool = True
+    needs_reauth: bool = False
+    reauth_notified: bool = False
+    connected_at: float = 0.0
+
+
+@dataclass
+class LoginState:
+    """A single-use OAuth ``state`` bound to the admin who asked for it.
+
+    ``kind`` is ``"login"`` for the Facebook Login redirect and ``"select"`` for the
+    page-choice form; a select state carries the candidate pages (with their tokens)
+    in ``data`` so the form itself never holds a token.
+    """
+
+    state: str
+    user_id: str
+    username: str
+    expires_at: float
+    kind: Literal["login", "select"] = "login"
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Conversation:
+    """One Instagram user talking to one connected page (an Omnichannel visitor)."""
+
+    page_id: str
+    igsid: str
+    visitor_token: str
+    visitor_name: str = ""
+    visitor_registered: bool = False
+    room_id: str | None = None
+    last_inbound_at: float | None = None  # epoch seconds of the visitor's last message
+    waiting_for_agent: bool = False  # inside an offline spell (offline text already sent)
+    updated_at: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return conversation_key(self.page_id, self.igsid)
+
+
+def conversation_key(page_id: str, igsid: str) -> str:
+    """The key that orders work: one conversation is processed strictly in order."""
+    return f"{page_id}:{igsid}"
+
+
+@dataclass
+class WorkItem:
+    """A durable unit of relay work, processed at least once, in conversation order.
+
+    ``item_id`` is deterministic where the source gives an id (Instagram ``mid``,
+    Rocket.Chat message ``_id``), so storing the same event twice stores it once.
+    Items of one ``conversation`` are handed out ordered by ``(order_ts, seq)``:
+    ``order_ts`` is the event's own timestamp (inbound) or arrival time (outbound),
+    ``seq`` a store-assigned tie-breaker.
+    """
+
+    item_id: str
+    queue: QueueName
+    conversation: str
+    kind: str
+    payload: dict[str, Any]
+    order_ts: float = 0.0
+    seq: int = 0
+    attempts: int = 0
+    next_try_at: float = 0.0
+    created_at: float = 0.0
+    last_error: str | None = None
+    progress: int = 0  # parts already done, for multi-part effects (split texts)
+
+
+class Store(abc.ABC):
+    """The repository API. Async; implementations must not block the event loop."""
+
+    # -- lifecycle -------------------------------------------------------------
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Load (or create) the store; raise StorageError/StoreLocked on failure."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush pending writes and release the lock."""
+
+    @abc.abstractmethod
+    async def healthy(self) -> bool:
+        """True while the store can write (last write succeeded)."""
+
+    # -- pages -----------------------------------------------------------------
+    @abc.abstractmethod
+    async def save_page(self, page: Page) -> None:
+        """Insert or replace the page with ``page.page_id``."""
+
+    @abc.abstractmethod
+    async def page(self, page_id: str) -> Page | None: ...
+
+    @abc.abstractmethod
+    async def page_by_instagram_id(self, instagram_id: str) -> Page | None: ...
+
+    @abc.abstractmethod
+    async def pages(self) -> list[Page]: ...
+
+    @abc.abstractmethod
+    async def delete_page(self, page_id: str) -> None: ...
+
+    # -- OAuth login states ------------------------------------------------------
+    @abc.abstractmethod
+    async def add_login_state(self, state: LoginState) -> None: ...
+
+    @abc.abstractmethod
+    async def consume_login_state(
+        self, state: str, kind: str, now: float
+    ) -> LoginState | None:
+        """Remove and return the state if it exists, has this kind and is unexpired.
+
+        Single use: a second call with the same value returns None.
+        """
+
+    # -- conversations -----------------------------------------------------------
+    @abc.abstractmethod
+    async def conversation(self, page_id: str, igsid: str) -> Conversation | None: ...
+
+    @abc.abstractmethod
+    async def conversation_by_token(self, visitor_token: str) -> Conversation | None: ...
+
+    @abc.abstractmethod
+    async def save_conversation(self, conversation: Conversation) -> None:
+        """Insert or replace; sets ``updated_at``."""
+
+    @abc.abstractmethod
+    async def conversations_waiting(self) -> list[Conversation]:
+        """Conversations inside an offline spell (waiting for an agent)."""
+
+    # -- work queues -------------------------------------------------------------
+    @abc.abstractmethod
+    async def enqueue(
+        self, items: list[WorkItem], dedupe_keys: list[str | None] | None = None
+    ) -> list[WorkItem]:
+        """Durably add items; return those actually added.
+
+        An item is skipped when an item with the same ``item_id`` is pending, or when
+        its dedupe key (``dedupe_keys[i]``, default ``item_id``) was remembered and has
+        not expired. Added items' dedupe keys are remembered (default TTL). Assigns
+        ``seq`` and ``created_at``. One durable write for the whole list.
+        """
+
+    @abc.abstractmethod
+    async def next_items(
+        self, queue: QueueName, now: float, exclude: set[str], limit: int
+    ) -> list[WorkItem]:
+        """The head item of up to ``limit`` conversations whose head is due.
+
+        A conversation's head is its first pending item in ``(order_ts, seq)`` order;
+        it is returned only when ``next_try_at <= now`` and the conversation is not in
+        ``exclude`` (conversations already being worked on).
+        """
+
+    @abc.abstractmethod
+    async def head(self, queue: QueueName, conversation: str) -> WorkItem | None:
+        """The first pending item of one conversation (due or not)."""
+
+    @abc.abstractmethod
+    async def complete(self, item: WorkItem, remember: list[str] | None = None) -> None:
+        """Delete a finished item; optionally remember extra dedupe keys in the same write."""
+
+    @abc.abstractmethod
+    async def update_item(self, item: WorkItem) -> None:
+        """Persist ``attempts``, ``next_try_at``, ``last_error`` and ``progress``."""
+
+    @abc.abstractmethod
+    async def queue_depth(self, queue: QueueName) -> int: ...
+
+    @abc.abstractmethod
+    async def earliest_due(self, queue: QueueName) -> float | None:
+        """The smallest ``next_try_at`` among conversation heads, or None if empty."""
+
+    # -- deduplication keys --------------------------------------------------------
+    @abc.abstractmethod
+    async def remember(self, key: str, ttl: float | None = None) -> bool:
+        """Record a key; return False if it was already remembered (and unexpired)."""
+
+    @abc.abstractmethod
+    async def seen(self, key: str) -> bool: ...
+
+    # -- maintenance -----------------------------------------------------------------
+    @abc.abstractmethod
+    async def expire(self, now: float) -> dict[str, int]:
+        """Drop expired dedupe keys, login states and idle conversations; return counts."""
