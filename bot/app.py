@@ -1,0 +1,203 @@
+"""The bot process: one asyncio loop running the realtime client, the web receiver
+and the relay workers, around one store.
+
+Read top to bottom, :meth:`Bot.run` is the whole lifecycle: open the store, log in over
+REST, start the web receiver and the workers, then run the realtime client until it
+fails fatally (bad credentials) or :meth:`Bot.stop` is called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from bot.config import Config
+from bot.graph import GraphClient
+from bot.metrics import Metrics
+from bot.realtime import IncomingMessage, RealtimeClient
+from bot.rest import RocketChatREST
+from bot.web import create_app
+from commands.base import Issuer
+from commands.registry import Registry, default_registry
+from commands.router import dispatch, parse
+from storage import open_store
+from storage.base import Store
+
+log = logging.getLogger("bot")
+
+
+@dataclass
+class CommandContext:
+    """The runtime's implementation of :class:`commands.base.CommandContext`."""
+
+    bot: Bot
+    issuer: Issuer
+    _admin: bool | None = field(default=None, repr=False)
+
+    @property
+    def store(self) -> Store:
+        return self.bot.store
+
+    @property
+    def graph(self) -> GraphClient:
+        return self.bot.graph
+
+    @property
+    def rest(self) -> RocketChatREST:
+        return self.bot.rest
+
+    @property
+    def config(self) -> Config:
+        return self.bot.config
+
+    async def reply(self, text: str) -> None:
+        await self.bot.rest.send_dm(self.issuer.username, text)
+
+    async def issuer_is_admin(self) -> bool:
+        if self._admin is None:
+            self._admin = await self.bot.is_admin(self.issuer.user_id)
+        return self._admin
+
+    async def notify_admins(self, text: str) -> None:
+        await self.bot.notify_admins(text)
+
+
+class Bot:
+    """Owns the shared clients and the tasks of one bridge process."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        backoff: Callable[[], Iterator[float]] | None = None,
+        registry: Registry | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.metrics = Metrics()
+        self.registry = registry or default_registry()
+        rc = config.rocketchat
+        self.store: Store = open_store(
+            config.storage.path, config.storage.encryption_key.reveal() or None, clock=clock
+        )
+        self.rest = RocketChatREST(
+            rc.url,
+            user=rc.user or None,
+            password=rc.password.reveal() or None,
+            user_id=rc.user_id or None,
+            token=rc.token.reveal() or None,
+        )
+        ig = config.instagram
+        self.graph = GraphClient(
+            ig.graph_url, ig.api_version, ig.app_id, ig.app_secret.reveal()
+        )
+        realtime_options: dict[str, Any] = {"backoff": backoff} if backoff else {}
+        self.realtime = RealtimeClient(
+            rc.url,
+            rest=self.rest,
+            user=rc.user or None,
+            password=rc.password.reveal() or None,
+            user_id=rc.user_id or None,
+            token=rc.token.reveal() or None,
+            on_message=self.on_message,
+            **realtime_options,
+        )
+        self.web_app = create_app(self)
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopped = asyncio.Event()
+        self.port: int | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the store, log in, and start serving; the realtime client starts in run()."""
+        await self.store.open()
+        await self.rest.login()
+        self._runner = web.AppRunner(self.web_app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.server.host, self.config.server.port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            self.port = server.sockets[0].getsockname()[1]
+        log.info("web receiver listening on %s (port %s)", self.config.server.listen, self.port)
+
+    async def run(self) -> None:
+        """The whole process lifetime; raises AuthenticationFailed on bad credentials."""
+        await self.start()
+        try:
+            realtime = asyncio.create_task(self.realtime.run(), name="realtime")
+            stopped = asyncio.create_task(self._stopped.wait(), name="stop")
+            done, _ = await asyncio.wait({realtime, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if realtime in done:
+                realtime.result()  # re-raise a fatal error
+            else:
+                await self.realtime.stop()
+                realtime.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await realtime
+        finally:
+            await self._shutdown()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (safe to call from a signal handler)."""
+        self._stopped.set()
+
+    async def _shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.graph.close()
+        await self.rest.close()
+        await self.store.close()
+        log.info("stopped")
+
+    # -- state for /healthz and /metrics ------------------------------------------------
+    @property
+    def realtime_connected(self) -> bool:
+        return bool(self.realtime.connected)
+
+    async def refresh_gauges(self) -> None:
+        """Update gauges that are read from state rather than counted."""
+        self.metrics.realtime_connected.set(1 if self.realtime_connected else 0)
+        for queue in ("inbound", "outbound"):
+            self.metrics.queue_depth.labels(queue).set(await self.store.queue_depth(queue))
+        self.metrics.waiting_for_agent.set(len(await self.store.conversations_waiting()))
+
+    # -- commands ------------------------------------------------------------------------
+    async def on_message(self, message: IncomingMessage) -> None:
+        """A chat message addressed to the bot (already filtered by the realtime client)."""
+        invocation = parse(message.text or "", direct=message.room_type == "d")
+        if invocation is None:
+            return
+        issuer = Issuer(message.user_id, message.username, message.rid, message.room_type)
+        self.metrics.commands.labels(invocation.name).inc()
+        log.info("command %s from %s (message %s)", invocation.name, issuer.username, message.id)
+        await dispatch(self.registry, CommandContext(self, issuer), invocation)
+
+    async def is_admin(self, user_id: str) -> bool:
+        roles = await self.rest.user_roles(user_id)
+        return bool(roles & set(self.config.rocketchat.admin_roles))
+
+    async def notify_admins(self, text: str) -> None:
+        """DM every user holding an admin role; failures are logged, not raised."""
+        try:
+            usernames = await self.rest.users_with_roles(self.config.rocketchat.admin_roles)
+        except Exception:
+            log.exception("could not list the admins to notify")
+            return
+        for username in usernames:
+            try:
+                await self.rest.send_dm(username, text)
+            except Exception:
+                log.exception("could not notify admin %s", username)

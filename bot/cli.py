@@ -1,0 +1,114 @@
+"""``rc-instagram``: the command-line entry point (a click group).
+
+Commands are thin wrappers: they load the config, call library code, and turn known
+failures into one clear line and an exit code (no tracebacks for user errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import click
+
+from bot import config as config_module
+from bot import logs
+
+DEFAULT_CONFIG = "config.yaml"
+
+#: Exit codes: 1 bad config / prerequisites, 2 Rocket.Chat refused the credentials,
+#: 3 storage unusable (locked, corrupt, wrong key).
+EXIT_CONFIG, EXIT_AUTH, EXIT_STORAGE = 1, 2, 3
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    default=DEFAULT_CONFIG,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Path of the config file.",
+)
+
+
+def _load_config(path: str) -> config_module.Config:
+    try:
+        return config_module.load(path)
+    except config_module.ConfigError as exc:
+        click.echo(f"config error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+
+
+@click.group()
+@click.version_option(package_name="rc-instagram")
+def main() -> None:
+    """Bridge Instagram Direct messages into Rocket.Chat Omnichannel."""
+
+
+@main.command()
+@config_option
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-format", default="text", show_default=True,
+              type=click.Choice(["text", "json"]))
+def run(config_path: str, log_level: str, log_format: str) -> None:
+    """Run the bridge (the long-running bot)."""
+    config = _load_config(config_path)
+    logs.setup(log_level, log_format, secrets=secret_values(config))
+    sys.exit(asyncio.run(serve(config, config_path)))
+
+
+async def serve(config: config_module.Config, config_path: str) -> int:
+    """Run a bot until SIGINT/SIGTERM; return the process exit code."""
+    import logging
+
+    from bot import __version__
+    from bot.app import Bot
+    from bot.rest import AuthenticationFailed
+    from storage.base import StorageError
+
+    log = logging.getLogger("bot")
+    log.info(
+        "rc-instagram %s starting: config %s, public URL %s, storage %s",
+        __version__, config_path, config.server.public_url, config.storage.path,
+    )
+    try:
+        bot = Bot(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, bot.stop)
+        await bot.run()
+    except AuthenticationFailed as exc:
+        log.error("Rocket.Chat refused the bot's credentials: %s", exc)
+        click.echo(f"error: Rocket.Chat refused the bot's credentials ({exc})", err=True)
+        return EXIT_AUTH
+    except StorageError as exc:
+        click.echo(f"error: storage: {exc}", err=True)
+        return EXIT_STORAGE
+    except OSError as exc:
+        click.echo(f"error: cannot listen on {config.server.listen}: {exc.strerror}", err=True)
+        return EXIT_CONFIG
+    return 0
+
+
+def secret_values(config: config_module.Config) -> list[str]:
+    """Every secret in the config, for the log redaction filter."""
+    secrets = [
+        config.rocketchat.password, config.rocketchat.token, config.rocketchat.webhook_secret,
+        config.instagram.app_secret, config.instagram.verify_token, config.storage.encryption_key,
+    ]
+    return [s.reveal() for s in secrets if s]
+
+
+@main.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("check")
+@config_option
+def config_check(config_path: str) -> None:
+    """Validate the config file; exit 1 naming the offending key."""
+    config = _load_config(config_path)
+    click.echo(f"{config_path}: OK (Rocket.Chat {config.rocketchat.url}, "
+               f"public URL {config.server.public_url})")

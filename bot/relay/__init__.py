@@ -1,0 +1,1 @@
+"""Relay: durable work queues between Instagram and Rocket.Chat Omnichannel."""

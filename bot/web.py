@@ -1,0 +1,55 @@
+"""The embedded web receiver: Meta webhooks, the OAuth callback, Omnichannel webhooks.
+
+An aiohttp app factory with one routes table and typed ``web.AppKey`` state. Handlers
+live next to the feature they serve; this module only assembles them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from bot.app import Bot
+
+#: The running bot: every handler reaches the store and clients through it.
+BOT: web.AppKey[Bot] = web.AppKey("bot")
+
+#: Meta caps webhook bodies well below this; larger requests are refused with 413.
+MAX_BODY = 1024 * 1024
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """``{"status", "realtime", "storage"}``; 503 when either is down."""
+    bot = request.app[BOT]
+    realtime = bot.realtime_connected
+    storage = await bot.store.healthy()
+    ok = realtime and storage
+    body = {"status": "ok" if ok else "degraded", "realtime": realtime, "storage": storage}
+    return web.json_response(body, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition."""
+    bot = request.app[BOT]
+    await bot.refresh_gauges()
+    return web.Response(
+        body=bot.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"}
+    )
+
+
+def routes() -> list[web.RouteDef]:
+    """The routes table (DESIGN.md "HTTP endpoints")."""
+    return [
+        web.get("/healthz", healthz),
+        web.get("/metrics", metrics),
+    ]
+
+
+def create_app(bot: Bot) -> web.Application:
+    """Build the receiver for ``bot``."""
+    app = web.Application(client_max_size=MAX_BODY)
+    app[BOT] = bot
+    app.add_routes(routes())
+    return app

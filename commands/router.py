@@ -1,0 +1,83 @@
+"""From a chat message to a command call: parse, authorize, dispatch, answer errors.
+
+Parsing is a pure function (:func:`parse`), so the grammar is testable without a
+server. :func:`dispatch` is the one boundary where user-facing errors are caught and
+turned into a DM; handlers just raise :class:`~commands.base.UsageError` or
+:class:`~commands.base.CommandError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import shlex
+from dataclasses import dataclass
+
+from bot import messages
+from commands.base import CommandContext, CommandError, UsageError
+from commands.registry import Registry
+
+log = logging.getLogger("commands")
+
+_PREFIX = re.compile(r"^\s*(/?)instagram(?:\s+|$)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """A parsed ``/instagram <name> <args…>`` line."""
+
+    name: str
+    args: tuple[str, ...]
+    error: str | None = None  # set when the arguments could not be split (bad quoting)
+
+
+def parse(text: str, *, direct: bool) -> Invocation | None:
+    """Parse a message; None when it is not addressed to us.
+
+    ``/instagram`` is matched case-insensitively; in a direct message (``direct``) the
+    slash may be left out. Arguments are split like a shell (quotes group words).
+    A bare ``/instagram`` means ``help``.
+    """
+    match = _PREFIX.match(text)
+    if not match or (not match.group(1) and not direct):
+        return None
+    rest = text[match.end():]
+    try:
+        words = shlex.split(rest)
+    except ValueError as exc:
+        first = rest.split(maxsplit=1)
+        return Invocation(first[0].lower() if first else "help", (), error=str(exc))
+    if not words:
+        return Invocation("help", ())
+    return Invocation(words[0].lower(), tuple(words[1:]))
+
+
+async def dispatch(registry: Registry, ctx: CommandContext, invocation: Invocation) -> None:
+    """Run one invocation; every outcome, good or bad, ends in a DM to the issuer."""
+    command = registry.get(invocation.name)
+    issuer = ctx.issuer
+    if command is None:
+        log.info("unknown command %r from %s", invocation.name, issuer.username)
+        await ctx.reply(messages.UNKNOWN_COMMAND.format(name=invocation.name))
+        return
+    if command.requires_admin and not await ctx.issuer_is_admin():
+        log.info("refused %s for non-admin %s", command.name, issuer.username)
+        roles = ", ".join(f"`{r}`" for r in ctx.config.rocketchat.admin_roles)
+        await ctx.reply(messages.NOT_ADMIN.format(name=command.name, roles=roles))
+        return
+    if invocation.error is not None:
+        problem = f"I could not read the arguments ({invocation.error})."
+        await ctx.reply(messages.USAGE.format(problem=problem, usage=command.usage))
+        return
+    log.info("running %s for %s", command.name, issuer.username)
+    try:
+        await command.handle(ctx, invocation.args)
+    except UsageError as exc:
+        await ctx.reply(messages.USAGE.format(problem=str(exc), usage=command.usage))
+    except CommandError as exc:
+        await ctx.reply(messages.COMMAND_FAILED.format(name=command.name, reason=exc))
+    except Exception:
+        ref = secrets.token_hex(4)
+        log.exception("command %s failed (ref %s)", command.name, ref)
+        await ctx.reply(messages.INTERNAL_ERROR.format(name=command.name, ref=ref))
