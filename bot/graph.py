@@ -1,0 +1,426 @@
+"""Meta Graph API client (Facebook Login, Pages, Instagram Messaging).
+
+One ``requests.Session`` shared by a bounded thread pool, so the blocking HTTP calls never
+run on the event loop. Every call that carries an ``access_token`` also carries
+``appsecret_proof`` (HMAC-SHA256 of that token keyed with the app secret), so a leaked
+token is useless without the secret.
+
+Errors come back in Meta's envelope
+``{"error": {"message", "type", "code", "error_subcode", "fbtrace_id"}}`` and are mapped
+to this module's exception types (protocols/instagram.md §3.4):
+
+- :class:`GraphThrottled` (codes 4, 17, 32, 613, 80000-80014) and
+  :class:`GraphRetryable` (codes 1, 2, 1200, HTTP 5xx, timeouts, network errors): try
+  again later. Idempotent calls are retried here a few times with jittered exponential
+  backoff; the Send API is retried here only when throttled (the request was refused, so
+  a retry cannot duplicate the message) and otherwise left to the caller's durable queue.
+- :class:`GraphAuthError` (code 190): the token is dead; the page needs re-authorization.
+- :class:`GraphPermanent`: everything else (10 outside the window, 100, 200, 551, 36103…).
+
+No token, secret or full URL (which would hold the token) ever reaches an exception
+message or a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+log = logging.getLogger("bot.graph")
+
+THROTTLE_CODES = frozenset({4, 17, 32, 613} | set(range(80000, 80015)))
+TRANSIENT_CODES = frozenset({1, 2, 1200})
+AUTH_CODES = frozenset({190})
+
+# Page field that installs the app on the Page; Instagram fields themselves come from the
+# app-level Instagram subscription (protocols §1.5, §5.5): any Page field suffices.
+SUBSCRIBED_FIELDS = "messages"
+PAGE_FIELDS = "id,name,access_token,instagram_business_account{id,username}"
+PROFILE_FIELDS = "name,username,profile_pic"
+
+
+class GraphError(Exception):
+    """A Graph API call failed. ``str()`` names the call and Meta's message, never a token."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        subcode: int | None = None,
+        status: int | None = None,
+        call: str = "",
+        fbtrace_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.subcode = subcode
+        self.status = status
+        self.call = call  # e.g. "DELETE /123/subscribed_apps" (ids only, no query string)
+        self.fbtrace_id = fbtrace_id
+
+    def __str__(self) -> str:
+        parts = [self.call or "Graph call"]
+        if self.code is not None:
+            parts.append(f"code {self.code}" + (f"/{self.subcode}" if self.subcode else ""))
+        elif self.status is not None:
+            parts.append(f"HTTP {self.status}")
+        return f"{' '.join(parts)}: {self.args[0]}"
+
+
+class GraphRetryable(GraphError):
+    """Transient: throttling, Meta's 'retry later' codes, 5xx, timeouts, network errors."""
+
+
+class GraphThrottled(GraphRetryable):
+    """Rate limited (4, 17, 32, 613 or a business-use-case limit): back off."""
+
+
+class GraphAuthError(GraphError):
+    """Code 190: the token is invalid, expired or revoked; the page needs re-authorization."""
+
+
+class GraphPermanent(GraphError):
+    """Any other error: retrying the same request will not help."""
+
+
+def appsecret_proof(token: str, app_secret: str) -> str:
+    """HMAC-SHA256 of ``token`` keyed with the app secret, as lowercase hex."""
+    return hmac.new(app_secret.encode(), token.encode(), hashlib.sha256).hexdigest()
+
+
+def classify(
+    status: int | None,
+    body: Any,
+    *,
+    call: str = "",
+    secrets: tuple[str, ...] = (),
+) -> GraphError:
+    """Build the exception for a failed response from its HTTP status and parsed body.
+
+    ``secrets`` are scrubbed from Meta's message (it sometimes echoes a malformed token).
+    """
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        message = "unexpected response without an error envelope"
+        cls: type[GraphError] = (
+            GraphRetryable if status is None or status >= 500 else GraphPermanent
+        )
+        return cls(message, status=status, call=call)
+    code = _as_int(err.get("code"))
+    subcode = _as_int(err.get("error_subcode"))
+    message = str(err.get("message") or err.get("type") or "error")
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    if code in AUTH_CODES:
+        cls = GraphAuthError
+    elif code in THROTTLE_CODES:
+        cls = GraphThrottled
+    elif code in TRANSIENT_CODES or (status is not None and status >= 500):
+        cls = GraphRetryable
+    else:
+        cls = GraphPermanent
+    trace = err.get("fbtrace_id")
+    return cls(
+        message,
+        code=code,
+        subcode=subcode,
+        status=status,
+        call=call,
+        fbtrace_id=str(trace) if trace else None,
+    )
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def default_backoff(attempt: int) -> float:
+    """Full-jitter exponential delay in seconds for retry ``attempt`` (1-based), ≤ 8 s."""
+    return random.uniform(0, min(8.0, 0.5 * 2**attempt))
+
+
+class GraphClient:
+    """Async facade over the Graph API; one instance per process."""
+
+    def __init__(
+        self,
+        graph_url: str,
+        api_version: str,
+        app_id: str,
+        app_secret: str,
+        *,
+        timeout: float = 10.0,
+        max_workers: int = 8,
+        retries: int = 2,
+        backoff: Callable[[int], float] = default_backoff,
+    ) -> None:
+        self.base_url = f"{graph_url.rstrip('/')}/{api_version.strip('/')}"
+        self.app_id = app_id
+        self._secret = app_secret
+        self.timeout = timeout
+        self.retries = retries
+        self._backoff = backoff
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max_workers)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="graph")
+        self._app_token: str | None = None
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"GraphClient({self.base_url!r}, app_id={self.app_id!r})"
+
+    # -- OAuth -------------------------------------------------------------------
+    async def exchange_code(self, code: str, redirect_uri: str) -> str:
+        """Exchange a Facebook Login ``code`` for a short-lived user token (single use)."""
+        body = await self._call(
+            "GET",
+            "/oauth/access_token",
+            params={
+                "client_id": self.app_id,
+                "client_secret": self._secret,
+                "redirect_uri": redirect_uri,
+                "code": code,
+            },
+            label="/oauth/access_token (code)",
+            idempotent=False,  # a code can be used once; a blind retry would burn it
+            secrets=(code,),
+        )
+        return self._token_from(body, "GET /oauth/access_token (code)")
+
+    async def long_lived_user_token(self, short_token: str) -> str:
+        """Exchange a short-lived user token for a long-lived (~60 days) one."""
+        body = await self._call(
+            "GET",
+            "/oauth/access_token",
+            params={
+                "grant_type": "fb_exchange_token",
+                "client_id": self.app_id,
+                "client_secret": self._secret,
+                "fb_exchange_token": short_token,
+            },
+            label="/oauth/access_token (fb_exchange_token)",
+            secrets=(short_token,),
+        )
+        return self._token_from(body, "GET /oauth/access_token (fb_exchange_token)")
+
+    async def app_token(self) -> str:
+        """An app access token (client credentials), fetched once and cached."""
+        if self._app_token is None:
+            body = await self._call(
+                "GET",
+                "/oauth/access_token",
+                params={
+                    "grant_type": "client_credentials",
+                    "client_id": self.app_id,
+                    "client_secret": self._secret,
+                },
+                label="/oauth/access_token (client_credentials)",
+            )
+            self._app_token = self._token_from(
+                body, "GET /oauth/access_token (client_credentials)"
+            )
+        return self._app_token
+
+    async def debug_token(self, token: str) -> dict:
+        """``GET /debug_token``: the token's ``data`` (is_valid, scopes, expires_at…)."""
+        body = await self._call(
+            "GET",
+            "/debug_token",
+            token=await self.app_token(),
+            params={"input_token": token},
+            secrets=(token,),
+        )
+        data = body.get("data") if isinstance(body, dict) else None
+        return data if isinstance(data, dict) else {}
+
+    async def revoke_login(self, user_token: str) -> None:
+        """``DELETE /me/permissions``: revoke everything the login granted."""
+        await self._call("DELETE", "/me/permissions", token=user_token)
+
+    # -- Pages ---------------------------------------------------------------------
+    async def pages(self, user_token: str) -> list[dict]:
+        """The user's Pages with tokens and linked Instagram business account, all pages."""
+        out: list[dict] = []
+        after: str | None = None
+        for _ in range(50):  # 50 x 100 pages; a cursor loop must not spin forever
+            params = {"fields": PAGE_FIELDS, "limit": "100"}
+            if after:
+                params["after"] = after
+            body = await self._call("GET", "/me/accounts", token=user_token, params=params)
+            data = body.get("data") if isinstance(body, dict) else None
+            out.extend(p for p in (data or []) if isinstance(p, dict))
+            paging = body.get("paging") if isinstance(body, dict) else None
+            cursors = paging.get("cursors") if isinstance(paging, dict) else None
+            after = cursors.get("after") if isinstance(cursors, dict) else None
+            if not data or not after or not paging.get("next"):
+                break
+        return out
+
+    async def subscribe_page(self, page_id: str, page_token: str) -> None:
+        """Install the app on the Page (``POST /{page}/subscribed_apps``)."""
+        body = await self._call(
+            "POST",
+            f"/{page_id}/subscribed_apps",
+            token=page_token,
+            params={"subscribed_fields": SUBSCRIBED_FIELDS},
+        )
+        self._expect_success(body, f"POST /{page_id}/subscribed_apps")
+
+    async def unsubscribe_page(self, page_id: str, page_token: str) -> None:
+        """Uninstall the app from the Page (``DELETE /{page}/subscribed_apps``)."""
+        body = await self._call("DELETE", f"/{page_id}/subscribed_apps", token=page_token)
+        self._expect_success(body, f"DELETE /{page_id}/subscribed_apps")
+
+    async def subscribed_apps(self, page_id: str, page_token: str) -> list[dict]:
+        """Apps installed on the Page, with their subscribed fields."""
+        body = await self._call("GET", f"/{page_id}/subscribed_apps", token=page_token)
+        data = body.get("data") if isinstance(body, dict) else None
+        return [a for a in (data or []) if isinstance(a, dict)]
+
+    # -- Messaging -------------------------------------------------------------------
+    async def profile(self, igsid: str, page_token: str) -> dict:
+        """The Instagram user's profile: ``name`` and ``username`` (either may be missing)."""
+        body = await self._call(
+            "GET", f"/{igsid}", token=page_token, params={"fields": PROFILE_FIELDS}
+        )
+        return body if isinstance(body, dict) else {}
+
+    async def send_message(
+        self,
+        page_id: str,
+        page_token: str,
+        recipient: str,
+        message: dict,
+        *,
+        messaging_type: str = "RESPONSE",
+        tag: str | None = None,
+    ) -> str:
+        """Send API: deliver ``message`` to the IGSID ``recipient``; return the ``message_id``."""
+        payload: dict[str, Any] = {
+            "recipient": {"id": recipient},
+            "messaging_type": messaging_type,
+            "message": message,
+        }
+        if tag:
+            payload["tag"] = tag
+        body = await self._call(
+            "POST",
+            f"/{page_id}/messages",
+            token=page_token,
+            json=payload,
+            idempotent=False,  # a 5xx may still have delivered; the relay decides
+        )
+        mid = body.get("message_id") if isinstance(body, dict) else None
+        if not mid:
+            raise GraphPermanent("response without message_id", call=f"POST /{page_id}/messages")
+        return str(mid)
+
+    async def close(self) -> None:
+        """Release the thread pool and the HTTP connections."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._session.close()
+
+    # -- internals ---------------------------------------------------------------------
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        params: dict[str, str] | None = None,
+        json: dict | None = None,
+        label: str | None = None,
+        idempotent: bool = True,
+        secrets: tuple[str, ...] = (),
+    ) -> Any:
+        """One logical call with retries; returns the parsed JSON body of a 2xx answer."""
+        query = dict(params or {})
+        if token is not None:
+            query["access_token"] = token
+            query["appsecret_proof"] = appsecret_proof(token, self._secret)
+        call = f"{method} {label or path}"
+        scrub = (*secrets, token or "", self._secret)
+        attempt = 0
+        while True:
+            try:
+                return await self._once(method, path, query, json, call, scrub)
+            except GraphRetryable as exc:
+                attempt += 1
+                may_retry = idempotent or isinstance(exc, GraphThrottled)
+                if not may_retry or attempt > self.retries:
+                    raise
+                delay = self._backoff(attempt)
+                log.warning(
+                    "graph %s failed (%s), retry %d/%d in %.2fs",
+                    call, exc.code or exc.status or "network", attempt, self.retries, delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _once(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        json: dict | None,
+        call: str,
+        scrub: tuple[str, ...],
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        url = self.base_url + path
+        started = time.monotonic()
+        try:
+            resp = await loop.run_in_executor(
+                self._pool,
+                lambda: self._session.request(
+                    method, url, params=query, json=json, timeout=self.timeout
+                ),
+            )
+        except requests.Timeout:
+            # requests' own message contains the URL, hence the token: never chain it.
+            raise GraphRetryable("timed out", call=call) from None
+        except requests.RequestException as exc:
+            raise GraphRetryable(f"network error ({type(exc).__name__})", call=call) from None
+        elapsed = (time.monotonic() - started) * 1000
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        log.debug("graph %s -> %d in %.0fms", call, resp.status_code, elapsed)
+        if resp.status_code < 300 and body is not None and not (
+            isinstance(body, dict) and "error" in body
+        ):
+            return body
+        status = resp.status_code
+        if status < 300:
+            status = 502 if body is None else status  # 2xx without JSON: a broken proxy
+        exc = classify(status, body, call=call, secrets=scrub)
+        log.info("graph %s failed: %s", call, exc)
+        raise exc
+
+    @staticmethod
+    def _token_from(body: Any, call: str) -> str:
+        token = body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise GraphPermanent("response without access_token", call=call)
+        return token
+
+    @staticmethod
+    def _expect_success(body: Any, call: str) -> None:
+        if not (isinstance(body, dict) and body.get("success") is True):
+            raise GraphPermanent("Meta did not confirm success", call=call)
