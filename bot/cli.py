@@ -112,3 +112,7 @@ def config_check(config_path: str) -> None:
     config = _load_config(config_path)
     click.echo(f"{config_path}: OK (Rocket.Chat {config.rocketchat.url}, "
                f"public URL {config.server.public_url})")
+
+
+if __name__ == "__main__":
+    main()

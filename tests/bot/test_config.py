@@ -1,0 +1,146 @@
+"""Config loading: env expansion, validation naming the key, secrets never shown."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bot.config import ConfigError, Secret, from_dict, load
+
+ENV = {
+    "RC_BOT_PASSWORD": "bot-password-123",
+    "RC_WEBHOOK_SECRET": "webhook-secret-456",
+    "IG_APP_SECRET": "app-secret-789",
+    "IG_VERIFY_TOKEN": "verify-token-000",
+}
+EXAMPLE = Path(__file__).resolve().parents[2] / "config.yaml"
+
+
+def example() -> dict:
+    return yaml.safe_load(EXAMPLE.read_text())
+
+
+def test_example_config_loads_with_env() -> None:
+    """The shipped config.yaml is valid once its variables are set."""
+    config = load(EXAMPLE, env=ENV)
+    assert config.rocketchat.password.reveal() == "bot-password-123"
+    assert config.server.port == 8080
+    assert config.redirect_uri == "https://bot.example.com/oauth/callback"
+
+
+def test_default_value_used_when_variable_unset() -> None:
+    """${NAME:-default} falls back to the default; an empty key means no encryption."""
+    config = load(EXAMPLE, env=ENV)
+    assert not config.storage.encryption_key
+
+
+def test_encryption_key_from_environment_when_key_omitted() -> None:
+    """storage.encryption_key may come from RC_INSTAGRAM_STORAGE_KEY alone."""
+    raw = example()
+    del raw["storage"]["encryption_key"]
+    config = from_dict(raw, env={**ENV, "RC_INSTAGRAM_STORAGE_KEY": "k" * 44})
+    assert config.storage.encryption_key.reveal() == "k" * 44
+
+
+def test_secrets_are_redacted_in_repr() -> None:
+    """No secret value appears in the config's repr."""
+    text = repr(load(EXAMPLE, env=ENV))
+    for value in ENV.values():
+        assert value not in text
+    assert "********" in text
+
+
+def _mutate(path: list[str], value: object) -> dict:
+    raw = example()
+    node = raw
+    for part in path[:-1]:
+        node = node[part]
+    if value is _DELETE:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return raw
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "key"),
+    [
+        (["rocketchat", "url"], _DELETE, "rocketchat.url"),
+        (["rocketchat", "urll"], "http://x", "rocketchat.urll"),
+        (["server", "listen"], "nonsense", "server.listen"),
+        (["server", "listen"], "0.0.0.0:99999", "server.listen"),
+        (["rocketchat", "url"], "localhost:3000", "rocketchat.url"),
+        (["rocketchat", "admin_roles"], [], "rocketchat.admin_roles"),
+        (["rocketchat", "admin_roles"], {"a": 1}, "rocketchat.admin_roles"),
+        (["instagram", "app_id"], "my-app", "instagram.app_id"),
+        (["instagram", "api_version"], "21", "instagram.api_version"),
+        (["instagram", "human_agent_tag"], "yes", "instagram.human_agent_tag"),
+        (["server", "public_url"], "", "server.public_url"),
+        (["rocketchat", "password"], "", "rocketchat.password"),
+        (["extra"], {}, "extra"),
+    ],
+)
+def test_invalid_value_names_the_key(path: list[str], value: object, key: str) -> None:
+    """Each malformed, missing or unknown value raises ConfigError naming its key."""
+    with pytest.raises(ConfigError) as info:
+        from_dict(_mutate(path, value), env=ENV)
+    assert info.value.key == key
+
+
+def test_missing_environment_variable_names_the_key() -> None:
+    """An unset ${VAR} without default is reported against the key that uses it."""
+    env = {k: v for k, v in ENV.items() if k != "IG_APP_SECRET"}
+    with pytest.raises(ConfigError) as info:
+        load(EXAMPLE, env=env)
+    assert info.value.key == "instagram.app_secret"
+    assert "IG_APP_SECRET" in str(info.value)
+
+
+def test_personal_access_token_credentials_accepted() -> None:
+    """user_id + token is an alternative to user + password."""
+    raw = _mutate(["rocketchat", "password"], "")
+    raw["rocketchat"].update(user="", user_id="uid123", token="pat-abcdef")
+    config = from_dict(raw, env=ENV)
+    assert config.rocketchat.token == Secret("pat-abcdef")
+
+
+def _check(tmp_path: Path, raw: dict) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", "config", "check", "--config", str(path)],
+        capture_output=True, text=True, env={**ENV, "PATH": "/usr/bin:/bin"}, timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "key"),
+    [
+        (["rocketchat", "url"], _DELETE, "rocketchat.url"),
+        (["rocketchat", "urll"], "http://x", "rocketchat.urll"),
+        (["server", "listen"], "nonsense", "server.listen"),
+    ],
+)
+def test_config_check_cli_exits_1_naming_key(
+    tmp_path: Path, path: list[str], value: object, key: str
+) -> None:
+    """`rc-instagram config check` exits 1 and prints the offending key, no traceback."""
+    result = _check(tmp_path, _mutate(path, value))
+    assert result.returncode == 1
+    assert key in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_check_cli_ok_never_prints_secrets(tmp_path: Path) -> None:
+    """A valid file passes with exit 0 and its secrets are not echoed."""
+    result = _check(tmp_path, example())
+    assert result.returncode == 0, result.stderr
+    for value in ENV.values():
+        assert value not in result.stdout + result.stderr
