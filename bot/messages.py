@@ -7,7 +7,8 @@ Wording is plain Rocket.Chat markdown (``*bold*``, `` `code` ``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import html
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -38,3 +39,231 @@ def help_text(commands: Iterable[Command]) -> str:
         lines.append(f"`{command.usage}` — {command.summary}{marker}")
     lines.append("In a direct message with me you can leave out the slash: `instagram help`.")
     return "\n".join(lines)
+
+
+# --- OAuth: /instagram authorize, pages, subscribe, unsubscribe, unauthorize ---------------
+# (owner: Meta-integration engineer). DM texts first, then the HTML pages of the OAuth
+# callback. Every value put into HTML goes through html.escape.
+
+AUTHORIZE_LINK = (
+    "To connect an Instagram business account, open this link and log in with a Facebook "
+    "account that manages the Facebook Page linked to it (the link works once, for "
+    "{minutes} minutes):\n{url}"
+)
+AUTHORIZE_LINK_FROM_CHANNEL = (
+    "(You typed `/instagram authorize` in a room; the login link is only ever sent here, "
+    "in this direct message.)"
+)
+OAUTH_DM_CANCELLED = (
+    "The Facebook login was cancelled, so nothing was connected. "
+    "Type `/instagram authorize` when you are ready to try again."
+)
+OAUTH_DM_FAILED = (
+    "Connecting Instagram failed: {reason}. Nothing was connected. "
+    "Type `/instagram authorize` to try again."
+)
+OAUTH_DM_NO_PAGES = (
+    "The Facebook login shared no Facebook Page with the bot, so nothing was connected. "
+    "Type `/instagram authorize` again and tick the Page linked to your Instagram account."
+)
+OAUTH_DM_NO_ELIGIBLE = "None of the Facebook Pages you shared has an Instagram account linked."
+OAUTH_DM_SKIPPED = (
+    "Skipped *{name}* (`{page_id}`): no Instagram professional account is linked to it. "
+    "Fix: link the Page to Instagram (Meta Business Suite > Settings > Instagram accounts), "
+    "then type `/instagram authorize` again."
+)
+OAUTH_DM_CHOOSE = (
+    "Several of your Facebook Pages have an Instagram account: choose one in the browser "
+    "window to finish connecting."
+)
+OAUTH_DM_CONNECTED = (
+    "Connected Instagram *@{username}* through the Facebook Page *{name}* (page id "
+    "`{page_id}`). Its direct messages now open Omnichannel conversations.\n"
+    "Next steps: `/instagram edit {page_id}` to choose the department and the welcome, "
+    "finished and offline texts; `/instagram pages` lists every connected page."
+)
+OAUTH_DM_RECONNECTED = (
+    "Re-authorized Instagram *@{username}* (Facebook Page *{name}*, page id `{page_id}`): "
+    "its tokens were renewed and its settings kept. `/instagram edit {page_id}` shows them."
+)
+OAUTH_DM_SUBSCRIBE_FAILED = (
+    "Saved the Facebook Page *{name}* (`{page_id}`, @{username}), but installing the bot "
+    "on it at Meta failed ({reason}), so its messages are not bridged yet. "
+    "Type `/instagram subscribe {page_id}` to try again."
+)
+
+PAGES_NONE = "No Instagram account is connected yet. Type `/instagram authorize` to connect one."
+PAGES_HEADER = "*Connected Instagram accounts* ({count})"
+PAGES_LINE = (
+    "• `{page_id}` — {name} — @{username} — department: {department} — subscribed: {subscribed}"
+)
+PAGES_NEEDS_REAUTH = " — *needs re-authorization* (`/instagram authorize`)"
+UNKNOWN_PAGE = "I know no connected page with id `{page_id}`. Known page ids: {known}."
+UNKNOWN_PAGE_NONE = (
+    "I know no connected page with id `{page_id}`: no page is connected yet "
+    "(`/instagram authorize` connects one)."
+)
+SUBSCRIBED = "Bridging is on for *{name}* (`{page_id}`, @{username}): the bot is installed on it."
+UNSUBSCRIBED = (
+    "Bridging is off for *{name}* (`{page_id}`, @{username}): the bot was uninstalled from it "
+    "and its new Instagram messages are not relayed. `/instagram subscribe {page_id}` turns "
+    "it back on."
+)
+SUBSCRIBE_FAILED = "installing the bot on page `{page_id}` at Meta failed ({reason})"
+UNSUBSCRIBE_META_FAILED = (
+    "Bridging is off for *{name}* (`{page_id}`) here, but uninstalling the bot at Meta failed "
+    "({reason}); Meta may keep sending its events, which are now ignored."
+)
+NEEDS_REAUTH_HINT = (
+    "Meta no longer accepts the token of this page; type `/instagram authorize` and log in again."
+)
+UNAUTHORIZE_NOTHING = "No Instagram account is connected; there is nothing to unauthorize."
+UNAUTHORIZE_SUMMARY = (
+    "Disconnected {count} page(s): {pages}. Their tokens were deleted from the bot's storage."
+)
+UNAUTHORIZE_ALL_OK = "Meta confirmed every uninstall and the revocation of the login."
+UNAUTHORIZE_FAILURES = (
+    "These calls to Meta failed (the pages were forgotten here anyway; you can remove the "
+    "app in Facebook Settings > Business integrations):\n{failures}"
+)
+REAUTH_NEEDED = (
+    "Instagram account *@{username}* (Facebook Page *{name}*, page id `{page_id}`) lost its "
+    "authorization at Meta: the token expired or was revoked. Replies to its visitors "
+    "cannot be sent until an admin types `/instagram authorize` and logs in again."
+)
+
+# HTML pages of GET /oauth/callback and POST /oauth/select (no external assets, no tokens).
+
+_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>{title} — Instagram for Rocket.Chat</title>
+<style>
+body{{font-family:system-ui,sans-serif;line-height:1.5;max-width:38rem;margin:2rem auto;
+padding:0 1rem;color:#1f2329;background:#fff}}
+h1{{font-size:1.5rem}} code{{background:#f2f3f5;padding:0 .25rem}}
+fieldset{{border:1px solid #cbced1;padding:1rem}} label{{display:block;margin:.5rem 0}}
+button{{font:inherit;padding:.5rem 1.25rem;margin-top:1rem;color:#fff;background:#1d74f5;
+border:0;border-radius:4px;cursor:pointer}} button:focus{{outline:3px solid #0b3d91}}
+</style>
+</head>
+<body>
+<main>
+<h1>{title}</h1>
+{body}
+</main>
+</body>
+</html>
+"""
+
+
+def html_page(title: str, *paragraphs: str, raw: str = "") -> str:
+    """A complete page: ``title`` and ``paragraphs`` are escaped; ``raw`` is trusted markup."""
+    body = "\n".join(f"<p>{html.escape(p)}</p>" for p in paragraphs)
+    return _PAGE.format(title=html.escape(title), body=body + raw)
+
+
+def _skipped_html(skipped: Sequence[tuple[str, str]]) -> str:
+    if not skipped:
+        return ""
+    items = "\n".join(
+        f"<li>{html.escape(name)} (<code>{html.escape(page_id)}</code>)</li>"
+        for page_id, name in skipped
+    )
+    return (
+        "<h2>Skipped pages</h2>\n<p>These Facebook Pages have no Instagram professional account "
+        "linked. To bridge one, link it to Instagram (Meta Business Suite &gt; Settings &gt; "
+        "Instagram accounts), then type <code>/instagram authorize</code> again.</p>\n"
+        f"<ul>\n{items}\n</ul>\n"
+    )
+
+
+def oauth_invalid_state_page() -> str:
+    return html_page(
+        "This link cannot be used",
+        "The login link has expired, was already used, or was not issued by this bot. "
+        "Nothing was changed.",
+        "Type /instagram authorize in Rocket.Chat to get a fresh link.",
+    )
+
+
+def oauth_cancelled_page() -> str:
+    return html_page(
+        "Login cancelled",
+        "Nothing was connected. When you are ready, type /instagram authorize in Rocket.Chat "
+        "again. You can close this window.",
+    )
+
+
+def oauth_failed_page(reason: str) -> str:
+    return html_page(
+        "Connecting Instagram failed",
+        f"Meta did not complete the login: {reason}. Nothing was connected.",
+        "Type /instagram authorize in Rocket.Chat to try again.",
+    )
+
+
+def oauth_no_pages_page(skipped: Sequence[tuple[str, str]]) -> str:
+    if not skipped:
+        return html_page(
+            "No Facebook Page was shared",
+            "The login did not share any Facebook Page with the bot, so nothing was connected.",
+            "Type /instagram authorize in Rocket.Chat again and tick the Page linked to your "
+            "Instagram account.",
+        )
+    return html_page(
+        "No Instagram account found",
+        "None of the Facebook Pages you shared has an Instagram account linked, so nothing "
+        "was connected.",
+        raw=_skipped_html(skipped),
+    )
+
+
+def oauth_choose_page(
+    action: str, state: str, candidates: Sequence[tuple[str, str, str]],
+    skipped: Sequence[tuple[str, str]],
+) -> str:
+    """The page-choice form; ``candidates`` are (page_id, name, username)."""
+    options = "\n".join(
+        f'<label><input type="radio" name="page_id" value="{html.escape(pid)}" required'
+        f"{' checked' if i == 0 else ''}> {html.escape(name)} — @{html.escape(username)} "
+        f"(<code>{html.escape(pid)}</code>)</label>"
+        for i, (pid, name, username) in enumerate(candidates)
+    )
+    form = (
+        f'<form method="post" action="{html.escape(action)}">\n'
+        f'<input type="hidden" name="state" value="{html.escape(state)}">\n'
+        "<fieldset>\n<legend>Instagram account to connect</legend>\n"
+        f"{options}\n</fieldset>\n"
+        '<button type="submit">Connect</button>\n</form>\n'
+    )
+    return html_page(
+        "Choose the Instagram account",
+        "Several of your Facebook Pages have an Instagram account. Choose the one to bridge "
+        "with Rocket.Chat (run /instagram authorize again later to add another).",
+        raw=form + _skipped_html(skipped),
+    )
+
+
+def oauth_connected_page(
+    name: str, username: str, page_id: str, skipped: Sequence[tuple[str, str]] = ()
+) -> str:
+    return html_page(
+        "Instagram connected",
+        f"@{username} (Facebook Page {name}, page id {page_id}) is now bridged with "
+        "Rocket.Chat. The next steps are in your Rocket.Chat direct messages; you can close "
+        "this window.",
+        raw=_skipped_html(skipped),
+    )
+
+
+def oauth_subscribe_failed_page(name: str, page_id: str, reason: str) -> str:
+    return html_page(
+        "Connected, but not yet bridged",
+        f"The Facebook Page {name} (page id {page_id}) was saved, but installing the bot on "
+        f"it at Meta failed: {reason}.",
+        f"Type /instagram subscribe {page_id} in Rocket.Chat to try again.",
+    )

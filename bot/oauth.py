@@ -1,0 +1,328 @@
+"""Connecting an Instagram business account through Facebook Login (protocols §5).
+
+``/instagram authorize`` calls :func:`start_login`, which stores a single-use ``state``
+bound to the admin and returns the dialog URL to DM them. Meta redirects the admin's
+browser to ``GET /oauth/callback``, handled by :meth:`OAuthFlow.handle_callback`: the
+state is consumed first (unknown, expired or reused → 400, no call to Meta), then the
+code is exchanged for a long-lived user token and the admin's Pages are listed. One
+eligible Page is connected at once; several get a choice form posting to
+``/oauth/select`` (:meth:`OAuthFlow.handle_select`), whose hidden field is a second
+single-use state holding the candidates, so the form itself never carries a token and
+cannot be replayed or forged cross-site.
+
+Everything here is plain async code over a store, a Graph client, the config and a
+``notify(username, text)`` callback; the HTTP layer is :mod:`bot.oauth_routes`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from bot import messages
+from bot.config import Config
+from bot.graph import GraphClient, GraphError
+from storage.base import LoginState, Page, Store
+
+log = logging.getLogger("bot.oauth")
+
+#: protocols §5.2: what the bridge needs for Instagram DMs through a Page. No
+#: ``pages_messaging`` (that is for Messenger, which we do not bridge).
+#: ``business_management`` is included because Pages owned by a Business portfolio are
+#: otherwise missing from ``/me/accounts`` for many accounts (Chatwoot asks for it too).
+SCOPES = (
+    "instagram_basic",
+    "instagram_manage_messages",
+    "pages_manage_metadata",
+    "pages_show_list",
+    "pages_read_engagement",
+    "business_management",
+)
+STATE_TTL = 600.0  # seconds a login link (and a choice form) stays usable
+STATE_BYTES = 32  # 256 random bits (the brief asks for at least 128)
+SELECT_PATH = "/oauth/select"
+
+Notify = Callable[[str, str], Awaitable[None]]  # (username, text) → DM
+
+
+def new_state() -> str:
+    """An unguessable, URL-safe state value."""
+    return secrets.token_urlsafe(STATE_BYTES)
+
+
+def state_ref(state: str) -> str:
+    """A short, non-reversible reference to a state for log lines (never the value)."""
+    return hashlib.sha256(state.encode()).hexdigest()[:10]
+
+
+def login_url(config: Config, state: str) -> str:
+    """The Facebook Login dialog URL for ``state`` (protocols §5.1)."""
+    ig = config.instagram
+    query = urlencode(
+        {
+            "client_id": ig.app_id,
+            "redirect_uri": config.redirect_uri,
+            "state": state,
+            "scope": ",".join(SCOPES),
+            "response_type": "code",
+        }
+    )
+    return f"{ig.dialog_url.rstrip('/')}/{ig.api_version}/dialog/oauth?{query}"
+
+
+async def start_login(
+    store: Store, config: Config, user_id: str, username: str, *, now: float | None = None
+) -> str:
+    """Store a fresh login state bound to the admin and return the dialog URL."""
+    state = new_state()
+    now = time.time() if now is None else now
+    await store.add_login_state(
+        LoginState(state=state, user_id=user_id, username=username, expires_at=now + STATE_TTL)
+    )
+    log.info("login link issued to %s (state %s)", username, state_ref(state))
+    return login_url(config, state)
+
+
+@dataclass
+class Candidate:
+    """A Page the login granted that has an Instagram business account."""
+
+    page_id: str
+    name: str
+    instagram_id: str
+    username: str
+    page_token: str
+
+    @classmethod
+    def from_graph(cls, raw: Mapping[str, Any]) -> Candidate | None:
+        ig = raw.get("instagram_business_account")
+        if not isinstance(ig, Mapping) or not ig.get("id") or not raw.get("access_token"):
+            return None
+        return cls(
+            page_id=str(raw.get("id", "")),
+            name=str(raw.get("name") or raw.get("id", "")),
+            instagram_id=str(ig["id"]),
+            username=str(ig.get("username") or ""),
+            page_token=str(raw["access_token"]),
+        )
+
+
+@dataclass
+class OAuthFlow:
+    """The OAuth callback and page-choice logic, over injected collaborators."""
+
+    store: Store
+    graph: GraphClient
+    config: Config
+    notify: Notify
+    clock: Callable[[], float] = time.time
+
+    async def start_login(self, user_id: str, username: str) -> str:
+        """See :func:`start_login`."""
+        return await start_login(self.store, self.config, user_id, username, now=self.clock())
+
+    # -- GET /oauth/callback -------------------------------------------------------------
+    async def handle_callback(self, params: Mapping[str, str]) -> tuple[int, str]:
+        """Meta's redirect: returns (HTTP status, HTML page)."""
+        state = params.get("state") or ""
+        login = (
+            await self.store.consume_login_state(state, "login", self.clock()) if state else None
+        )
+        if login is None:
+            # Unknown, expired or already used: do not touch the code (no token exchange).
+            log.warning("oauth callback with an unknown, expired or used state")
+            return 400, messages.oauth_invalid_state_page()
+        ref = state_ref(state)
+        if params.get("error") or params.get("error_reason"):
+            log.info(
+                "login %s by %s cancelled at Meta (%s)",
+                ref, login.username, params.get("error_reason") or params.get("error"),
+            )
+            await self._dm(login.username, messages.OAUTH_DM_CANCELLED)
+            return 200, messages.oauth_cancelled_page()
+        code = params.get("code") or ""
+        if not code:
+            log.warning("oauth callback for login %s without code or error", ref)
+            await self._dm(
+                login.username, messages.OAUTH_DM_FAILED.format(reason="Meta sent no code")
+            )
+            return 400, messages.oauth_failed_page("Meta sent no authorization code")
+        try:
+            short = await self.graph.exchange_code(code, self.config.redirect_uri)
+            user_token = await self.graph.long_lived_user_token(short)
+            raw_pages = await self.graph.pages(user_token)
+        except GraphError as exc:
+            log.warning("login %s by %s failed at Meta: %s", ref, login.username, exc)
+            await self._dm(login.username, messages.OAUTH_DM_FAILED.format(reason=exc))
+            return 502, messages.oauth_failed_page(str(exc))
+        candidates: list[Candidate] = []
+        skipped: list[tuple[str, str]] = []
+        for raw in raw_pages:
+            candidate = Candidate.from_graph(raw)
+            if candidate is not None:
+                candidates.append(candidate)
+            else:
+                skipped.append((str(raw.get("id", "")), str(raw.get("name") or "")))
+        log.info(
+            "login %s by %s granted %d page(s): %d with Instagram, %d skipped",
+            ref, login.username, len(raw_pages), len(candidates), len(skipped),
+        )
+        if not candidates:
+            await self._dm(login.username, self._no_pages_dm(skipped))
+            return 200, messages.oauth_no_pages_page(skipped)
+        if len(candidates) == 1:
+            return await self._connect(login, candidates[0], user_token, skipped)
+        return await self._offer_choice(login, candidates, user_token, skipped)
+
+    # -- POST /oauth/select --------------------------------------------------------------
+    async def handle_select(self, form: Mapping[str, str]) -> tuple[int, str]:
+        """The page-choice form: returns (HTTP status, HTML page)."""
+        state = form.get("state") or ""
+        choice = (
+            await self.store.consume_login_state(state, "select", self.clock()) if state else None
+        )
+        if choice is None:
+            log.warning("page choice with an unknown, expired or used form state")
+            return 400, messages.oauth_invalid_state_page()
+        data = choice.data
+        candidates = [Candidate(**c) for c in data.get("candidates", [])]
+        skipped = [tuple(s) for s in data.get("skipped", [])]
+        picked = next((c for c in candidates if c.page_id == form.get("page_id")), None)
+        if picked is None:
+            # Not one of the offered pages: offer the same choice again with a new state.
+            log.warning("page choice %s named no offered page", state_ref(state))
+            _, page = await self._offer_choice(
+                choice, candidates, data.get("user_token", ""), skipped, notify=False
+            )
+            return 400, page
+        return await self._connect(choice, picked, data.get("user_token", ""), skipped)
+
+    # -- connecting ----------------------------------------------------------------------
+    async def connect_page(
+        self, candidate: Candidate, user_token: str, owner_id: str
+    ) -> tuple[Page, bool, GraphError | None]:
+        """Store the page's tokens, install the app on it, mark it subscribed.
+
+        Returns (page, reconnected, error): ``reconnected`` when the page was already
+        known (its settings are kept, its tokens replaced, ``needs_reauth`` cleared);
+        ``error`` when Meta refused the installation (the page is then saved with
+        ``subscribed=False`` so ``/instagram subscribe`` can retry).
+        """
+        existing = await self.store.page(candidate.page_id)
+        if existing is not None:
+            page = existing
+            page.name = candidate.name
+            page.instagram_id = candidate.instagram_id
+            page.username = candidate.username
+            page.page_token = candidate.page_token
+            page.user_token = user_token
+            page.owner_id = owner_id
+            page.needs_reauth = False
+            page.reauth_notified = False
+        else:
+            page = Page(
+                page_id=candidate.page_id,
+                name=candidate.name,
+                instagram_id=candidate.instagram_id,
+                username=candidate.username,
+                page_token=candidate.page_token,
+                user_token=user_token,
+                owner_id=owner_id,
+                subscribed=False,
+                connected_at=self.clock(),
+            )
+        # Tokens first: should the install fail, the admin can retry with /subscribe.
+        page.subscribed = False
+        await self.store.save_page(page)
+        try:
+            await self.graph.subscribe_page(page.page_id, page.page_token)
+        except GraphError as exc:
+            log.warning("installing the app on page %s failed: %s", page.page_id, exc)
+            return page, existing is not None, exc
+        page.subscribed = True
+        await self.store.save_page(page)
+        log.info(
+            "page %s (@%s, ig %s) %s and subscribed",
+            page.page_id, page.username, page.instagram_id,
+            "re-authorized" if existing else "connected",
+        )
+        return page, existing is not None, None
+
+    async def _connect(
+        self,
+        login: LoginState,
+        candidate: Candidate,
+        user_token: str,
+        skipped: list[tuple[str, str]],
+    ) -> tuple[int, str]:
+        page, reconnected, error = await self.connect_page(candidate, user_token, login.user_id)
+        fmt = dict(name=page.name, page_id=page.page_id, username=page.username)
+        if error is not None:
+            await self._dm(
+                login.username,
+                messages.OAUTH_DM_SUBSCRIBE_FAILED.format(reason=str(error), **fmt),
+            )
+            return 502, messages.oauth_subscribe_failed_page(
+                page.name, page.page_id, str(error)
+            )
+        text = (messages.OAUTH_DM_RECONNECTED if reconnected else messages.OAUTH_DM_CONNECTED)
+        lines = [text.format(**fmt)]
+        lines += [messages.OAUTH_DM_SKIPPED.format(page_id=p, name=n) for p, n in skipped]
+        await self._dm(login.username, "\n".join(lines))
+        return 200, messages.oauth_connected_page(page.name, page.username, page.page_id, skipped)
+
+    async def _offer_choice(
+        self,
+        login: LoginState,
+        candidates: list[Candidate],
+        user_token: str,
+        skipped: list[tuple[str, str]],
+        *,
+        notify: bool = True,
+    ) -> tuple[int, str]:
+        state = new_state()
+        await self.store.add_login_state(
+            LoginState(
+                state=state,
+                user_id=login.user_id,
+                username=login.username,
+                expires_at=self.clock() + STATE_TTL,
+                kind="select",
+                data={
+                    "user_token": user_token,
+                    "candidates": [asdict(c) for c in candidates],
+                    "skipped": [list(s) for s in skipped],
+                },
+            )
+        )
+        if notify:
+            await self._dm(login.username, messages.OAUTH_DM_CHOOSE)
+        log.info("page choice %s offered to %s", state_ref(state), login.username)
+        return 200, messages.oauth_choose_page(
+            SELECT_PATH,
+            state,
+            [(c.page_id, c.name, c.username) for c in candidates],
+            skipped,
+        )
+
+    @staticmethod
+    def _no_pages_dm(skipped: list[tuple[str, str]]) -> str:
+        if not skipped:
+            return messages.OAUTH_DM_NO_PAGES
+        lines = [messages.OAUTH_DM_NO_ELIGIBLE]
+        lines += [messages.OAUTH_DM_SKIPPED.format(page_id=p, name=n) for p, n in skipped]
+        return "\n".join(lines)
+
+    async def _dm(self, username: str, text: str) -> None:
+        # The browser page already tells the admin the outcome; a failed DM must not
+        # turn a successful connection into an error page.
+        try:
+            await self.notify(username, text)
+        except Exception:
+            log.exception("could not DM %s the outcome of the login", username)
