@@ -139,7 +139,7 @@ _PAGE = """<!doctype html>
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
+<meta name="referrer" content="same-origin">
 <title>{title} — Instagram for Rocket.Chat</title>
 <style>
 body{{font-family:system-ui,sans-serif;line-height:1.5;max-width:38rem;margin:2rem auto;

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from bot import oauth_routes
+
 if TYPE_CHECKING:
     from bot.app import Bot
 
@@ -44,6 +46,7 @@ def routes() -> list[web.RouteDef]:
     return [
         web.get("/healthz", healthz),
         web.get("/metrics", metrics),
+        *oauth_routes.routes(),
     ]
 
 
