@@ -1,0 +1,559 @@
+"""Async wrapper around ``rocketchat_API`` (Rocket.Chat REST): the bot's only way to act.
+
+Every call runs the blocking library in a bounded thread pool, maps the library's
+exceptions to this module's types, waits out HTTP 429 (``X-RateLimit-Reset``) and
+URL-encodes query values (the library joins them by hand). Exception messages name the
+route and the server's error code, never a token, password or URL with query string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import string
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import requests
+from rocketchat_API.APIExceptions.RocketExceptions import (
+    RocketApiException,
+    RocketAuthenticationException,
+    RocketBadStatusCodeException,
+    RocketConnectionException,
+    RocketMissingParamException,
+)
+from rocketchat_API.rocketchat import RocketChat
+
+from bot.ddp import iso_date
+
+log = logging.getLogger("bot.rest")
+
+T = TypeVar("T")
+
+ROLES_CACHE_SECONDS = 30.0
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+class RocketChatError(Exception):
+    """A Rocket.Chat REST call failed. ``str()`` never contains secrets."""
+
+    def __init__(self, message: str, *, error_type: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.error_type = error_type
+        self.status = status
+
+
+class AuthenticationFailed(RocketChatError):
+    """Bad credentials (fatal at startup)."""
+
+
+class RateLimited(RocketChatError):
+    """HTTP 429 whose reset lies beyond ``rate_limit_wait``; ``reset_at`` is epoch seconds."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reset_at: float,
+        error_type: str | None = "error-too-many-requests",
+        status: int | None = 429,
+    ):
+        super().__init__(message, error_type=error_type, status=status)
+        self.reset_at = reset_at
+
+
+class NoAgentOnline(RocketChatError):
+    """Omnichannel has no agent available (errorType ``no-agent-online``)."""
+
+
+class RoomClosed(RocketChatError):
+    """The livechat room is closed or unknown (``room-closed`` / ``invalid-room``)."""
+
+
+class InvalidVisitor(RocketChatError):
+    """The visitor token is unknown (``invalid-token`` on livechat routes)."""
+
+
+class NotAllowed(RocketChatError):
+    """The bot lacks the permission (``error-not-allowed`` / HTTP 403)."""
+
+
+class Unavailable(RocketChatError):
+    """Network error, timeout or server-side 5xx: worth retrying later."""
+
+
+def random_id(length: int = 17) -> str:
+    """A Meteor-style random id (17 alphanumerics), for client-chosen message ``_id``s."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
+
+
+def _code_of(error: Any) -> str | None:
+    """The machine code inside an error text: ``"Reason [code]"`` → ``code``; a bare code as is."""
+    if not isinstance(error, str) or not error:
+        return None
+    text = error.strip()
+    if text.endswith("]") and "[" in text:
+        return text[text.rindex("[") + 1 : -1] or None
+    if " " not in text:
+        return text
+    return None
+
+
+_CODE_CLASSES: dict[str, type[RocketChatError]] = {
+    "no-agent-online": NoAgentOnline,
+    "room-closed": RoomClosed,
+    "invalid-room": RoomClosed,
+    "error-invalid-room": RoomClosed,
+    "invalid-token": InvalidVisitor,
+    "error-invalid-token": InvalidVisitor,
+    "error-not-allowed": NotAllowed,
+    "not-authorized": NotAllowed,
+    "unauthorized": NotAllowed,
+    "error-unauthorized": NotAllowed,
+}
+
+
+def classify(
+    route: str,
+    *,
+    status: int | None,
+    error_type: str | None = None,
+    error: Any = None,
+    reset_at: float | None = None,
+) -> RocketChatError:
+    """Map a failed response to our exception type (pure; used for every REST failure)."""
+    code = error_type or _code_of(error)
+    label = code or (f"HTTP {status}" if status is not None else "error")
+    message = f"{route}: {label}"
+    if status == 429 or code == "error-too-many-requests":
+        return RateLimited(
+            f"{message} (rate limited)",
+            reset_at=reset_at if reset_at is not None else time.time() + 60.0,
+            error_type=code,
+            status=status,
+        )
+    if code in _CODE_CLASSES:
+        return _CODE_CLASSES[code](message, error_type=code, status=status)
+    if status == 401:
+        return AuthenticationFailed(message, error_type=code, status=status)
+    if status == 403:
+        return NotAllowed(message, error_type=code, status=status)
+    if status is not None and status >= 500:
+        return Unavailable(message, error_type=code, status=status)
+    return RocketChatError(message, error_type=code, status=status)
+
+
+def _reset_at(headers: Any) -> float | None:
+    """Epoch seconds from ``X-RateLimit-Reset`` (sent in epoch milliseconds)."""
+    if not headers:
+        return None
+    value = headers.get("X-RateLimit-Reset") or headers.get("x-ratelimit-reset")
+    try:
+        stamp = float(value)
+    except (TypeError, ValueError):
+        return None
+    # Milliseconds per the server; tolerate a seconds value from a proxy.
+    return stamp / 1000.0 if stamp > 1e11 else stamp
+
+
+class RocketChatREST:
+    """Async facade over ``rocketchat_API.RocketChat`` (see CONVENTIONS.md for the contract)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        user_id: str | None = None,
+        token: str | None = None,
+        timeout: float = 10.0,
+        max_workers: int = 8,
+        rate_limit_wait: float = 120.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._user = user
+        self._password = password
+        self._token_user_id = user_id
+        self._token = token
+        self._rate_limit_wait = rate_limit_wait
+        self._clock = clock
+        self._session = requests.Session()
+        self._session.hooks["response"].append(self._remember_response)
+        self._local = threading.local()
+        self._api = RocketChat(server_url=self.url, timeout=timeout, session=self._session)
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rc-rest")
+        self._login_lock = asyncio.Lock()
+        self._logged_in = False
+        self._dm_rooms: dict[str, str] = {}
+        self._roles: dict[str, tuple[str | None, set[str]]] = {}
+        self._roles_at = float("-inf")
+        self._roles_lock = asyncio.Lock()
+        self.user_id: str | None = None
+        self.username: str | None = None
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _remember_response(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        # rocketchat_API drops the response on errors; keep its headers (per worker
+        # thread) so a 429 can be waited out until X-RateLimit-Reset.
+        self._local.headers = response.headers
+
+    def _run_blocking(self, route: str, fn: Callable[[], T]) -> T:
+        """Run one library call in a worker thread, translating every failure."""
+        self._local.headers = None
+        try:
+            return fn()
+        except RocketApiException as exc:
+            raise classify(
+                route,
+                status=exc.status_code,
+                error_type=exc.error_type,
+                error=exc.error,
+                reset_at=_reset_at(self._local.headers),
+            ) from None
+        except RocketBadStatusCodeException as exc:
+            body = exc.response_json if isinstance(exc.response_json, dict) else {}
+            raise classify(
+                route,
+                status=exc.status_code,
+                error_type=body.get("errorType"),
+                error=body.get("error"),
+                reset_at=_reset_at(self._local.headers),
+            ) from None
+        except RocketAuthenticationException:
+            raise AuthenticationFailed(f"{route}: invalid credentials", status=401) from None
+        except RocketConnectionException:
+            raise Unavailable(f"{route}: unexpected login response") from None
+        except RocketMissingParamException as exc:
+            raise RocketChatError(f"{route}: {exc}") from None
+        except requests.Timeout:
+            raise Unavailable(f"{route}: timed out") from None
+        except requests.ConnectionError:
+            raise Unavailable(f"{route}: connection failed") from None
+        except requests.RequestException as exc:
+            raise Unavailable(f"{route}: {type(exc).__name__}") from None
+        except ValueError:
+            # Malformed JSON in a 2xx body (requests' JSONDecodeError is a ValueError).
+            raise Unavailable(f"{route}: malformed response") from None
+
+    async def _call(self, route: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in the pool; on 429 wait for the reset (bounded) and retry."""
+        waited = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                return await loop.run_in_executor(self._pool, self._run_blocking, route, fn)
+            except RateLimited as exc:
+                delay = max(0.0, exc.reset_at - self._clock()) + 0.05
+                if waited + delay > self._rate_limit_wait:
+                    raise
+                log.warning("%s rate limited; retrying in %.1f s", route, delay)
+                waited += delay
+                await asyncio.sleep(delay)
+
+    async def _authed(self, route: str, fn: Callable[[], T]) -> T:
+        """A call that needs the bot's auth headers; logs in first and once more on a 401."""
+        if not self._logged_in:
+            await self.login()
+        try:
+            return await self._call(route, fn)
+        except AuthenticationFailed:
+            if not (self._user and self._password):
+                raise
+            # The session token expired or was revoked: a fresh password login, one retry.
+            log.info("%s: session rejected, logging in again", route)
+            self._logged_in = False
+            await self.login()
+            return await self._call(route, fn)
+
+    @staticmethod
+    def _q(value: object) -> str:
+        """URL-encode one query value (the library concatenates ``k=v`` verbatim)."""
+        return quote(str(value), safe="")
+
+    # --- session -------------------------------------------------------------------------
+
+    async def login(self) -> tuple[str, str]:
+        """Authenticate; returns ``(user_id, auth_token)``. A PAT is verified via ``/me``.
+
+        Raises AuthenticationFailed for bad credentials, Unavailable for network errors.
+        """
+        async with self._login_lock:
+            if self._token and self._token_user_id:
+                self._api.headers["X-Auth-Token"] = self._token
+                self._api.headers["X-User-Id"] = self._token_user_id
+                try:
+                    me = await self._call("me", self._api.me)
+                except (AuthenticationFailed, NotAllowed) as exc:
+                    raise AuthenticationFailed(
+                        "Rocket.Chat rejected the configured user_id/token", status=exc.status
+                    ) from None
+                self.user_id = me.get("_id") or self._token_user_id
+                self.username = me.get("username")
+            elif self._user and self._password:
+                user, password = self._user, self._password
+                data = await self._call("login", lambda: self._api.login(user, password))
+                info = data.get("data") or {}
+                self.user_id = info.get("userId")
+                self.username = (info.get("me") or {}).get("username") or (
+                    None if "@" in user else user
+                )
+            else:
+                raise AuthenticationFailed("no Rocket.Chat credentials configured")
+            self._logged_in = True
+            log.info("logged in to %s as %s (%s)", self.url, self.username, self.user_id)
+            return str(self.user_id), str(self._api.headers.get("X-Auth-Token"))
+
+    async def close(self) -> None:
+        """Release the thread pool and HTTP connections."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._session.close()
+
+    async def __aenter__(self) -> RocketChatREST:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- general -------------------------------------------------------------------------
+
+    async def me(self) -> dict:
+        """The bot's own user document (includes its roles)."""
+        return await self._authed("me", self._api.me)
+
+    async def server_info(self) -> dict:
+        """``GET /api/info`` (public): version and build info."""
+        return await self._call("info", self._api.info)
+
+    async def get_setting(self, setting_id: str) -> object:
+        """A setting's value: ``settings/<id>`` if permitted, else the public settings list.
+
+        Raises NotAllowed when the bot can read it neither way.
+        """
+        sid = self._q(setting_id)
+        try:
+            data = await self._authed("settings", lambda: self._api.call_api_get(f"settings/{sid}"))
+            return data.get("value")
+        except (NotAllowed, AuthenticationFailed):
+            pass
+        except RocketChatError as exc:
+            if exc.status not in (400, 404):
+                raise
+        data = await self._call(
+            "settings.public", lambda: self._api.call_api_get("settings.public", _id=sid)
+        )
+        for item in data.get("settings") or []:
+            if item.get("_id") == setting_id:
+                return item.get("value")
+        raise NotAllowed(f"settings: {setting_id} is not readable", error_type="error-not-allowed")
+
+    async def _public_roles(self) -> dict[str, tuple[str | None, set[str]]]:
+        """``user_id -> (username, roles)`` for holders of public roles, cached ~30 s."""
+        async with self._roles_lock:
+            if self._clock() - self._roles_at > ROLES_CACHE_SECONDS:
+                data = await self._authed(
+                    "roles.getUsersInPublicRoles", self._api.roles_get_users_in_public_roles
+                )
+                roles: dict[str, tuple[str | None, set[str]]] = {}
+                for user in data.get("users") or []:
+                    if isinstance(user, dict) and user.get("_id"):
+                        roles[user["_id"]] = (user.get("username"), set(user.get("roles") or []))
+                self._roles = roles
+                self._roles_at = self._clock()
+            return self._roles
+
+    async def user_roles(self, user_id: str) -> set[str]:
+        """Public roles of a user (``roles.getUsersInPublicRoles``, no permission needed).
+
+        The list is cached for ~30 s; a user without public roles gets an empty set.
+        """
+        entry = (await self._public_roles()).get(user_id)
+        return set(entry[1]) if entry else set()
+
+    async def users_with_roles(self, roles: list[str] | set[str]) -> list[str]:
+        """Usernames holding any of ``roles`` (public roles only; same cache as user_roles)."""
+        wanted = set(roles)
+        return sorted(
+            name for name, held in (await self._public_roles()).values() if name and held & wanted
+        )
+
+    async def departments(self) -> list[dict]:
+        """All Omnichannel departments (``livechat/department``, paged)."""
+        result: list[dict] = []
+        offset = 0
+        while True:
+            data = await self._authed(
+                "livechat/department",
+                lambda o=offset: self._api.call_api_get(
+                    "livechat/department", offset=o, count=100
+                ),
+            )
+            page = data.get("departments") or []
+            result.extend(page)
+            total = data.get("total")
+            offset += len(page)
+            if not page or total is None or offset >= int(total):
+                return result
+
+    # --- messages ------------------------------------------------------------------------
+
+    async def send_message(self, rid: str, text: str, msg_id: str | None = None) -> dict:
+        """Post ``text`` to room ``rid`` via ``chat.sendMessage`` with a client ``_id``.
+
+        Retrying with the same ``msg_id`` never duplicates: if the message already
+        exists (the server refuses or answers empty), the stored message is returned.
+        Network failures are retried a few times with the same id.
+        """
+        msg_id = msg_id or random_id()
+        message = {"_id": msg_id, "rid": rid, "msg": text}
+        delays = [0.2, 0.5, 1.0]
+        while True:
+            try:
+                data = await self._authed(
+                    "chat.sendMessage", lambda: self._api.chat_send_message(message)
+                )
+            except Unavailable:
+                if not delays:
+                    raise
+                log.warning("chat.sendMessage %s failed transiently; retrying", msg_id)
+                await asyncio.sleep(delays.pop(0))
+                continue
+            except (RateLimited, AuthenticationFailed):
+                raise
+            except RocketChatError:
+                existing = await self._existing_message(msg_id)
+                if existing is not None and existing.get("rid") == rid:
+                    log.info("chat.sendMessage %s already stored; treating as sent", msg_id)
+                    return existing
+                raise
+            sent = data.get("message") if isinstance(data, dict) else None
+            if sent:
+                log.debug("sent message %s to room %s", msg_id, rid)
+                return sent
+            existing = await self._existing_message(msg_id)
+            if existing is not None:
+                return existing
+            raise RocketChatError(f"chat.sendMessage: {msg_id} not stored")
+
+    async def _existing_message(self, msg_id: str) -> dict | None:
+        try:
+            data = await self._authed(
+                "chat.getMessage",
+                lambda: self._api.call_api_get("chat.getMessage", msgId=self._q(msg_id)),
+            )
+        except (Unavailable, RateLimited, AuthenticationFailed):
+            raise
+        except RocketChatError:
+            return None
+        return data.get("message") or None
+
+    async def dm_room(self, username: str) -> str:
+        """The DM room id with ``username`` (``dm.create``; cached per username)."""
+        rid = self._dm_rooms.get(username)
+        if rid is None:
+            data = await self._authed("dm.create", lambda: self._api.dm_create(username))
+            room = data.get("room") or {}
+            rid = room.get("rid") or room.get("_id")
+            if not rid:
+                raise RocketChatError("dm.create: no room id in response")
+            self._dm_rooms[username] = rid
+        return rid
+
+    async def send_dm(self, username: str, text: str, msg_id: str | None = None) -> dict:
+        """Direct-message ``username``; idempotent for a given ``msg_id``."""
+        rid = await self.dm_room(username)
+        try:
+            return await self.send_message(rid, text, msg_id)
+        except NotAllowed:
+            # A cached DM may have been deleted meanwhile: recreate it once.
+            self._dm_rooms.pop(username, None)
+            rid = await self.dm_room(username)
+            return await self.send_message(rid, text, msg_id)
+
+    async def subscriptions_since(self, since: datetime) -> list[dict]:
+        """Subscriptions updated after ``since`` (``subscriptions.get?updatedSince``)."""
+        stamp = self._q(iso_date(since))
+        data = await self._authed(
+            "subscriptions.get",
+            lambda: self._api.call_api_get("subscriptions.get", updatedSince=stamp),
+        )
+        return list(data.get("update") or [])
+
+    async def rooms_since(self, since: datetime) -> list[dict]:
+        """The bot's rooms updated after ``since`` (``rooms.get?updatedSince``).
+
+        A room's ``_updatedAt`` moves with every new message, while a subscription's may
+        not (an already-set unread alert is not touched again), so catch-up uses both.
+        """
+        stamp = self._q(iso_date(since))
+        data = await self._authed(
+            "rooms.get", lambda: self._api.call_api_get("rooms.get", updatedSince=stamp)
+        )
+        return list(data.get("update") or [])
+
+    async def sync_messages(self, rid: str, since: datetime) -> list[dict]:
+        """Messages of room ``rid`` created or updated after ``since`` (``chat.syncMessages``)."""
+        room, stamp = self._q(rid), self._q(iso_date(since))
+        data = await self._authed(
+            "chat.syncMessages",
+            lambda: self._api.call_api_get("chat.syncMessages", roomId=room, lastUpdate=stamp),
+        )
+        return list((data.get("result") or {}).get("updated") or [])
+
+    # --- livechat (public routes, rate-limited per IP) -----------------------------------
+
+    async def register_visitor(
+        self, token: str, name: str, department: str | None = None
+    ) -> dict:
+        """Create or update the visitor ``token`` (``POST livechat/visitor``)."""
+        visitor: dict[str, Any] = {"token": token, "name": name}
+        if department:
+            visitor["department"] = department
+        data = await self._call(
+            "livechat/visitor",
+            lambda: self._api.call_api_post("livechat/visitor", body={"visitor": visitor}),
+        )
+        return data.get("visitor") or {}
+
+    async def open_room(self, token: str) -> tuple[dict, bool]:
+        """The visitor's open room, creating one if needed: ``(room, new_room)``.
+
+        Raises NoAgentOnline when Omnichannel cannot take the conversation.
+        """
+        tok = self._q(token)
+        data = await self._call(
+            "livechat/room", lambda: self._api.call_api_get("livechat/room", token=tok)
+        )
+        return data.get("room") or {}, bool(data.get("newRoom"))
+
+    async def post_visitor_message(self, token: str, rid: str, text: str, msg_id: str) -> dict:
+        """Post as the visitor (``POST livechat/message``); a repeated ``msg_id`` is a success."""
+        body = {"token": token, "rid": rid, "msg": text, "_id": msg_id}
+        try:
+            data = await self._call(
+                "livechat/message",
+                lambda: self._api.call_api_post("livechat/message", body=body),
+            )
+        except RocketChatError as exc:
+            if type(exc) is RocketChatError and _is_duplicate(exc.error_type):
+                log.info("livechat/message %s already stored; treating as sent", msg_id)
+                return {"_id": msg_id, "rid": rid}
+            raise
+        message = data.get("message") if isinstance(data, dict) else None
+        return message or {"_id": msg_id, "rid": rid}
+
+
+def _is_duplicate(code: str | None) -> bool:
+    """Whether an error code says "this _id already exists" (wording varies by version)."""
+    if not code:
+        return False
+    code = code.lower()
+    return "already" in code or "duplicate" in code or "exists" in code
