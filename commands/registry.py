@@ -13,6 +13,11 @@ from commands.base import Command
 #: Modules that define a ``command``; order is the order ``help`` lists them in.
 COMMAND_MODULES = (
     "commands.help",
+    "commands.authorize",
+    "commands.unauthorize",
+    "commands.pages",
+    "commands.subscribe",
+    "commands.unsubscribe",
 )
 
 

@@ -1,0 +1,27 @@
+"""``/instagram authorize``: DM the admin a single-use Facebook Login link."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bot import messages
+from bot.oauth import STATE_TTL, start_login
+from commands.base import Command, CommandContext, UsageError
+
+
+async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
+    if args:
+        raise UsageError("`authorize` takes no arguments.")
+    url = await start_login(ctx.store, ctx.config, ctx.issuer.user_id, ctx.issuer.username)
+    text = messages.AUTHORIZE_LINK.format(url=url, minutes=int(STATE_TTL // 60))
+    if ctx.issuer.room_type != "d":
+        text += "\n" + messages.AUTHORIZE_LINK_FROM_CHANNEL
+    await ctx.reply(text)  # always a DM: the link must never be posted in a room
+
+
+command = Command(
+    name="authorize",
+    summary="connect an Instagram business account (DMs you a Facebook Login link)",
+    usage="/instagram authorize",
+    handle=handle,
+)

@@ -1,0 +1,36 @@
+"""``/instagram pages``: the connected pages and their state."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bot import messages
+from commands.base import Command, CommandContext, UsageError
+
+
+async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
+    if args:
+        raise UsageError("`pages` takes no arguments.")
+    pages = sorted(await ctx.store.pages(), key=lambda p: (p.name.lower(), p.page_id))
+    if not pages:
+        await ctx.reply(messages.PAGES_NONE)
+        return
+    lines = [messages.PAGES_HEADER.format(count=len(pages))]
+    for page in pages:
+        line = messages.PAGES_LINE.format(
+            page_id=page.page_id,
+            name=page.name,
+            username=page.username or "?",
+            department=page.department_name or page.department_id or "none",
+            subscribed="yes" if page.subscribed else "no",
+        )
+        lines.append(line + (messages.PAGES_NEEDS_REAUTH if page.needs_reauth else ""))
+    await ctx.reply("\n".join(lines))
+
+
+command = Command(
+    name="pages",
+    summary="list the connected pages: id, name, @username, department, subscribed",
+    usage="/instagram pages",
+    handle=handle,
+)

@@ -1,0 +1,40 @@
+"""``/instagram subscribe <pageId>``: install the bot on the page and bridge it again."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from bot import messages
+from bot.graph import GraphAuthError, GraphError
+from bot.reauth import mark_needs_reauth
+from commands.base import Command, CommandContext, CommandError
+from commands.pageref import one_page_id, require_page
+
+log = logging.getLogger("commands")
+
+
+async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
+    page = await require_page(ctx.store, one_page_id(args))
+    try:
+        await ctx.graph.subscribe_page(page.page_id, page.page_token)
+    except GraphError as exc:
+        reason = messages.SUBSCRIBE_FAILED.format(page_id=page.page_id, reason=exc)
+        if isinstance(exc, GraphAuthError):
+            await mark_needs_reauth(ctx.store, ctx.notify_admins, page.page_id)
+            reason += ". " + messages.NEEDS_REAUTH_HINT.rstrip(".")
+        raise CommandError(reason) from None
+    page.subscribed = True
+    await ctx.store.save_page(page)
+    log.info("page %s subscribed by %s", page.page_id, ctx.issuer.username)
+    await ctx.reply(
+        messages.SUBSCRIBED.format(name=page.name, page_id=page.page_id, username=page.username)
+    )
+
+
+command = Command(
+    name="subscribe",
+    summary="start bridging a page (installs the bot on it at Meta)",
+    usage="/instagram subscribe <pageId>",
+    handle=handle,
+)
