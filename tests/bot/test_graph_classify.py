@@ -1,0 +1,76 @@
+"""Meta error envelopes → the project's Graph exception types (no network)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import pytest
+
+from bot.graph import (
+    GraphAuthError,
+    GraphPermanent,
+    GraphRetryable,
+    GraphThrottled,
+    appsecret_proof,
+    classify,
+)
+
+
+def _envelope(code: int, subcode: int | None = None, message: str = "boom") -> dict:
+    err: dict = {"message": message, "type": "OAuthException", "code": code, "fbtrace_id": "T1"}
+    if subcode is not None:
+        err["error_subcode"] = subcode
+    return {"error": err}
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (400, _envelope(4), GraphThrottled),
+        (400, _envelope(17), GraphThrottled),
+        (400, _envelope(32), GraphThrottled),
+        (400, _envelope(613), GraphThrottled),
+        (400, _envelope(80002), GraphThrottled),
+        (500, _envelope(1), GraphRetryable),
+        (500, _envelope(2), GraphRetryable),
+        (400, _envelope(1200), GraphRetryable),
+        (503, None, GraphRetryable),
+        (502, _envelope(100), GraphRetryable),
+        (400, _envelope(190, 463), GraphAuthError),
+        (500, _envelope(190), GraphAuthError),
+        (400, _envelope(10, 2534022), GraphPermanent),
+        (400, _envelope(100, 2018001), GraphPermanent),
+        (403, _envelope(200), GraphPermanent),
+        (400, _envelope(551, 1545041), GraphPermanent),
+        (400, _envelope(36103), GraphPermanent),
+        (404, "not json", GraphPermanent),
+    ],
+)
+def test_error_classification(status: int, body: object, expected: type) -> None:
+    """Throttling/transient/5xx retry, 190 needs re-auth, everything else is permanent."""
+    exc = classify(status, body, call="GET /x")
+    assert type(exc) is expected
+    assert exc.status == status
+
+
+def test_error_carries_code_subcode_and_call() -> None:
+    """The exception exposes Meta's code, subcode and trace id and names the call."""
+    exc = classify(400, _envelope(190, 463, "Session has expired"), call="GET /me/accounts")
+    assert (exc.code, exc.subcode, exc.fbtrace_id) == (190, 463, "T1")
+    assert str(exc) == "GET /me/accounts code 190/463: Session has expired"
+
+
+def test_token_echoed_by_meta_is_scrubbed_from_message() -> None:
+    """A token Meta quotes back in its message never reaches str(exception)."""
+    token = "EAABsecretTOKEN123"
+    exc = classify(400, _envelope(190, message=f"Malformed access token {token}"),
+                   secrets=(token,))
+    assert token not in str(exc)
+    assert "***" in str(exc)
+
+
+def test_appsecret_proof_is_hmac_sha256_of_token() -> None:
+    """appsecret_proof = hex HMAC-SHA256(key=app secret, msg=token)."""
+    expected = hmac.new(b"s3cret", b"tok", hashlib.sha256).hexdigest()
+    assert appsecret_proof("tok", "s3cret") == expected
