@@ -267,3 +267,40 @@ def oauth_subscribe_failed_page(name: str, page_id: str, reason: str) -> str:
         f"it at Meta failed: {reason}.",
         f"Type /instagram subscribe {page_id} in Rocket.Chat to try again.",
     )
+
+# --- Inbound: what agents see (Instagram events posted into the Omnichannel room) --------
+
+IN_ATTACHMENT_LABELS = {
+    "image": "Image",
+    "video": "Video",
+    "audio": "Voice message",
+    "file": "File",
+    "share": "Shared post",
+    "ig_reel": "Reel",
+    "reel": "Reel",
+    "animated_image": "GIF",
+}
+IN_ATTACHMENT_DEFAULT_LABEL = "Attachment"
+IN_NO_LINK = "{label} (no link; open Instagram to view it)"
+IN_STORY_LABEL = "story"
+IN_STORY_MENTION = "📣 Mentioned you in their {link}"
+IN_STORY_REPLY = "↩️ Replied to your {link}:"
+IN_REPLY_TO = "↩️ In reply to {target}:"
+IN_TARGET_OURS = "a message sent from Rocket.Chat"
+IN_TARGET_LINKED = "[an earlier message]({url})"
+IN_TARGET_UNKNOWN = "an earlier message"
+IN_REACTION = "Reacted {emoji} to {target}"
+IN_SOME_REACTION = "with a reaction"
+IN_UNREACTION = "Removed their reaction from {target}"
+IN_UNSEND = "🗑 Unsent {target} (deleted on Instagram)"
+IN_UNSUPPORTED = "This content can't be shown here; open Instagram to view it."
+IN_EMPTY = "(an empty message; open Instagram to view it)"
+IN_POSTBACK = "Tapped the button “{title}”"
+IN_QUICK_REPLY = "(quick reply `{payload}`)"
+IN_AD_REFERRAL = "ℹ️ Came from the ad “{title}”"
+IN_UNTITLED_AD = "untitled"
+IN_AD_ID = " (ad id {ad_id})"
+IN_LINK_REFERRAL = "ℹ️ Opened the chat from an ig.me link"
+IN_REF = " (ref `{ref}`)"
+IN_ECHO = "📱 Sent by the business from the Instagram app (not from Rocket.Chat):\n{text}"
+IN_UNKNOWN_VISITOR = "Instagram user {igsid}"

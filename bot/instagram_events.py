@@ -1,0 +1,373 @@
+"""Instagram webhook bodies → inbound work items, and work items → what an agent reads.
+
+Sans-I/O: plain functions over parsed JSON, so every event shape is table-testable.
+The receiver calls :func:`account_ids` (to look the connected pages up in the store),
+then :func:`parse_webhook`; the inbound relay calls :func:`agent_text` when it posts
+an item into Omnichannel. Shapes: protocols/instagram.md §2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot import messages
+from storage.base import WorkItem, conversation_key
+
+log = logging.getLogger("bot.web")
+
+#: Item kinds on the "inbound" queue.
+MESSAGE, UNSEND, ECHO, REACTION, POSTBACK, REFERRAL = (
+    "message", "unsend", "echo", "reaction", "postback", "referral",
+)
+#: Kinds that are the visitor speaking (they open/extend the messaging window).
+VISITOR_KINDS = frozenset({MESSAGE, POSTBACK})
+
+#: ``changes[].field`` values of dashboard test payloads that carry a messaging item.
+_CHANGE_FIELDS = frozenset({
+    "messages", "message_reactions", "messaging_postbacks", "messaging_referral",
+    "messaging_seen", "standby",
+})
+
+_REACTION_EMOJI = {
+    "love": "❤️", "like": "👍", "laugh": "😆", "wow": "😮", "sad": "😢",
+    "angry": "😠", "smile": "😊", "dislike": "👎",
+}
+
+
+@dataclass
+class Parsed:
+    """What one webhook body yields: work items plus what was skipped and why."""
+
+    items: list[WorkItem] = field(default_factory=list)
+    #: (reason, detail) for every messaging item deliberately not relayed.
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def rc_message_id(item_id: str) -> str:
+    """The Rocket.Chat ``_id`` for an inbound item: deterministic, never truncated.
+
+    Mids are long base64 strings; a full SHA-256 hex of the item id keeps ids of a fixed,
+    safe alphabet and length while staying unique per item.
+    """
+    return "ig-" + hashlib.sha256(item_id.encode("utf-8")).hexdigest()
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=True).encode()).hexdigest()
+
+
+def account_ids(body: Any) -> set[str]:
+    """Every Instagram account id a body may route to (entry ids, sender/recipient ids)."""
+    ids: set[str] = set()
+    for entry in _list(body.get("entry") if isinstance(body, dict) else None):
+        if not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("id"), str | int):
+            ids.add(str(entry["id"]))
+        for _, event in _events(entry):
+            for side in ("sender", "recipient"):
+                party = event.get(side)
+                if isinstance(party, dict) and isinstance(party.get("id"), str | int):
+                    ids.add(str(party["id"]))
+    return ids
+
+
+def parse_webhook(body: dict[str, Any], pages: Mapping[str, str]) -> Parsed:
+    """Turn an ``object=instagram`` body into work items, one per messaging item.
+
+    ``pages`` maps the Instagram account id of every connected, subscribed page to its
+    page id; items for other accounts are dropped (``unknown_account``). Malformed
+    items are skipped with a log line, never an exception: Meta would retry the whole
+    batch forever.
+    """
+    parsed = Parsed()
+    for entry in _list(body.get("entry")):
+        if not isinstance(entry, dict):
+            parsed.dropped.append(("malformed", "entry is not an object"))
+            continue
+        entry_id = str(entry.get("id", ""))
+        for source, event in _events(entry):
+            try:
+                _parse_event(entry_id, source, event, pages, parsed)
+            except (TypeError, ValueError, AttributeError, KeyError) as exc:
+                log.warning("skipping malformed %s item in entry %s: %s", source, entry_id, exc)
+                parsed.dropped.append(("malformed", f"{type(exc).__name__}"))
+    return parsed
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _events(entry: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every messaging item of an entry: ``messaging[]``, ``standby[]``, test ``changes[]``."""
+    for source in ("messaging", "standby"):
+        for event in _list(entry.get(source)):
+            if isinstance(event, dict):
+                yield source, event
+            else:
+                log.warning("skipping non-object %s item in entry %s", source, entry.get("id"))
+    for change in _list(entry.get("changes")):
+        if (
+            isinstance(change, dict)
+            and change.get("field") in _CHANGE_FIELDS
+            and isinstance(change.get("value"), dict)
+        ):
+            yield "changes", change["value"]
+
+
+def _party(event: dict[str, Any], side: str) -> str:
+    party = event.get(side)
+    if not isinstance(party, dict) or not isinstance(party.get("id"), str | int):
+        raise ValueError(f"missing {side}.id")
+    return str(party["id"])
+
+
+def _kind_and_key(event: dict[str, Any], sender: str, timestamp: int) -> tuple[str, str] | str:
+    """(kind, item_id) for an event, or a drop reason."""
+    message = event.get("message")
+    if isinstance(message, dict):
+        mid = message.get("mid")
+        if not isinstance(mid, str) or not mid:
+            raise ValueError("message without mid")
+        if message.get("is_echo"):
+            return ECHO, f"ig-echo:{mid}"
+        if message.get("is_deleted"):
+            # The deletion carries the mid of the original message: its own key.
+            return UNSEND, f"ig-unsend:{mid}"
+        return MESSAGE, f"ig:{mid}"
+    reaction = event.get("reaction")
+    if isinstance(reaction, dict):
+        target = reaction.get("mid")
+        if not isinstance(target, str) or not target:
+            raise ValueError("reaction without mid")
+        key = _digest(target, sender, reaction.get("action"), reaction.get("emoji"),
+                      reaction.get("reaction"), timestamp)
+        return REACTION, f"ig-reaction:{key}"
+    postback = event.get("postback")
+    if isinstance(postback, dict):
+        mid = postback.get("mid")
+        if isinstance(mid, str) and mid:
+            return POSTBACK, f"ig-postback:{mid}"
+        key = _digest(sender, timestamp, postback.get("title"), postback.get("payload"))
+        return POSTBACK, f"ig-postback:{key}"
+    referral = event.get("referral")
+    if isinstance(referral, dict):
+        key = _digest(sender, timestamp, referral.get("ref"), referral.get("source"),
+                      referral.get("ad_id"))
+        return REFERRAL, f"ig-referral:{key}"
+    if "read" in event:
+        return "read"
+    if "delivery" in event:
+        return "delivery"
+    return "unsupported_event"
+
+
+def _parse_event(
+    entry_id: str,
+    source: str,
+    event: dict[str, Any],
+    pages: Mapping[str, str],
+    parsed: Parsed,
+) -> None:
+    sender = _party(event, "sender")
+    recipient = _party(event, "recipient")
+    raw_ts = event.get("timestamp")
+    if isinstance(raw_ts, bool) or not isinstance(raw_ts, int | float):
+        raise ValueError("missing timestamp")
+    timestamp = int(raw_ts)
+    decided = _kind_and_key(event, sender, timestamp)
+    if isinstance(decided, str):
+        # Read receipts and deliveries tell an agent nothing; other types are new to us.
+        if decided == "unsupported_event":
+            log.info("ignoring unsupported %s event type %s in entry %s",
+                     source, sorted(k for k in event if k not in ("sender", "recipient")),
+                     entry_id)
+        parsed.dropped.append((decided, entry_id))
+        return
+    kind, item_id = decided
+    # Business-sent (echo): sender is the account; inbound: recipient is the account.
+    if kind == ECHO or (sender in pages and recipient not in pages):
+        account, igsid = sender, recipient
+    else:
+        account, igsid = recipient, sender
+    page_id = pages.get(account) or pages.get(entry_id)
+    if page_id is None:
+        log.info("dropping %s %s: Instagram account %s is not connected or not subscribed",
+                 kind, item_id, account)
+        parsed.dropped.append(("unknown_account", account))
+        return
+    if kind == ECHO and igsid == account:
+        parsed.dropped.append(("malformed", "echo to self"))
+        return
+    parsed.items.append(
+        WorkItem(
+            item_id=item_id,
+            queue="inbound",
+            conversation=conversation_key(page_id, igsid),
+            kind=kind,
+            payload={"page_id": page_id, "igsid": igsid, "source": source, "event": event},
+            order_ts=timestamp / 1000.0,
+        )
+    )
+
+
+# --- what the agent sees ------------------------------------------------------------------
+
+
+def target_mid(kind: str, event: dict[str, Any]) -> str | None:
+    """The mid an event points at (reply-to, reaction, unsend), if any."""
+    if kind == REACTION:
+        return (event.get("reaction") or {}).get("mid")
+    message = event.get("message")
+    if not isinstance(message, dict):
+        return None
+    if kind == UNSEND:
+        return message.get("mid")
+    reply_to = message.get("reply_to")
+    if isinstance(reply_to, dict) and isinstance(reply_to.get("mid"), str):
+        return reply_to["mid"]
+    return None
+
+
+def message_link(base_url: str, rid: str, msg_id: str) -> str:
+    """A Rocket.Chat permalink to a livechat message (rendered as a quote by clients)."""
+    return f"{base_url.rstrip('/')}/live/{rid}?msg={msg_id}"
+
+
+def target_phrase(ours: bool, link: str | None) -> str:
+    """How a pointed-at message is named: ours, linked, or just "an earlier message"."""
+    if ours:
+        return messages.IN_TARGET_OURS
+    if link:
+        return messages.IN_TARGET_LINKED.format(url=_safe_url(link))
+    return messages.IN_TARGET_UNKNOWN
+
+
+def _safe_url(url: str) -> str:
+    # A ')' or space would end a markdown link early.
+    return url.replace(" ", "%20").replace(")", "%29").replace("(", "%28")
+
+
+def _link(label: str, url: Any) -> str:
+    if not isinstance(url, str) or not url.strip():
+        return messages.IN_NO_LINK.format(label=label)
+    return f"[{label}]({_safe_url(url.strip())})"
+
+
+def _emoji(reaction: dict[str, Any]) -> str:
+    emoji = reaction.get("emoji")
+    if isinstance(emoji, str) and emoji:
+        return emoji
+    name = reaction.get("reaction")
+    return _REACTION_EMOJI.get(name, f":{name}:" if isinstance(name, str) and name else "")
+
+
+def _referral_line(referral: Any) -> str | None:
+    if not isinstance(referral, dict):
+        return None
+    ads = referral.get("ads_context_data")
+    title = ads.get("ad_title") if isinstance(ads, dict) else None
+    ad_id = referral.get("ad_id")
+    if ad_id or title or referral.get("source") == "ADS":
+        line = messages.IN_AD_REFERRAL.format(title=title or messages.IN_UNTITLED_AD)
+        if ad_id:
+            line += messages.IN_AD_ID.format(ad_id=ad_id)
+    else:
+        line = messages.IN_LINK_REFERRAL
+    ref = referral.get("ref")
+    if isinstance(ref, str) and ref:
+        line += messages.IN_REF.format(ref=ref)
+    return line
+
+
+def _attachment_line(attachment: Any) -> str | None:
+    if not isinstance(attachment, dict):
+        return None
+    kind = attachment.get("type")
+    payload = attachment.get("payload") if isinstance(attachment.get("payload"), dict) else {}
+    url = payload.get("url")
+    if kind == "story_mention":
+        return messages.IN_STORY_MENTION.format(link=_link(messages.IN_STORY_LABEL, url))
+    if kind in ("template", "unsupported_type", "fallback") and not url:
+        return messages.IN_UNSUPPORTED
+    label = messages.IN_ATTACHMENT_LABELS.get(kind, messages.IN_ATTACHMENT_DEFAULT_LABEL)
+    line = "📎 " + _link(label, url)
+    title = payload.get("title")
+    if isinstance(title, str) and title.strip():
+        line += f" — {title.strip()}"
+    return line
+
+
+def agent_text(kind: str, event: dict[str, Any], target: str = "") -> str:
+    """The Rocket.Chat text an agent reads for one inbound item.
+
+    ``target`` names the message the event points at (see :func:`target_phrase`).
+    """
+    if kind == REACTION:
+        reaction = event.get("reaction") or {}
+        if reaction.get("action") == "unreact":
+            return messages.IN_UNREACTION.format(target=target or messages.IN_TARGET_UNKNOWN)
+        return messages.IN_REACTION.format(
+            emoji=_emoji(reaction) or messages.IN_SOME_REACTION,
+            target=target or messages.IN_TARGET_UNKNOWN,
+        )
+    if kind == POSTBACK:
+        postback = event.get("postback") or {}
+        title = postback.get("title") or postback.get("payload") or ""
+        return messages.IN_POSTBACK.format(title=title)
+    if kind == REFERRAL:
+        return _referral_line(event.get("referral")) or messages.IN_LINK_REFERRAL
+    message = event.get("message") or {}
+    if kind == UNSEND:
+        return messages.IN_UNSEND.format(target=target or messages.IN_TARGET_UNKNOWN)
+    lines: list[str] = []
+    referral = _referral_line(message.get("referral"))
+    if referral:
+        lines.append(referral)
+    reply_to = message.get("reply_to")
+    if isinstance(reply_to, dict):
+        story = reply_to.get("story")
+        if isinstance(story, dict):
+            lines.append(messages.IN_STORY_REPLY.format(
+                link=_link(messages.IN_STORY_LABEL, story.get("url"))))
+        elif reply_to.get("mid"):
+            lines.append(messages.IN_REPLY_TO.format(target=target or messages.IN_TARGET_UNKNOWN))
+    text = message.get("text")
+    if isinstance(text, str) and text:
+        lines.append(text)
+    quick_reply = message.get("quick_reply")
+    if isinstance(quick_reply, dict) and quick_reply.get("payload"):
+        lines.append(messages.IN_QUICK_REPLY.format(payload=quick_reply["payload"]))
+    for attachment in _list(message.get("attachments")):
+        line = _attachment_line(attachment)
+        if line:
+            lines.append(line)
+    if message.get("is_unsupported") and not (text or message.get("attachments")):
+        lines.append(messages.IN_UNSUPPORTED)
+    body = "\n".join(lines) if lines else messages.IN_EMPTY
+    if kind == ECHO:
+        return messages.IN_ECHO.format(text=body)
+    return body
+
+
+def visitor_name(profile: Mapping[str, Any] | None, igsid: str) -> str:
+    """The Omnichannel visitor name: profile name, else @username, else a placeholder."""
+    profile = profile or {}
+    name = profile.get("name")
+    if isinstance(name, str) and name.strip():
+        return name.strip()
+    username = profile.get("username")
+    if isinstance(username, str) and username.strip():
+        return "@" + username.strip().lstrip("@")
+    return messages.IN_UNKNOWN_VISITOR.format(igsid=igsid)
+
+
+def visitor_token(page_id: str, igsid: str) -> str:
+    """The Omnichannel visitor token (DESIGN.md "Omnichannel mapping")."""
+    return f"instagram-{page_id}-{igsid}"
