@@ -168,6 +168,7 @@ class GraphClient:
         max_workers: int = 8,
         retries: int = 2,
         backoff: Callable[[int], float] = default_backoff,
+        observe: Callable[[str, float], None] | None = None,
     ) -> None:
         self.base_url = f"{graph_url.rstrip('/')}/{api_version.strip('/')}"
         self.app_id = app_id
@@ -175,6 +176,7 @@ class GraphClient:
         self.timeout = timeout
         self.retries = retries
         self._backoff = backoff
+        self._observe = observe  # (call, seconds) per HTTP request, for the latency metric
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max_workers)
         self._session.mount("http://", adapter)
@@ -396,6 +398,9 @@ class GraphClient:
             raise GraphRetryable("timed out", call=call) from None
         except requests.RequestException as exc:
             raise GraphRetryable(f"network error ({type(exc).__name__})", call=call) from None
+        finally:
+            if self._observe is not None:
+                self._observe(call, time.monotonic() - started)
         elapsed = (time.monotonic() - started) * 1000
         try:
             body = resp.json()

@@ -177,6 +177,7 @@ class RocketChatREST:
         max_workers: int = 8,
         rate_limit_wait: float = 120.0,
         clock: Callable[[], float] = time.time,
+        observe: Callable[[str, float], None] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self._user = user
@@ -185,6 +186,7 @@ class RocketChatREST:
         self._token = token
         self._rate_limit_wait = rate_limit_wait
         self._clock = clock
+        self._observe = observe  # (route, seconds) per HTTP call, for the latency metric
         self._session = requests.Session()
         self._session.hooks["response"].append(self._remember_response)
         self._local = threading.local()
@@ -250,7 +252,7 @@ class RocketChatREST:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                return await loop.run_in_executor(self._pool, self._run_blocking, route, fn)
+                return await self._timed(loop, route, fn)
             except RateLimited as exc:
                 delay = max(0.0, exc.reset_at - self._clock()) + 0.05
                 if waited + delay > self._rate_limit_wait:
@@ -258,6 +260,15 @@ class RocketChatREST:
                 log.warning("%s rate limited; retrying in %.1f s", route, delay)
                 waited += delay
                 await asyncio.sleep(delay)
+
+    async def _timed(self, loop: asyncio.AbstractEventLoop, route: str, fn: Callable[[], T]) -> T:
+        """One attempt in the pool, reported to ``observe`` (success or failure)."""
+        started = time.monotonic()
+        try:
+            return await loop.run_in_executor(self._pool, self._run_blocking, route, fn)
+        finally:
+            if self._observe is not None:
+                self._observe(route, time.monotonic() - started)
 
     async def _authed(self, route: str, fn: Callable[[], T]) -> T:
         """A call that needs the bot's auth headers; logs in first and once more on a 401."""
