@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from storage import open_store
 from storage.base import Store
 
 log = logging.getLogger("bot")
+
+_ID_SEGMENT = re.compile(r"/\d+(?=/|$| )")
 
 
 @dataclass
@@ -94,10 +97,12 @@ class Bot:
             password=rc.password.reveal() or None,
             user_id=rc.user_id or None,
             token=rc.token.reveal() or None,
+            observe=self._observe_rocketchat,
         )
         ig = config.instagram
         self.graph = GraphClient(
-            ig.graph_url, ig.api_version, ig.app_id, ig.app_secret.reveal()
+            ig.graph_url, ig.api_version, ig.app_id, ig.app_secret.reveal(),
+            observe=self._observe_graph,
         )
         realtime_options: dict[str, Any] = {"backoff": backoff} if backoff else {}
         self.realtime = RealtimeClient(
@@ -115,6 +120,7 @@ class Bot:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopped = asyncio.Event()
         self.port: int | None = None
+        self._reconnects_counted = 0
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -170,9 +176,21 @@ class Bot:
     async def refresh_gauges(self) -> None:
         """Update gauges that are read from state rather than counted."""
         self.metrics.realtime_connected.set(1 if self.realtime_connected else 0)
+        # The realtime client counts reconnects itself; carry the increase over.
+        reconnects = self.realtime.reconnects
+        if reconnects > self._reconnects_counted:
+            self.metrics.realtime_reconnects.inc(reconnects - self._reconnects_counted)
+            self._reconnects_counted = reconnects
         for queue in ("inbound", "outbound"):
             self.metrics.queue_depth.labels(queue).set(await self.store.queue_depth(queue))
         self.metrics.waiting_for_agent.set(len(await self.store.conversations_waiting()))
+
+    def _observe_rocketchat(self, route: str, seconds: float) -> None:
+        self.metrics.rocketchat_latency.labels(route).observe(seconds)
+
+    def _observe_graph(self, call: str, seconds: float) -> None:
+        # "POST /1234/messages" -> "POST /{id}/messages": ids would explode the label set.
+        self.metrics.graph_latency.labels(_ID_SEGMENT.sub("/{id}", call)).observe(seconds)
 
     # -- commands ------------------------------------------------------------------------
     async def on_message(self, message: IncomingMessage) -> None:
