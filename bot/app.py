@@ -23,6 +23,9 @@ from bot.config import Config
 from bot.graph import GraphClient
 from bot.metrics import Metrics
 from bot.realtime import IncomingMessage, RealtimeClient
+from bot.reauth import mark_needs_reauth
+from bot.relay.outbound import OutboundRelay
+from bot.relay.worker import QueueWorker
 from bot.rest import RocketChatREST
 from bot.web import create_app
 from commands.base import Issuer
@@ -115,6 +118,25 @@ class Bot:
             on_message=self.on_message,
             **realtime_options,
         )
+        # Outbound relay: agents' replies and the page texts to Instagram, notes to agents.
+        self.outbound_relay = OutboundRelay(
+            store=self.store,
+            graph=self.graph,
+            rest=self.rest,
+            human_agent_tag=ig.human_agent_tag,
+            mark_needs_reauth=lambda page_id: mark_needs_reauth(
+                self.store, self.notify_admins, page_id
+            ),
+            metrics=self.metrics,
+            clock=clock,
+            wake=lambda: self.outbound.notify(),
+        )
+        self.outbound = QueueWorker(
+            self.store, "outbound", self.outbound_relay.process, clock=clock,
+            on_retry=lambda item, reason: self.metrics.retries.labels(
+                "outbound", reason.split(":", 1)[0]
+            ).inc(),
+        )
         self.web_app = create_app(self)
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -135,6 +157,7 @@ class Bot:
         if server is not None and server.sockets:
             self.port = server.sockets[0].getsockname()[1]
         log.info("web receiver listening on %s (port %s)", self.config.server.listen, self.port)
+        self._tasks.append(asyncio.create_task(self.outbound.run(), name="outbound"))
 
     async def run(self) -> None:
         """The whole process lifetime; raises AuthenticationFailed on bad credentials."""
@@ -158,6 +181,7 @@ class Bot:
         self._stopped.set()
 
     async def _shutdown(self) -> None:
+        await self.outbound.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -167,6 +191,10 @@ class Bot:
         await self.rest.close()
         await self.store.close()
         log.info("stopped")
+
+    async def on_page_reauthorized(self, page_id: str) -> None:
+        """A page got a fresh token: deliver its held outbound items now (call after saving)."""
+        await self.outbound_relay.on_page_reauthorized(page_id)
 
     # -- state for /healthz and /metrics ------------------------------------------------
     @property

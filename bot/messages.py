@@ -304,3 +304,73 @@ IN_LINK_REFERRAL = "ℹ️ Opened the chat from an ig.me link"
 IN_REF = " (ref `{ref}`)"
 IN_ECHO = "📱 Sent by the business from the Instagram app (not from Rocket.Chat):\n{text}"
 IN_UNKNOWN_VISITOR = "Instagram user {igsid}"
+
+# --- Outbound (agent replies → Instagram; notes posted into the livechat room) ----------
+# Notes are one sentence each: {visitor} is the visitor's name, {partial} is empty or
+# OUTBOUND_PARTIAL, {error} is Meta's error (code and message; never a token).
+
+OUTBOUND_WINDOW_TAG_DISABLED = (
+    "⚠️ Not delivered to Instagram: {visitor} last wrote more than 24 hours ago, and "
+    "replying later needs Meta's human agent tag, which this bridge does not have enabled"
+    "{partial}."
+)
+OUTBOUND_WINDOW_HUMAN_ONLY = (
+    "⚠️ Not delivered to Instagram: {visitor} last wrote more than 24 hours ago, and after "
+    "that only a human agent may reply{partial}."
+)
+OUTBOUND_WINDOW_EXPIRED = (
+    "⚠️ Not delivered to Instagram: {visitor} last wrote more than 7 days ago, so Instagram "
+    "accepts no reply until they write again{partial}."
+)
+OUTBOUND_META_WINDOW = (
+    "⚠️ Not delivered to Instagram: Instagram says the messaging window is closed, so "
+    "{visitor} must write again before you can reply{partial}."
+)
+OUTBOUND_USER_UNAVAILABLE = (
+    "⚠️ Not delivered to Instagram: {visitor} cannot receive messages right now (they may "
+    "have blocked the account or turned off message requests){partial}."
+)
+OUTBOUND_ACCOUNT_UNAVAILABLE = (
+    "⚠️ Not delivered to Instagram: messaging is not available for this Instagram account, "
+    "so an administrator must check it in Meta's settings{partial}."
+)
+OUTBOUND_REFUSED = (
+    "⚠️ Not delivered to Instagram: Instagram refused the message ({error}){partial}."
+)
+OUTBOUND_PAGE_NOT_CONNECTED = (
+    "⚠️ Not delivered to Instagram: this conversation's Instagram account is no longer "
+    "connected to the bridge, so an administrator must connect it again{partial}."
+)
+OUTBOUND_PARTIAL = " (only the first {sent} of {total} parts were delivered)"
+
+# --- commands: edit -----------------------------------------------------------------------
+
+EDIT_SETTINGS = (
+    "*Settings of {name}* (`{page_id}`{username})\n"
+    "department: {department}\n"
+    "welcome: {welcome}\n"
+    "finished: {finished}\n"
+    "offline: {offline}\n"
+    "Change one with `/instagram edit {page_id} <setting> <value…>`, where setting is "
+    "`department`, `welcome`, `finished` or `offline`; the value `none` clears it. "
+    "Changes apply to the next conversation or message."
+)
+EDIT_UNSET = "_(not set)_"
+EDIT_UNKNOWN_SETTING = (
+    "`{setting}` is not a setting; use `department`, `welcome`, `finished` or `offline`."
+)
+EDIT_MISSING_VALUE = "Give a value for `{setting}` (or `none` to clear it)."
+EDIT_UNKNOWN_DEPARTMENT = (
+    "There is no Omnichannel department named `{name}`. Departments: {known}."
+)
+EDIT_NO_DEPARTMENTS = "There is no Omnichannel department named `{name}` (none exist yet)."
+EDIT_TOO_LONG = (
+    "The {setting} text is {size} bytes long; Instagram accepts at most {limit} bytes "
+    "(UTF-8) per message, so shorten it."
+)
+EDIT_DEPARTMENT_SET = (
+    "Page *{name}*: new conversations now go to the department *{department}*."
+)
+EDIT_DEPARTMENT_CLEARED = "Page *{name}*: new conversations now go to no particular department."
+EDIT_TEXT_SET = "Page *{name}*: the {setting} text is now:\n{text}"
+EDIT_TEXT_CLEARED = "Page *{name}*: the {setting} text is cleared; none will be sent."

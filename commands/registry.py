@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "commands.pages",
     "commands.subscribe",
     "commands.unsubscribe",
+    "commands.edit",
 )
 
 

@@ -1,0 +1,450 @@
+"""Relay Omnichannel → Instagram: the processor of the ``outbound`` queue.
+
+One sender for everything the visitor receives from us — agents' replies
+(``agent_message``), the page's ``welcome``, ``offline`` and ``finished`` texts — so
+one ordering rule holds: per conversation strictly in queue order. Notes to the agent
+(``note``) go the other way, into the Rocket.Chat room, on their own per-room key.
+
+Meta's rules, applied before every send (protocols/instagram.md §3):
+
+- Text is at most 1000 UTF-8 bytes per message: longer texts are split at whitespace
+  into ordered parts whose concatenation is the original text.
+- The visitor's last inbound message opens a 24-hour window (``RESPONSE``); from 24 h to
+  7 days only a human agent may reply, with ``MESSAGE_TAG``/``HUMAN_AGENT``, and only
+  when ``instagram.human_agent_tag`` is configured (it needs Meta's approval); beyond
+  7 days nothing may be sent.
+
+Failures: throttling and transient errors are retried durably with jittered
+exponential backoff (the item stays at the head of its conversation, so order is
+kept); code 190 holds the page's items until it is re-authorized; anything the agent
+can act on (window closed, user unavailable, blocked) becomes a note in the room.
+
+Exactly-once is bounded by the Send API, which has no idempotency key: a crash after
+Meta accepted a part but before ``item.progress`` (or the item's completion) is
+durable re-sends that one part. Each part's progress is written right after its send,
+so at most one part per conversation in flight can be duplicated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bot import messages
+from bot.graph import GraphAuthError, GraphError, GraphRetryable, GraphThrottled
+from bot.relay.worker import Done, Outcome, Retry, retry_delay
+from bot.rest import NotAllowed, RateLimited, RocketChatError, RoomClosed, Unavailable
+from storage.base import Conversation, Page, Store, WorkItem
+
+log = logging.getLogger("bot.relay")
+
+#: Meta's limit on one text message (protocols/instagram.md §3.2).
+MAX_TEXT_BYTES = 1000
+#: The standard messaging window after the visitor's last message.
+RESPONSE_WINDOW = 24 * 3600.0
+#: How long a human agent may still answer with the HUMAN_AGENT tag.
+HUMAN_AGENT_WINDOW = 7 * 24 * 3600.0
+
+#: Item kinds this processor sends to the visitor.
+VISITOR_KINDS = frozenset({"agent_message", "welcome", "offline", "finished"})
+
+#: Graph error codes that mean "the visitor cannot be reached"; the agent is told.
+WINDOW_CODES = frozenset({10})
+UNAVAILABLE_CODES = frozenset({551})
+BLOCKED_SUBCODES = frozenset({1545041})
+ACCOUNT_UNAVAILABLE_CODES = frozenset({36103})
+
+_ATTACHMENT_TYPES = ("image", "video", "audio")
+
+
+# --- pure helpers ---------------------------------------------------------------------
+
+
+def split_text(text: str, limit: int = MAX_TEXT_BYTES) -> list[str]:
+    """Split ``text`` into ordered parts of at most ``limit`` UTF-8 bytes.
+
+    Parts break after whitespace (preferring a line break in the second half of a
+    part), so words stay whole; the whitespace stays at the end of the earlier part
+    and ``"".join(parts) == text`` always holds. A word longer than ``limit`` is cut
+    at a character boundary. Empty text gives no parts.
+    """
+    if limit < 4:
+        raise ValueError("limit must hold at least one UTF-8 character (4 bytes)")
+    parts: list[str] = []
+    rest = text
+    while len(rest.encode("utf-8")) > limit:
+        # The longest prefix that fits, never cutting a character in two.
+        window = rest.encode("utf-8")[:limit].decode("utf-8", "ignore")
+        cut = _break_point(window)
+        parts.append(rest[:cut])
+        rest = rest[cut:]
+    if rest:
+        parts.append(rest)
+    return parts
+
+
+def _break_point(window: str) -> int:
+    """Where to end a part taken from ``window`` (a prefix that fits)."""
+    newline = window.rfind("\n")
+    if newline >= len(window) // 2:
+        return newline + 1
+    for index in range(len(window) - 1, 0, -1):
+        if window[index].isspace():
+            return index + 1
+    return len(window)
+
+
+def attachment_type(mime: str | None) -> str:
+    """The Send API attachment type for a MIME type: image, video, audio or file."""
+    major = (mime or "").split("/", 1)[0].lower()
+    return major if major in _ATTACHMENT_TYPES else "file"
+
+
+def build_parts(text: str, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Send API ``message`` objects for one item, in sending order.
+
+    Files first (each its own call, by URL), then the text (the caption) split into
+    parts. Whitespace-only parts are dropped: Meta refuses empty texts.
+    """
+    parts: list[dict[str, Any]] = []
+    for file in files:
+        url = file.get("url")
+        if url:
+            parts.append(
+                {"attachment": {"type": attachment_type(file.get("type")), "payload": {"url": url}}}
+            )
+    parts.extend({"text": chunk} for chunk in split_text(text or "") if chunk.strip())
+    return parts
+
+
+@dataclass(frozen=True)
+class WindowDecision:
+    """Whether and how Meta's messaging window lets us send now."""
+
+    send: bool
+    messaging_type: str = "RESPONSE"
+    tag: str | None = None
+    reason: str = ""  # why not: "human_only", "tag_disabled", "expired"
+
+
+def window_decision(
+    last_inbound_at: float | None, now: float, *, human: bool, human_agent_tag: bool
+) -> WindowDecision:
+    """Apply the 24-hour / 7-day rule (protocols/instagram.md §3.3).
+
+    An unknown last-inbound time is sent as a ``RESPONSE`` and left to Meta: it refuses
+    with code 10 when the window is closed, and the agent is told then.
+    """
+    if last_inbound_at is None:
+        return WindowDecision(True)
+    age = now - last_inbound_at
+    if age <= RESPONSE_WINDOW:
+        return WindowDecision(True)
+    if age > HUMAN_AGENT_WINDOW:
+        return WindowDecision(False, reason="expired")
+    if not human:
+        return WindowDecision(False, reason="human_only")
+    if not human_agent_tag:
+        return WindowDecision(False, reason="tag_disabled")
+    return WindowDecision(True, "MESSAGE_TAG", "HUMAN_AGENT")
+
+
+def note_id(key: str) -> str:
+    """A deterministic Rocket.Chat message ``_id`` for a note (retries never duplicate)."""
+    return "igx" + hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def parse_timestamp(value: Any) -> float | None:
+    """Epoch seconds from an ISO string (REST/webhooks) or EJSON ``{"$date": ms}``."""
+    if isinstance(value, dict) and "$date" in value:
+        value = value["$date"]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value / 1000.0 if value > 1e11 else float(value)
+    if isinstance(value, str) and value:
+        text = value.strip()
+        if text.endswith("Z"):
+            text = text[:-1] + "+00:00"
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    return None
+
+
+def split_conversation(key: str) -> tuple[str, str]:
+    """``(page_id, igsid)`` of a conversation key ``page_id:igsid``."""
+    page_id, _, igsid = key.partition(":")
+    return page_id, igsid
+
+
+# --- the processor ----------------------------------------------------------------------
+
+
+class OutboundRelay:
+    """Processes ``outbound`` work items (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        graph: Any,  # bot.graph.GraphClient
+        rest: Any,  # bot.rest.RocketChatREST
+        human_agent_tag: bool,
+        mark_needs_reauth: Callable[[str], Awaitable[Any]],
+        metrics: Any = None,  # bot.metrics.Metrics
+        clock: Callable[[], float] = time.time,
+        wake: Callable[[], None] | None = None,
+        retry_base: float = 2.0,
+        retry_cap: float = 600.0,
+        hold_interval: float = 300.0,
+    ) -> None:
+        self.store = store
+        self.graph = graph
+        self.rest = rest
+        self.human_agent_tag = human_agent_tag
+        #: ``bot.reauth.mark_needs_reauth`` bound to the bot: flags the page, DMs admins once.
+        self.mark_needs_reauth = mark_needs_reauth
+        self.metrics = metrics
+        self.clock = clock
+        #: Called after enqueueing a note or re-scheduling held items (worker.notify).
+        self.wake = wake or (lambda: None)
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
+        #: How long items of a page waiting for re-authorization sleep between looks.
+        self.hold_interval = hold_interval
+        # page_id -> conversations whose head is held for re-authorization (in memory:
+        # after a restart held items are found again within hold_interval).
+        self._held: dict[str, set[str]] = {}
+
+    # -- entry point ---------------------------------------------------------------------
+    async def process(self, item: WorkItem) -> Outcome:
+        """Do one item's effect; never raises for an expected failure."""
+        if item.kind == "note":
+            return await self._post_note(item)
+        if item.kind not in VISITOR_KINDS:
+            log.warning("outbound item %s has unknown kind %r; dropped", item.item_id, item.kind)
+            self._dropped("unknown_kind")
+            return Done()
+        page_id, igsid = split_conversation(item.conversation)
+        page = await self.store.page(page_id)
+        if page is None or not page.page_token or not page.subscribed:
+            log.warning(
+                "outbound item %s (%s): page %s is not connected; not sent",
+                item.item_id, item.kind, page_id,
+            )
+            await self._tell_agent(item, messages.OUTBOUND_PAGE_NOT_CONNECTED)
+            self._dropped("page_not_connected")
+            return Done()
+        if page.needs_reauth:
+            return self._hold(item, page_id)
+        parts = build_parts(item.payload.get("text") or "", item.payload.get("files") or [])
+        if item.progress >= len(parts):
+            # Nothing (left) to send: an empty text, or every part went out before a crash.
+            return Done()
+        conversation = await self.store.conversation(page_id, igsid)
+        decision = window_decision(
+            conversation.last_inbound_at if conversation else None,
+            self.clock(),
+            human=await self._sent_by_human(item),
+            human_agent_tag=self.human_agent_tag,
+        )
+        if not decision.send:
+            return await self._outside_window(item, conversation, decision)
+        return await self._send_parts(item, page, igsid, parts, decision)
+
+    async def on_page_reauthorized(self, page_id: str) -> int:
+        """Make the page's held items due now; returns how many were re-scheduled."""
+        woken = 0
+        now = self.clock()
+        for conversation in sorted(self._held.pop(page_id, set())):
+            item = await self.store.head("outbound", conversation)
+            if item is not None and item.next_try_at > now:
+                item.next_try_at = now
+                await self.store.update_item(item)
+                woken += 1
+        log.info("page %s re-authorized: %d held conversation(s) resumed", page_id, woken)
+        self.wake()
+        return woken
+
+    # -- sending ---------------------------------------------------------------------------
+    async def _send_parts(
+        self,
+        item: WorkItem,
+        page: Page,
+        igsid: str,
+        parts: list[dict[str, Any]],
+        decision: WindowDecision,
+    ) -> Outcome:
+        for index in range(item.progress, len(parts)):
+            try:
+                mid = await self.graph.send_message(
+                    page.page_id,
+                    page.page_token,
+                    igsid,
+                    parts[index],
+                    messaging_type=decision.messaging_type,
+                    tag=decision.tag,
+                )
+            except GraphAuthError as exc:
+                log.warning("outbound item %s: page %s token rejected (%s)",
+                            item.item_id, page.page_id, exc)
+                await self._needs_reauth(page)
+                return self._hold(item, page.page_id)
+            except GraphRetryable as exc:
+                delay = retry_delay(item.attempts + 1, base=self.retry_base, cap=self.retry_cap)
+                kind = "throttled" if isinstance(exc, GraphThrottled) else "transient"
+                log.warning(
+                    "outbound item %s part %d/%d %s (%s); retry in %.1f s",
+                    item.item_id, index + 1, len(parts), kind, exc, delay,
+                )
+                return Retry(self.clock() + delay, f"{kind}: {exc}")
+            except GraphError as exc:
+                return await self._refused(item, exc, index, len(parts))
+            echo = f"echo:{mid}"
+            log.info(
+                "outbound item %s part %d/%d sent as %s (%s)",
+                item.item_id, index + 1, len(parts), mid, decision.messaging_type,
+            )
+            if index + 1 == len(parts):
+                self._relayed(item.kind)
+                return Done(remember=[echo])
+            # Record the part before anything else: this write is what keeps a crash
+            # from sending it twice. The echo key follows (it only hides our own echo).
+            item.progress = index + 1
+            await self.store.update_item(item)
+            await self.store.remember(echo)
+        return Done()
+
+    async def _refused(self, item: WorkItem, exc: GraphError, index: int, total: int) -> Outcome:
+        """A permanent Send API error: tell the agent what happened; the item is finished."""
+        code, subcode = exc.code, exc.subcode
+        if code in WINDOW_CODES:
+            text, reason = messages.OUTBOUND_META_WINDOW, "window_closed"
+        elif code in UNAVAILABLE_CODES or subcode in BLOCKED_SUBCODES:
+            text, reason = messages.OUTBOUND_USER_UNAVAILABLE, "user_unavailable"
+        elif code in ACCOUNT_UNAVAILABLE_CODES:
+            text, reason = messages.OUTBOUND_ACCOUNT_UNAVAILABLE, "account_unavailable"
+        else:
+            text, reason = messages.OUTBOUND_REFUSED, "refused"
+        log.warning(
+            "outbound item %s (%s) part %d/%d refused by Meta: %s",
+            item.item_id, item.kind, index + 1, total, exc,
+        )
+        await self._tell_agent(item, text, error=str(exc), sent=index, total=total)
+        self._dropped(reason)
+        return Done()
+
+    async def _outside_window(
+        self, item: WorkItem, conversation: Conversation | None, decision: WindowDecision
+    ) -> Outcome:
+        log.info(
+            "outbound item %s (%s) not sent: outside the messaging window (%s)",
+            item.item_id, item.kind, decision.reason,
+        )
+        text = {
+            "expired": messages.OUTBOUND_WINDOW_EXPIRED,
+            "tag_disabled": messages.OUTBOUND_WINDOW_TAG_DISABLED,
+            "human_only": messages.OUTBOUND_WINDOW_HUMAN_ONLY,
+        }[decision.reason]
+        await self._tell_agent(item, text, conversation=conversation)
+        self._dropped(f"window_{decision.reason}")
+        return Done()
+
+    async def _sent_by_human(self, item: WorkItem) -> bool:
+        """Whether a person (not a bot agent, not an automatic text) wrote the item."""
+        if item.kind != "agent_message" or item.payload.get("bot"):
+            return False
+        agent_id = item.payload.get("agent_id")
+        if not agent_id:
+            return True
+        try:
+            roles = await self.rest.user_roles(agent_id)
+        except Exception as exc:  # roles are a refinement; the message field decided already
+            log.info("could not read roles of agent %s (%s); assuming a person", agent_id, exc)
+            return True
+        return "bot" not in roles
+
+    # -- re-authorization ---------------------------------------------------------------------
+    def _hold(self, item: WorkItem, page_id: str) -> Retry:
+        self._held.setdefault(page_id, set()).add(item.conversation)
+        log.info("outbound item %s held: page %s needs re-authorization", item.item_id, page_id)
+        return Retry(self.clock() + self.hold_interval, "held: page needs re-authorization")
+
+    async def _needs_reauth(self, page: Page) -> None:
+        """Mark the page as needing re-authorization; the callback tells admins once."""
+        try:
+            await self.mark_needs_reauth(page.page_id)
+        except Exception:  # the hold must happen even if marking or the DM failed
+            log.exception("could not mark page %s as needing re-authorization", page.page_id)
+
+    # -- notes to the agent ---------------------------------------------------------------------
+    async def _tell_agent(
+        self,
+        item: WorkItem,
+        template: str,
+        *,
+        conversation: Conversation | None = None,
+        error: str = "",
+        sent: int = 0,
+        total: int = 0,
+    ) -> None:
+        """Queue a note into the item's room (agents' messages only; others are logged)."""
+        room_id = item.payload.get("room_id")
+        if item.kind != "agent_message" or not room_id:
+            return
+        if conversation is None:
+            page_id, igsid = split_conversation(item.conversation)
+            conversation = await self.store.conversation(page_id, igsid)
+        visitor = (conversation.visitor_name if conversation else "") or "the visitor"
+        partial = messages.OUTBOUND_PARTIAL.format(sent=sent, total=total) if sent else ""
+        text = template.format(visitor=visitor, error=error, partial=partial)
+        note = WorkItem(
+            item_id=f"note:{item.item_id}",
+            queue="outbound",
+            conversation=f"note:{room_id}",
+            kind="note",
+            payload={"room_id": room_id, "text": text, "about": item.item_id},
+            order_ts=self.clock(),
+        )
+        await self.store.enqueue([note])
+        self.wake()
+
+    async def _post_note(self, item: WorkItem) -> Outcome:
+        room_id = item.payload.get("room_id", "")
+        text = item.payload.get("text", "")
+        try:
+            await self.rest.send_message(room_id, text, note_id(item.item_id))
+        except (Unavailable, RateLimited) as exc:
+            delay = retry_delay(item.attempts + 1, base=self.retry_base, cap=self.retry_cap)
+            log.warning("note %s to room %s failed (%s); retry in %.1f s",
+                        item.item_id, room_id, exc, delay)
+            return Retry(self.clock() + delay, f"note: {exc}")
+        except RoomClosed:
+            log.info("note %s not posted: room %s is closed", item.item_id, room_id)
+        except NotAllowed as exc:
+            log.error(
+                "note %s not posted: the bot may not post in livechat room %s (%s); "
+                "give it the livechat-manager role", item.item_id, room_id, exc,
+            )
+        except RocketChatError as exc:
+            log.error("note %s not posted to room %s: %s", item.item_id, room_id, exc)
+        else:
+            log.info("note %s posted to room %s", item.item_id, room_id)
+        return Done()
+
+    # -- metrics ------------------------------------------------------------------------------
+    def _relayed(self, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.relayed.labels("outbound", kind).inc()
+
+    def _dropped(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.dropped.labels("outbound", reason).inc()
