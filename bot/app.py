@@ -24,6 +24,7 @@ from bot.graph import GraphClient
 from bot.metrics import Metrics
 from bot.realtime import IncomingMessage, RealtimeClient
 from bot.reauth import mark_needs_reauth
+from bot.relay.inbound import InboundRelay
 from bot.relay.outbound import OutboundRelay
 from bot.relay.worker import QueueWorker
 from bot.rest import RocketChatREST
@@ -137,6 +138,11 @@ class Bot:
                 "outbound", reason.split(":", 1)[0]
             ).inc(),
         )
+        # Inbound relay: Instagram events (stored by the webhook) into Omnichannel rooms.
+        self.inbound = InboundRelay(
+            self.store, self.rest, self.graph, self.metrics,
+            rc_url=rc.url, clock=clock, notify_outbound=lambda: self.outbound.notify(),
+        )
         self.web_app = create_app(self)
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -158,6 +164,7 @@ class Bot:
             self.port = server.sockets[0].getsockname()[1]
         log.info("web receiver listening on %s (port %s)", self.config.server.listen, self.port)
         self._tasks.append(asyncio.create_task(self.outbound.run(), name="outbound"))
+        self._tasks.append(asyncio.create_task(self.inbound.run(), name="inbound"))
 
     async def run(self) -> None:
         """The whole process lifetime; raises AuthenticationFailed on bad credentials."""
@@ -182,6 +189,7 @@ class Bot:
 
     async def _shutdown(self) -> None:
         await self.outbound.stop()
+        await self.inbound.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

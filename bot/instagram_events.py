@@ -24,6 +24,8 @@ log = logging.getLogger("bot.web")
 MESSAGE, UNSEND, ECHO, REACTION, POSTBACK, REFERRAL = (
     "message", "unsend", "echo", "reaction", "postback", "referral",
 )
+#: Suffix of the conversation key echoes are ordered under (see :func:`parse_webhook`).
+ECHO_LANE = "#echo"
 #: Kinds that are the visitor speaking (they open/extend the messaging window).
 VISITOR_KINDS = frozenset({MESSAGE, POSTBACK})
 
@@ -62,7 +64,9 @@ def _digest(*parts: object) -> str:
 
 
 def account_ids(body: Any) -> set[str]:
-    """Every Instagram account id a body may route to (entry ids, sender/recipient ids)."""
+    """The Instagram account ids a body may route to: entry ids, and per item the
+    business side (the recipient, or the sender of an echo). Visitors' ids are left out,
+    so a batch of hundreds of items costs a handful of page look-ups."""
     ids: set[str] = set()
     for entry in _list(body.get("entry") if isinstance(body, dict) else None):
         if not isinstance(entry, dict):
@@ -70,10 +74,11 @@ def account_ids(body: Any) -> set[str]:
         if isinstance(entry.get("id"), str | int):
             ids.add(str(entry["id"]))
         for _, event in _events(entry):
-            for side in ("sender", "recipient"):
-                party = event.get(side)
-                if isinstance(party, dict) and isinstance(party.get("id"), str | int):
-                    ids.add(str(party["id"]))
+            message = event.get("message")
+            echo = isinstance(message, dict) and bool(message.get("is_echo"))
+            party = event.get("sender" if echo else "recipient")
+            if isinstance(party, dict) and isinstance(party.get("id"), str | int):
+                ids.add(str(party["id"]))
     return ids
 
 
@@ -86,6 +91,7 @@ def parse_webhook(body: dict[str, Any], pages: Mapping[str, str]) -> Parsed:
     batch forever.
     """
     parsed = Parsed()
+    seen: set[str] = set()
     for entry in _list(body.get("entry")):
         if not isinstance(entry, dict):
             parsed.dropped.append(("malformed", "entry is not an object"))
@@ -93,10 +99,13 @@ def parse_webhook(body: dict[str, Any], pages: Mapping[str, str]) -> Parsed:
         entry_id = str(entry.get("id", ""))
         for source, event in _events(entry):
             try:
-                _parse_event(entry_id, source, event, pages, parsed)
+                _parse_event(entry_id, source, event, pages, parsed, seen)
             except (TypeError, ValueError, AttributeError, KeyError) as exc:
                 log.warning("skipping malformed %s item in entry %s: %s", source, entry_id, exc)
                 parsed.dropped.append(("malformed", f"{type(exc).__name__}"))
+    # Store order within a conversation is (order_ts, seq): hand items over sorted so
+    # seq agrees with the timestamps even for equal-timestamp items.
+    parsed.items.sort(key=lambda item: item.order_ts)
     return parsed
 
 
@@ -174,6 +183,7 @@ def _parse_event(
     event: dict[str, Any],
     pages: Mapping[str, str],
     parsed: Parsed,
+    seen: set[str],
 ) -> None:
     sender = _party(event, "sender")
     recipient = _party(event, "recipient")
@@ -192,7 +202,7 @@ def _parse_event(
         return
     kind, item_id = decided
     # Business-sent (echo): sender is the account; inbound: recipient is the account.
-    if kind == ECHO or (sender in pages and recipient not in pages):
+    if kind == ECHO:
         account, igsid = sender, recipient
     else:
         account, igsid = recipient, sender
@@ -205,11 +215,20 @@ def _parse_event(
     if kind == ECHO and igsid == account:
         parsed.dropped.append(("malformed", "echo to self"))
         return
+    if item_id in seen:
+        parsed.dropped.append(("duplicate", item_id))
+        return
+    seen.add(item_id)
+    conversation = conversation_key(page_id, igsid)
+    if kind == ECHO:
+        # Echoes are matched against our own sends, which may need a moment to be
+        # recorded; their own lane keeps that wait from holding up the visitor.
+        conversation += ECHO_LANE
     parsed.items.append(
         WorkItem(
             item_id=item_id,
             queue="inbound",
-            conversation=conversation_key(page_id, igsid),
+            conversation=conversation,
             kind=kind,
             payload={"page_id": page_id, "igsid": igsid, "source": source, "event": event},
             order_ts=timestamp / 1000.0,

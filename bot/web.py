@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from bot import oauth_routes
+from bot.webhooks import instagram as instagram_webhook
 from bot.webhooks import rocketchat as rocketchat_webhook
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/metrics", metrics),
         *oauth_routes.routes(),
         *rocketchat_webhook.routes(),
+        *instagram_webhook.routes(),
     ]
 
 

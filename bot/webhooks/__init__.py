@@ -1,0 +1,1 @@
+"""Webhook receivers: verify, store durably, answer; the relay works in the background."""

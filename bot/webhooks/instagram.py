@@ -1,0 +1,125 @@
+"""``GET``/``POST /webhooks/instagram``: Meta's verification and event delivery.
+
+POST order (STYLE.md "The receiver"): size limit → HMAC-SHA256 over the raw bytes →
+JSON → ``object == "instagram"`` → parse into per-item work items (pure CPU, pages
+looked up in the store's memory) → ONE durable ``store.enqueue`` → 200. No network call
+happens before the answer; Meta retries anything that is not a 200, so a storage
+failure answers 503 and loses nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from bot.instagram_events import account_ids, parse_webhook
+
+if TYPE_CHECKING:
+    from bot.app import Bot
+
+log = logging.getLogger("bot.web")
+
+SOURCE = "instagram"
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+_PREFIX = "sha256="
+
+
+def _bot(request: web.Request) -> Bot:
+    from bot.web import BOT  # bot.web includes this module's routes: import late
+
+    return request.app[BOT]
+
+
+def signature_valid(raw: bytes, header: str | None, app_secret: str) -> bool:
+    """Whether ``header`` is ``sha256=<hex HMAC-SHA256(raw, app_secret)>`` (constant time)."""
+    if not header or not app_secret or not header.startswith(_PREFIX):
+        return False
+    expected = hmac.new(app_secret.encode("utf-8"), raw, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode("ascii"), header[len(_PREFIX):].strip().lower()
+                               .encode("ascii", "replace"))
+
+
+async def verify(request: web.Request) -> web.Response:
+    """Meta's subscription check: echo ``hub.challenge`` when the verify token matches."""
+    bot = _bot(request)
+    query = request.query
+    mode = query.get("hub.mode", "")
+    token = query.get("hub.verify_token", "")
+    challenge = query.get("hub.challenge", "")
+    expected = bot.config.instagram.verify_token.reveal()
+    if mode == "subscribe" and expected and hmac.compare_digest(
+        token.encode("utf-8"), expected.encode("utf-8")
+    ):
+        log.info("Instagram webhook verification accepted")
+        return web.Response(text=challenge, content_type="text/plain")
+    log.warning("Instagram webhook verification refused (mode %r, token mismatch)", mode)
+    bot.metrics.webhooks_rejected.labels(SOURCE, "verify_token").inc()
+    return web.Response(status=403, text="Forbidden")
+
+
+def _reject(bot: Bot, status: int, reason: str) -> web.Response:
+    bot.metrics.webhooks_rejected.labels(SOURCE, reason).inc()
+    return web.Response(status=status, text=reason)
+
+
+async def receive(request: web.Request) -> web.Response:
+    """Verify, durably enqueue one work item per messaging item, answer 200."""
+    from bot.web import MAX_BODY
+
+    bot = _bot(request)
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        log.warning("Instagram webhook refused: body of %d bytes", request.content_length)
+        return _reject(bot, 413, "too_large")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        log.warning("Instagram webhook refused: body over %d bytes", MAX_BODY)
+        return _reject(bot, 413, "too_large")
+    if not signature_valid(raw, request.headers.get(SIGNATURE_HEADER),
+                           bot.config.instagram.app_secret.reveal()):
+        log.warning("Instagram webhook refused: %s signature",
+                    "wrong" if SIGNATURE_HEADER in request.headers else "missing")
+        return _reject(bot, 403, "signature")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return _reject(bot, 400, "not_json")
+    if not isinstance(body, dict) or body.get("object") != "instagram":
+        log.warning("Instagram webhook refused: object %r",
+                    body.get("object") if isinstance(body, dict) else type(body).__name__)
+        return _reject(bot, 400, "wrong_object")
+
+    pages: dict[str, str] = {}
+    try:
+        for account in account_ids(body):
+            page = await bot.store.page_by_instagram_id(account)
+            if page is not None and page.subscribed:
+                pages[account] = page.page_id
+        parsed = parse_webhook(body, pages)
+        added = await bot.store.enqueue(parsed.items) if parsed.items else []
+    except Exception:
+        log.exception("Instagram webhook not stored; answering 503 so Meta retries")
+        return _reject(bot, 503, "storage")
+
+    bot.metrics.webhooks_received.labels(SOURCE).inc()
+    for reason, _detail in parsed.dropped:
+        bot.metrics.dropped.labels("inbound", reason).inc()
+    if added:
+        bot.inbound.notify()
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("Instagram webhook: %d items, %d new, %d dropped",
+                  len(parsed.items), len(added), len(parsed.dropped))
+    return web.Response(text="EVENT_RECEIVED")
+
+
+def routes() -> list[web.RouteDef]:
+    """This receiver's rows of the routes table."""
+    return [
+        web.get("/webhooks/instagram", verify),
+        web.post("/webhooks/instagram", receive),
+    ]
