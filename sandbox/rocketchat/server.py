@@ -9,7 +9,6 @@ thread of an asyncio test, without deadlocking.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import logging
 import threading
@@ -586,13 +585,3 @@ class SandboxRocketChat:
                     }
                 )
             return out
-
-    def wait_idle(self, timeout: float = 5.0) -> None:
-        """Block until queued webhook deliveries and socket writes had a chance to run."""
-        loop = self._loop
-        if loop is None or self._thread is threading.current_thread():
-            return
-        fut: concurrent.futures.Future[None] = asyncio.run_coroutine_threadsafe(
-            asyncio.sleep(0), loop
-        )
-        fut.result(timeout)
