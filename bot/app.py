@@ -141,7 +141,8 @@ class Bot:
         # Inbound relay: Instagram events (stored by the webhook) into Omnichannel rooms.
         self.inbound = InboundRelay(
             self.store, self.rest, self.graph, self.metrics,
-            rc_url=rc.url, clock=clock, notify_outbound=lambda: self.outbound.notify(),
+            rc_url=rc.url, app_id=ig.app_id, clock=clock,
+            notify_outbound=lambda: self.outbound.notify(),
         )
         self.web_app = create_app(self)
         self._runner: web.AppRunner | None = None

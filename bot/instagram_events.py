@@ -188,6 +188,8 @@ def _parse_event(
     sender = _party(event, "sender")
     recipient = _party(event, "recipient")
     raw_ts = event.get("timestamp")
+    if isinstance(raw_ts, str) and raw_ts.isdigit():
+        raw_ts = int(raw_ts)  # dashboard test payloads send a string
     if isinstance(raw_ts, bool) or not isinstance(raw_ts, int | float):
         raise ValueError("missing timestamp")
     timestamp = int(raw_ts)

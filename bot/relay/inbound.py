@@ -123,6 +123,7 @@ class InboundRelay:
         metrics: Metrics,
         *,
         rc_url: str,
+        app_id: str = "",
         clock: Callable[[], float] = time.time,
         notify_outbound: Callable[[], None] | None = None,
         concurrency: int = 64,
@@ -134,6 +135,7 @@ class InboundRelay:
         self.graph = graph
         self.metrics = metrics
         self.rc_url = rc_url
+        self.app_id = app_id
         self.clock = clock
         self.gate = gate or AgentGate()
         self.echo_grace = echo_grace
@@ -383,8 +385,10 @@ class InboundRelay:
         self, item: WorkItem, page: Page, igsid: str, event: dict[str, Any]
     ) -> Outcome:
         """A message the business sent: ours → drop; typed in the Instagram app → show."""
-        mid = (event.get("message") or {}).get("mid", "")
-        if await self.store.seen(f"echo:{mid}"):
+        message = event.get("message") or {}
+        mid = message.get("mid", "")
+        sent_by_us = same_app(message.get("app_id"), self.app_id)
+        if sent_by_us or await self.store.seen(f"echo:{mid}"):
             self.metrics.dropped.labels("inbound", "own_echo").inc()
             return Done()
         if self.clock() < item.created_at + self.echo_grace:
@@ -416,6 +420,14 @@ class InboundRelay:
             return Retry(self.clock() + delay, f"rocketchat {type(exc).__name__}")
         self.metrics.relayed.labels("inbound", ECHO).inc()
         return Done()
+
+
+def same_app(echo_app_id: object, app_id: str) -> bool:
+    """Whether an echo's ``app_id`` (sent as a JSON number) names our Meta app."""
+    if echo_app_id is None or isinstance(echo_app_id, bool) or not app_id:
+        return False
+    # A number loses leading zeros on the wire; compare the digits without them.
+    return str(echo_app_id).lstrip("0") == app_id.lstrip("0")
 
 
 def conversation_label(page_id: str, igsid: str) -> str:
