@@ -114,5 +114,29 @@ def config_check(config_path: str) -> None:
                f"public URL {config.server.public_url})")
 
 
+@main.command()
+@config_option
+@click.option("--expected-rate", type=float, default=None, metavar="PER_MINUTE",
+              help="Visitor messages per minute you expect; FAIL if the rate limiter is lower.")
+@click.option("--timeout", type=float, default=5.0, show_default=True,
+              help="Seconds to wait for each network call.")
+def doctor(config_path: str, expected_rate: float | None, timeout: float) -> None:
+    """Check every prerequisite; one PASS/WARN/FAIL line each, exit 1 on any FAIL."""
+    from bot.doctor import diagnose
+
+    sys.exit(diagnose(config_path, echo=click.echo, expected_rate=expected_rate,
+                      timeout=timeout))
+
+
+@main.command()
+@click.option("--keep-running", is_flag=True,
+              help="Leave the sandboxes and the bot up and print their URLs.")
+def demo(keep_running: bool) -> None:
+    """Play the whole story against sandbox Rocket.Chat and Meta; no accounts needed."""
+    from bot.demo import run_demo
+
+    sys.exit(run_demo(keep_running=keep_running, echo=click.echo))
+
+
 if __name__ == "__main__":
     main()

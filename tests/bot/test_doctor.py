@@ -1,0 +1,401 @@
+"""``rc-instagram doctor`` against the sandboxes: all green, then each prerequisite broken."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import yaml
+from aiohttp import web
+from cryptography.fernet import Fernet
+
+from bot import config as config_module
+from bot.doctor import FAIL, PASS, WARN, CheckResult, diagnose, run_checks
+from bot.graph import GraphClient
+from bot.oauth import login_url
+from sandbox.meta import DEFAULT_IG_ID, DEFAULT_PAGE_ID, DEFAULT_PAGE_NAME, SandboxMeta
+from sandbox.rocketchat import SandboxRocketChat
+from storage import Page, open_store
+from tests.scenarios.harness import start_bot, stop_bot
+
+BOT_USER, BOT_PASSWORD = "instagram.bot", "bot-password-123"
+APP_SECRET = "sandbox-app-secret"
+WEBHOOK_SECRET = "rc-webhook-secret-123"
+KEY = Fernet.generate_key().decode()
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Setup:
+    """Healthy sandboxes plus the config (as a dict) that matches them."""
+
+    rc: SandboxRocketChat
+    meta: SandboxMeta
+    raw: dict[str, Any]
+    tmp: Path
+
+    @property
+    def port(self) -> int:
+        return int(self.raw["server"]["listen"].rsplit(":", 1)[1])
+
+    def config(self) -> config_module.Config:
+        return config_module.from_dict(self.raw, env={})
+
+    def write(self) -> str:
+        path = self.tmp / "config.yaml"
+        path.write_text(yaml.safe_dump(self.raw), encoding="utf-8")
+        return str(path)
+
+    async def check(self, **options: Any) -> dict[str, CheckResult]:
+        options.setdefault("timeout", 2.0)
+        results = await run_checks(self.config(), **options)
+        return {r.name: r for r in results}
+
+
+@pytest.fixture
+def meta() -> Iterator[SandboxMeta]:
+    server = SandboxMeta(app_secret=APP_SECRET).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def connect_page(meta: SandboxMeta, config: config_module.Config) -> Page:
+    """Connect the sandbox page the way the bot does: login code, tokens, subscribe."""
+    location = meta.approve_url(login_url(config, "doctor-test-state"))
+    code = parse_qs(urlsplit(location).query)["code"][0]
+    ig = config.instagram
+    graph = GraphClient(ig.graph_url, ig.api_version, ig.app_id, ig.app_secret.reveal())
+    try:
+        short = await graph.exchange_code(code, config.redirect_uri)
+        user_token = await graph.long_lived_user_token(short)
+        pages = await graph.pages(user_token)
+        page_token = next(p["access_token"] for p in pages if p["id"] == DEFAULT_PAGE_ID)
+        await graph.subscribe_page(DEFAULT_PAGE_ID, page_token)
+    finally:
+        await graph.close()
+    return Page(page_id=DEFAULT_PAGE_ID, name=DEFAULT_PAGE_NAME, instagram_id=DEFAULT_IG_ID,
+                username="sandboxshop", page_token=page_token, user_token=user_token,
+                subscribed=True)
+
+
+@pytest.fixture
+async def setup(rocketchat: SandboxRocketChat, meta: SandboxMeta, tmp_path: Path) -> Setup:
+    """Every prerequisite met: roles, settings, webhook, a connected page, an encrypted store."""
+    rc = rocketchat
+    rc.create_user(BOT_USER, BOT_PASSWORD, roles=["bot", "livechat-manager"], name="Instagram")
+    rc.create_user("admin.alice", "admin-password-123", roles=["user", "admin"])
+    rc.create_user("agent.ana", "agent-password-123", roles=["user", "livechat-agent"])
+    rc.create_department("Instagram", agents=["agent.ana"])
+    port = free_port()
+    public_url = f"http://127.0.0.1:{port}"
+    rc.set_setting("Message_AllowUnrecognizedSlashCommand", True)
+    rc.set_setting("Livechat_webhookUrl", public_url + "/webhooks/rocketchat")
+    rc.set_setting("Livechat_secret_token", WEBHOOK_SECRET)
+    rc.set_setting("Livechat_webhook_on_agent_message", True)
+    rc.set_setting("Livechat_webhook_on_close", True)
+    # Let the bot read privileged settings so the webhook check can verify, not just warn.
+    rc.set_permission("view-privileged-setting", ["admin", "bot"])
+    raw = {
+        "rocketchat": {"url": rc.url, "user": BOT_USER, "password": BOT_PASSWORD,
+                       "webhook_secret": WEBHOOK_SECRET},
+        "instagram": {"app_id": meta.app_id, "app_secret": APP_SECRET, "verify_token": "vt-123",
+                      "graph_url": meta.graph_url, "dialog_url": meta.dialog_url,
+                      "api_version": meta.api_version},
+        "server": {"listen": f"127.0.0.1:{port}", "public_url": public_url},
+        "storage": {"path": str(tmp_path / "data" / "store.json"), "encryption_key": KEY},
+    }
+    s = Setup(rc, meta, raw, tmp_path)
+    page = await connect_page(meta, s.config())
+    store = open_store(raw["storage"]["path"], KEY)
+    await store.open()
+    await store.save_page(page)
+    await store.close()
+    return s
+
+
+def statuses(results: dict[str, CheckResult]) -> dict[str, str]:
+    return {name: r.status for name, r in results.items()}
+
+
+async def test_all_green_sandbox_passes(setup: Setup) -> None:
+    """With every prerequisite met nothing fails; only the expected notes are WARNs."""
+    results = await setup.check()
+    failed = {n: r.detail for n, r in results.items() if r.status == FAIL}
+    assert failed == {}
+    warned = {n for n, r in results.items() if r.status == WARN}
+    # Loopback http is fine for the sandbox; the bot itself is not running here.
+    assert warned == {"public_url.https", "public_url.reachable"}
+    for name in ("rocketchat.reachable", "rocketchat.login", "rocketchat.permissions",
+                 "omnichannel.departments", "rocketchat.slash_commands", "omnichannel.enabled",
+                 "omnichannel.webhook", "rocketchat.rate_limiter", "meta.app", "storage.files",
+                 "storage.encryption_key", "storage.open", f"page {DEFAULT_PAGE_ID} token",
+                 f"page {DEFAULT_PAGE_ID} subscribed", f"page {DEFAULT_PAGE_ID} instagram"):
+        assert results[name].status == PASS, (name, results[name].detail)
+    assert "Rocket.Chat 7" in results["rocketchat.reachable"].detail
+    assert "but the bot is not running" in results["public_url.reachable"].detail
+
+
+async def test_running_bot_passes_public_url_and_holds_the_store(setup: Setup) -> None:
+    """With the bot up, /healthz answers through public_url (PASS); its store lock is a WARN."""
+    bot, task = await start_bot(setup.config())
+    try:
+        await bot.realtime.wait_connected(5)
+        results = await setup.check()
+    finally:
+        await stop_bot(bot, task)
+    assert results["public_url.reachable"].status == PASS
+    assert results["storage.open"].status == WARN
+    assert "in use" in results["storage.open"].detail
+    assert not [n for n, r in results.items() if r.status == FAIL]
+
+
+def test_doctor_command_prints_one_line_per_check_and_exits_0(setup: Setup) -> None:
+    """The CLI prints a PASS/WARN/FAIL line per check and exits 0 when nothing fails."""
+    path = setup.write()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "doctor", "--config", path, "--timeout", "2"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert all(line.split()[0] in (PASS, WARN, FAIL) for line in lines[:-1])
+    assert lines[0].startswith("PASS  config")
+    assert lines[-1].startswith("doctor: ") and "0 failed" in lines[-1]
+    assert BOT_PASSWORD not in proc.stdout and APP_SECRET not in proc.stdout
+    assert WEBHOOK_SECRET not in proc.stdout and KEY not in proc.stdout
+
+
+def test_invalid_config_fails_naming_the_key(setup: Setup) -> None:
+    """A bad config is one FAIL line naming the key, exit 1, and nothing else runs."""
+    setup.raw["server"]["listen"] = "nonsense"
+    lines: list[str] = []
+    assert diagnose(setup.write(), echo=lines.append) == 1
+    assert len(lines) == 1
+    assert lines[0].startswith("FAIL  config") and "server.listen" in lines[0]
+    assert "fix:" in lines[0]
+
+
+def test_any_fail_makes_the_exit_code_nonzero(setup: Setup) -> None:
+    """diagnose() returns 1 as soon as one check fails (here: slash commands off)."""
+    setup.rc.set_setting("Message_AllowUnrecognizedSlashCommand", False)
+    lines: list[str] = []
+    assert diagnose(setup.write(), echo=lines.append, timeout=2.0) == 1
+    assert any(line.startswith("FAIL  rocketchat.slash_commands") for line in lines)
+
+
+def expect_fail(results: dict[str, CheckResult], name: str, *fix_words: str) -> CheckResult:
+    result = results[name]
+    assert result.status == FAIL, (name, result)
+    for word in fix_words:
+        assert word in result.fix, (word, result.fix)
+    assert "-> fix:" in result.line()
+    return result
+
+
+async def test_unreachable_rocketchat_fails_and_skips_dependent_checks(setup: Setup) -> None:
+    """Rocket.Chat down: reachable FAILs with the url fix; login-dependent checks only warn."""
+    setup.raw["rocketchat"]["url"] = f"http://127.0.0.1:{free_port()}"
+    results = await setup.check()
+    expect_fail(results, "rocketchat.reachable", "rocketchat.url")
+    assert results["rocketchat.login"].status == WARN
+    assert [n for n, r in results.items() if r.status == FAIL] == ["rocketchat.reachable"]
+
+
+async def test_wrong_password_fails_login(setup: Setup) -> None:
+    """Rejected credentials: the login line FAILs and names the keys to fix."""
+    setup.raw["rocketchat"]["password"] = "not-the-password"
+    results = await setup.check()
+    expect_fail(results, "rocketchat.login", "rocketchat.password")
+
+
+async def test_bot_without_livechat_manager_fails_permissions_and_departments(
+    setup: Setup,
+) -> None:
+    """Missing livechat-manager: no department permission, so both lines FAIL."""
+    setup.rc.set_role(BOT_USER, ["bot"])
+    results = await setup.check()
+    r = expect_fail(results, "rocketchat.permissions", "livechat-manager")
+    assert "view-livechat-departments" in r.detail
+    expect_fail(results, "omnichannel.departments", "livechat-manager")
+
+
+async def test_bot_without_rate_limit_bypass_fails_permissions(setup: Setup) -> None:
+    """api-bypass-rate-limit taken from the bot role: permissions FAIL names it."""
+    setup.rc.set_permission("api-bypass-rate-limit", ["admin"])
+    results = await setup.check()
+    r = expect_fail(results, "rocketchat.permissions", "Administration > Permissions")
+    assert "api-bypass-rate-limit" in r.detail
+
+
+async def test_bot_without_dm_permission_fails_permissions(setup: Setup) -> None:
+    """create-d taken away: the bot could not DM admins; permissions FAIL names it."""
+    setup.rc.set_permission("create-d", ["admin", "user"])
+    results = await setup.check()
+    assert "create-d" in expect_fail(results, "rocketchat.permissions").detail
+
+
+async def test_unrecognized_slash_commands_off_fails(setup: Setup) -> None:
+    """The setting off (the default): FAIL with where to turn it on."""
+    setup.rc.set_setting("Message_AllowUnrecognizedSlashCommand", False)
+    results = await setup.check()
+    expect_fail(results, "rocketchat.slash_commands", "Allow Unrecognized Slash Commands")
+
+
+async def test_omnichannel_disabled_fails(setup: Setup) -> None:
+    """Livechat_enabled off: FAIL with where to enable Omnichannel."""
+    setup.rc.set_setting("Livechat_enabled", False)
+    results = await setup.check()
+    expect_fail(results, "omnichannel.enabled", "Omnichannel enabled")
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "fix"),
+    [
+        ("Livechat_webhookUrl", "http://elsewhere.example/hook", "/webhooks/rocketchat"),
+        ("Livechat_secret_token", "some-other-secret", "rocketchat.webhook_secret"),
+        ("Livechat_webhook_on_agent_message", False, "Send request on agent messages"),
+        ("Livechat_webhook_on_close", False, "Send request on chat close"),
+    ],
+)
+async def test_misconfigured_webhook_fails(setup: Setup, setting: str, value: Any,
+                                           fix: str) -> None:
+    """Each webhook setting wrong in turn: the webhook line FAILs with that fix."""
+    setup.rc.set_setting(setting, value)
+    results = await setup.check()
+    expect_fail(results, "omnichannel.webhook", fix)
+
+
+async def test_unreadable_webhook_settings_warn_cannot_verify(setup: Setup) -> None:
+    """Without view-privileged-setting the webhook cannot be checked: WARN with where to look."""
+    setup.rc.set_permission("view-privileged-setting", ["admin"])
+    results = await setup.check()
+    r = results["omnichannel.webhook"]
+    assert r.status == WARN and "cannot verify" in r.detail
+    assert "Omnichannel > Webhooks" in r.fix
+
+
+async def test_rate_limiter_on_shows_the_ceiling(setup: Setup) -> None:
+    """Limiter on: WARN showing 10 per 60 s per bridge IP; FAIL above the expected volume."""
+    setup.rc.set_setting("API_Enable_Rate_Limiter", True)
+    results = await setup.check()
+    r = results["rocketchat.rate_limiter"]
+    assert r.status == WARN
+    assert "livechat/room and livechat/message 10 per 60 s" in r.detail
+    assert "per bridge IP" in r.detail
+    results = await setup.check(expected_rate=50)
+    expect_fail(results, "rocketchat.rate_limiter", "API_Enable_Rate_Limiter")
+
+
+async def test_foreign_server_on_public_url_fails(setup: Setup) -> None:
+    """public_url answers, but not with our /healthz: FAIL telling where to route it."""
+    app = web.Application()
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", setup.port)
+    await site.start()
+    try:
+        results = await setup.check()
+    finally:
+        await runner.cleanup()
+    r = expect_fail(results, "public_url.reachable", "server.listen")
+    assert "HTTP 404" in r.detail
+
+
+async def test_public_url_not_reaching_listen_fails(setup: Setup) -> None:
+    """public_url leads nowhere while server.listen is free: FAIL (proxy/DNS fix)."""
+    setup.raw["server"]["public_url"] = f"http://127.0.0.1:{free_port()}"
+    results = await setup.check()
+    expect_fail(results, "public_url.reachable", "route public_url to server.listen")
+
+
+async def test_plain_http_public_url_fails_https_check(setup: Setup) -> None:
+    """A non-loopback http:// public_url: Meta refuses it, so the https line FAILs."""
+    setup.raw["server"]["public_url"] = "http://bot.invalid"
+    results = await setup.check(probe_listener=False)
+    expect_fail(results, "public_url.https", "HTTPS reverse proxy")
+
+
+async def test_wrong_app_secret_fails_meta_app(setup: Setup) -> None:
+    """Meta refuses the app credentials: FAIL naming app_id/app_secret; pages only warn."""
+    setup.raw["instagram"]["app_secret"] = "wrong-secret"
+    results = await setup.check()
+    expect_fail(results, "meta.app", "instagram.app_secret")
+    assert results[f"page {DEFAULT_PAGE_ID} token"].status == WARN
+
+
+async def test_expired_page_token_fails(setup: Setup) -> None:
+    """debug_token says invalid: the page's token line FAILs with the re-authorize fix."""
+    setup.meta.expire_token(DEFAULT_PAGE_ID)
+    results = await setup.check()
+    expect_fail(results, f"page {DEFAULT_PAGE_ID} token", "/instagram authorize")
+
+
+async def test_unsubscribed_page_fails(setup: Setup) -> None:
+    """The app removed from the page (no webhooks): FAIL with /instagram subscribe."""
+    store = open_store(setup.raw["storage"]["path"], KEY)
+    await store.open()
+    page = await store.page(DEFAULT_PAGE_ID)
+    await store.close()
+    assert page is not None
+    ig = setup.config().instagram
+    graph = GraphClient(ig.graph_url, ig.api_version, ig.app_id, ig.app_secret.reveal())
+    try:
+        await graph.unsubscribe_page(DEFAULT_PAGE_ID, page.page_token)
+    finally:
+        await graph.close()
+    results = await setup.check()
+    expect_fail(results, f"page {DEFAULT_PAGE_ID} subscribed",
+                f"/instagram subscribe {DEFAULT_PAGE_ID}")
+
+
+async def test_unlinked_instagram_account_fails(setup: Setup) -> None:
+    """The Instagram account unlinked from the page: FAIL with where to link it."""
+    setup.meta.set_login_user("Sandbox Admin", pages=[{"id": DEFAULT_PAGE_ID,
+                                                        "name": DEFAULT_PAGE_NAME}])
+    results = await setup.check()
+    expect_fail(results, f"page {DEFAULT_PAGE_ID} instagram", "Linked accounts")
+
+
+async def test_world_readable_store_file_fails(setup: Setup) -> None:
+    """A data file readable by others (tokens!): FAIL with the chmod to run."""
+    path = setup.raw["storage"]["path"]
+    os.chmod(path, 0o644)
+    results = await setup.check()
+    r = expect_fail(results, "storage.files", "chmod 600")
+    assert path in r.fix
+
+
+async def test_missing_key_warns_and_malformed_key_fails(setup: Setup) -> None:
+    """No key: WARN (plain-text tokens); a malformed key: FAIL with how to generate one."""
+    setup.raw["storage"]["path"] = str(setup.tmp / "fresh" / "store.json")
+    setup.raw["storage"]["encryption_key"] = ""
+    results = await setup.check()
+    r = results["storage.encryption_key"]
+    assert r.status == WARN and "plain text" in r.detail
+    setup.raw["storage"]["encryption_key"] = "not-a-fernet-key"
+    results = await setup.check()
+    expect_fail(results, "storage.encryption_key", "Fernet.generate_key")
+
+
+async def test_wrong_key_fails_opening_the_store(setup: Setup) -> None:
+    """A well-formed but different key: the store refuses to open and the line FAILs."""
+    setup.raw["storage"]["encryption_key"] = Fernet.generate_key().decode()
+    results = await setup.check()
+    r = results["storage.open"]
+    assert r.status == FAIL and "not the key" in r.detail
