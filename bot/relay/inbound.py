@@ -243,7 +243,7 @@ class InboundRelay:
             text = await self._text(item, conv.room_id, event)
             await self.rest.post_visitor_message(conv.visitor_token, conv.room_id, text, msg_id)
             changed = True
-        log.debug("relayed %s %s into room %s as %s", item.kind, item.item_id,
+        log.info("relayed %s %s into room %s as %s", item.kind, item.item_id,
                   conv.room_id, msg_id)
         return Done(), changed
 
