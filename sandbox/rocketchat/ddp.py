@@ -49,6 +49,7 @@ class Session:
         self.user_id: str | None = None
         self.token: str | None = None
         self.subs: dict[str, tuple[str, str]] = {}
+        self.after_result: list[dict[str, Any]] = []
         self.connected = False
         self.remote = request.remote
         self.ws = ws
@@ -277,6 +278,10 @@ class DDPServer:
                 log.exception("internal error in method %s", name)
                 frame["error"] = RCError(500, "Internal server error").meteor()
         session.push(frame)
+        # Data a method published (e.g. the logged-in user) arrives before "updated" [MET].
+        for extra in session.after_result:
+            session.push(extra)
+        session.after_result = []
         session.push({"msg": "updated", "methods": [call_id]})
 
     def _check_method_rate(self, session: Session, name: str) -> None:
@@ -306,6 +311,22 @@ class DDPServer:
             raise RCError("error-invalid-user", "Invalid user", {"method": method})
         return session.user_id
 
+    def _user_added(self, session: Session, uid: str) -> None:
+        user = self.state.users[uid]
+        fields = {
+            "username": user["username"],
+            "name": user["name"],
+            "emails": user["emails"],
+            "status": user["status"],
+            "active": user["active"],
+            "utcOffset": user["utcOffset"],
+            "roles": list(user["roles"]),
+            "type": user["type"],
+        }
+        session.after_result.append(
+            {"msg": "added", "collection": "users", "id": uid, "fields": fields}
+        )
+
     def _login(self, session: Session, params: list[Any]) -> dict[str, Any]:
         options = params[0] if params else None
         if not isinstance(options, dict):
@@ -319,12 +340,14 @@ class DDPServer:
             if expires is None:
                 expires = self.state.now().replace(year=self.state.now().year + 100)
             session.user_id, session.token = uid, token
+            self._user_added(session, uid)
             log.info("ddp login by resume session=%s user=%s", session.session_id, uid)
             return {"id": uid, "token": token, "tokenExpires": expires, "type": "resume"}
         if "user" in options and "password" in options:
             uid = self.state.check_password(options["user"], options["password"])
             token, expires = self.state.issue_login_token(uid)
             session.user_id, session.token = uid, token
+            self._user_added(session, uid)
             log.info("ddp login by password session=%s user=%s", session.session_id, uid)
             return {"id": uid, "token": token, "tokenExpires": expires, "type": "password"}
         raise RCError(400, "Unrecognized options for login request")

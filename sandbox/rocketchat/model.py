@@ -393,6 +393,14 @@ class State:
         )
         self.notify_user(uid, "subscriptions-changed", ["removed", {"_id": sub["_id"], "rid": rid}])
         self.notify_user(uid, "rooms-changed", ["removed", {"_id": rid}])
+        # Losing the subscription ends the user's per-room message stream [NOT].
+        for session in list(self.sessions.values()):
+            if session.user_id != uid:
+                continue
+            for sub_id, (name, event) in list(session.subs.items()):
+                if name == "stream-room-messages" and event == rid:
+                    del session.subs[sub_id]
+                    session.push({"msg": "nosub", "id": sub_id})
 
     def room_for_client(self, room: Doc) -> Doc:
         """A room document as clients receive it."""

@@ -31,10 +31,11 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 receiver.requests.append({"headers": dict(self.headers), "body": json.loads(body)})
                 status = receiver.statuses.pop(0) if receiver.statuses else 200
+                payload = b"" if status == 204 else b"{}"
                 self.send_response(status)
-                self.send_header("Content-Length", "2")
+                self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(b"{}")
+                self.wfile.write(payload)
 
             def log_message(self, *args: Any) -> None:
                 pass
