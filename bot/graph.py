@@ -191,9 +191,9 @@ class GraphClient:
     async def exchange_code(self, code: str, redirect_uri: str) -> str:
         """Exchange a Facebook Login ``code`` for a short-lived user token (single use)."""
         body = await self._call(
-            "GET",
+            "POST",
             "/oauth/access_token",
-            params={
+            form={
                 "client_id": self.app_id,
                 "client_secret": self._secret,
                 "redirect_uri": redirect_uri,
@@ -203,14 +203,14 @@ class GraphClient:
             idempotent=False,  # a code can be used once; a blind retry would burn it
             secrets=(code,),
         )
-        return self._token_from(body, "GET /oauth/access_token (code)")
+        return self._token_from(body, "POST /oauth/access_token (code)")
 
     async def long_lived_user_token(self, short_token: str) -> str:
         """Exchange a short-lived user token for a long-lived (~60 days) one."""
         body = await self._call(
-            "GET",
+            "POST",
             "/oauth/access_token",
-            params={
+            form={
                 "grant_type": "fb_exchange_token",
                 "client_id": self.app_id,
                 "client_secret": self._secret,
@@ -219,15 +219,15 @@ class GraphClient:
             label="/oauth/access_token (fb_exchange_token)",
             secrets=(short_token,),
         )
-        return self._token_from(body, "GET /oauth/access_token (fb_exchange_token)")
+        return self._token_from(body, "POST /oauth/access_token (fb_exchange_token)")
 
     async def app_token(self) -> str:
         """An app access token (client credentials), fetched once and cached."""
         if self._app_token is None:
             body = await self._call(
-                "GET",
+                "POST",
                 "/oauth/access_token",
-                params={
+                form={
                     "grant_type": "client_credentials",
                     "client_id": self.app_id,
                     "client_secret": self._secret,
@@ -235,7 +235,7 @@ class GraphClient:
                 label="/oauth/access_token (client_credentials)",
             )
             self._app_token = self._token_from(
-                body, "GET /oauth/access_token (client_credentials)"
+                body, "POST /oauth/access_token (client_credentials)"
             )
         return self._app_token
 
@@ -346,22 +346,30 @@ class GraphClient:
         *,
         token: str | None = None,
         params: dict[str, str] | None = None,
+        form: dict[str, str] | None = None,
         json: dict | None = None,
         label: str | None = None,
         idempotent: bool = True,
         secrets: tuple[str, ...] = (),
     ) -> Any:
-        """One logical call with retries; returns the parsed JSON body of a 2xx answer."""
+        """One logical call with retries; returns the parsed JSON body of a 2xx answer.
+
+        Credentials never travel in the URL (URLs end up in proxy and library debug
+        logs): the token goes in the ``Authorization`` header, the app secret and codes
+        in a form body; only the (useless on its own) ``appsecret_proof`` is a query arg.
+        """
         query = dict(params or {})
+        headers: dict[str, str] = {}
         if token is not None:
-            query["access_token"] = token
+            headers["Authorization"] = f"Bearer {token}"
             query["appsecret_proof"] = appsecret_proof(token, self._secret)
         call = f"{method} {label or path}"
         scrub = (*secrets, token or "", self._secret)
+        request = {"params": query, "headers": headers, "data": form, "json": json}
         attempt = 0
         while True:
             try:
-                return await self._once(method, path, query, json, call, scrub)
+                return await self._once(method, path, request, call, scrub)
             except GraphRetryable as exc:
                 attempt += 1
                 may_retry = idempotent or isinstance(exc, GraphThrottled)
@@ -378,8 +386,7 @@ class GraphClient:
         self,
         method: str,
         path: str,
-        query: dict[str, str],
-        json: dict | None,
+        request: dict[str, Any],
         call: str,
         scrub: tuple[str, ...],
     ) -> Any:
@@ -389,9 +396,7 @@ class GraphClient:
         try:
             resp = await loop.run_in_executor(
                 self._pool,
-                lambda: self._session.request(
-                    method, url, params=query, json=json, timeout=self.timeout
-                ),
+                lambda: self._session.request(method, url, timeout=self.timeout, **request),
             )
         except requests.Timeout:
             # requests' own message contains the URL, hence the token: never chain it.
