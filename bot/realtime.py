@@ -142,7 +142,7 @@ def _describe(exc: BaseException) -> str:
         rcvd = exc.rcvd
         return f"closed ({rcvd.code} {rcvd.reason})".strip() if rcvd else "connection lost"
     if isinstance(exc, InvalidStatus):
-        return f"HTTP {exc.response.status} on upgrade"
+        return f"HTTP {exc.response.status_code} on upgrade"
     if isinstance(exc, TimeoutError):
         return "timed out"
     return str(exc) or type(exc).__name__
@@ -271,8 +271,11 @@ class RealtimeClient:
                         log.error("realtime: giving up: %s", exc)
                         raise
                     if not self._stop.is_set():
-                        log.warning("realtime connection to %s failed: %s", self.ws_url,
-                                    _describe(exc))
+                        try:
+                            reason = _describe(exc)
+                        except Exception:  # never let a log line end the loop
+                            reason = type(exc).__name__
+                        log.warning("realtime connection to %s failed: %s", self.ws_url, reason)
                         if not isinstance(exc, ConnectionClosed | OSError | TimeoutError | _Retry):
                             log.debug("realtime failure detail", exc_info=exc)
                 finally:

@@ -43,10 +43,19 @@ _ID_ALPHABET = string.ascii_letters + string.digits
 class RocketChatError(Exception):
     """A Rocket.Chat REST call failed. ``str()`` never contains secrets."""
 
-    def __init__(self, message: str, *, error_type: str | None = None, status: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_type: str | None = None,
+        status: int | None = None,
+        detail: str | None = None,
+    ):
         super().__init__(message)
         self.error_type = error_type
         self.status = status
+        #: The server's own error text, if it sent one (kept out of ``str()``).
+        self.detail = detail
 
 
 class AuthenticationFailed(RocketChatError):
@@ -128,6 +137,19 @@ def classify(
     reset_at: float | None = None,
 ) -> RocketChatError:
     """Map a failed response to our exception type (pure; used for every REST failure)."""
+    exc = _classify(route, status=status, error_type=error_type, error=error, reset_at=reset_at)
+    exc.detail = error if isinstance(error, str) and error else None
+    return exc
+
+
+def _classify(
+    route: str,
+    *,
+    status: int | None,
+    error_type: str | None,
+    error: Any,
+    reset_at: float | None,
+) -> RocketChatError:
     code = error_type or _code_of(error)
     label = code or (f"HTTP {status}" if status is not None else "error")
     message = f"{route}: {label}"
@@ -214,11 +236,12 @@ class RocketChatREST:
         try:
             return fn()
         except RocketApiException as exc:
+            body = exc.response_json if isinstance(exc.response_json, dict) else {}
             raise classify(
                 route,
                 status=exc.status_code,
                 error_type=exc.error_type,
-                error=exc.error,
+                error=body.get("error"),  # not exc.error: the library invents "Unknown error"
                 reset_at=_reset_at(self._local.headers),
             ) from None
         except RocketBadStatusCodeException as exc:
@@ -554,7 +577,10 @@ class RocketChatREST:
                 lambda: self._api.call_api_post("livechat/message", body=body),
             )
         except RocketChatError as exc:
-            if type(exc) is RocketChatError and _is_duplicate(exc.error_type):
+            # The server answers a bare ``{"success": false}`` when sendMessage stored
+            # nothing because the _id exists (API.v1.failure() with no reason) [LVM, SMF].
+            bare = exc.status == 400 and exc.error_type is None and exc.detail is None
+            if type(exc) is RocketChatError and (bare or _is_duplicate(exc.error_type)):
                 log.info("livechat/message %s already stored; treating as sent", msg_id)
                 return {"_id": msg_id, "rid": rid}
             raise
