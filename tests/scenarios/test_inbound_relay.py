@@ -1,0 +1,289 @@
+"""Instagram → Omnichannel through both sandboxes: kinds, once, in order, offline, 429, closed."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import pytest
+
+from bot import messages
+from bot.instagram_events import rc_message_id
+from sandbox.rocketchat import defaults as rc_defaults
+from tests.scenarios.harness import AGENT, BOT_USER, Bridge, start_bot, stop_bot
+
+CDN = "https://lookaside.fbsbx.com/ig_messaging_cdn/?asset_id={n}&signature=sbx"
+
+
+def visitor(bridge: Bridge, name: str | None = "Ana Souza", username: str | None = None) -> str:
+    igsid = bridge.meta.new_igsid()
+    profile = {}
+    if name is not None:
+        profile["name"] = name
+    if username is not None:
+        profile["username"] = username
+    bridge.meta.set_profile(igsid, **profile)
+    return igsid
+
+
+async def test_text_message_registers_visitor_and_opens_room(bridge: Bridge, eventually):
+    """The first DM registers the visitor (token, profile name, department) and opens a room."""
+    igsid = visitor(bridge)
+    event = bridge.meta.text_event(bridge.ig_id, igsid, "Is this in stock?")
+    mid = event["entry"][0]["messaging"][0]["message"]["mid"]
+    assert (await bridge.deliver(event))[0] == 200
+    await eventually(lambda: bridge.texts(igsid) == ["Is this in stock?"])
+    found = bridge.rc.visitor(bridge.token(igsid))
+    assert found is not None
+    assert found["name"] == "Ana Souza"
+    assert found["department"] == bridge.department_id
+    [message] = bridge.visitor_messages(igsid)
+    assert message["_id"] == rc_message_id(f"ig:{mid}")
+    conversation = await bridge.bot.store.conversation(bridge.page_id, igsid)
+    assert conversation is not None and conversation.room_id == bridge.rooms(igsid)[0]["_id"]
+    assert conversation.last_inbound_at == pytest.approx(
+        event["entry"][0]["messaging"][0]["timestamp"] / 1000
+    )
+
+
+@pytest.mark.parametrize(
+    ("profile", "name"),
+    [({"name": None, "username": "ana.souza"}, "@ana.souza"), ({"name": None}, None)],
+)
+async def test_visitor_name_falls_back_to_username_then_id(bridge: Bridge, eventually,
+                                                           profile, name):
+    """No profile name → @username; nothing (or no consent) → "Instagram user <igsid>"."""
+    igsid = bridge.meta.new_igsid()
+    bridge.meta.set_profile(igsid, **profile)
+    await bridge.deliver(bridge.meta.text_event(bridge.ig_id, igsid, "hi"))
+    await eventually(lambda: bridge.texts(igsid) == ["hi"])
+    expected = name or f"Instagram user {igsid}"
+    assert bridge.rc.visitor(bridge.token(igsid))["name"] == expected
+
+
+async def test_every_event_kind_reads_as_agent_text(bridge: Bridge, eventually):
+    """Each event kind becomes the agent-facing text; read receipts are ignored."""
+    bridge.bot.inbound.echo_grace = 0.1
+    meta, ig, igsid = bridge.meta, bridge.ig_id, visitor(bridge)
+    base = int(time.time() * 1000) - 60_000
+    first = meta.new_mid()
+    ad = meta.text_event(ig, igsid, "Hi from the ad", ts=base + 18)
+    ad["entry"][0]["messaging"][0]["message"]["referral"] = {
+        "ref": "spring", "ad_id": "1202", "source": "ADS", "type": "OPEN_THREAD",
+        "ads_context_data": {"ad_title": "Spring sale"},
+    }
+    events = [
+        meta.text_event(ig, igsid, "Hello", mid=first, ts=base),
+        meta.attachment_event(ig, igsid, [("image", CDN.format(n=1))], ts=base + 1),
+        meta.attachment_event(ig, igsid, [("video", CDN.format(n=2)),
+                                          ("audio", CDN.format(n=3))], ts=base + 2),
+        meta.attachment_event(ig, igsid, [("file", CDN.format(n=4))], ts=base + 3),
+        meta.attachment_event(ig, igsid, [("share", CDN.format(n=5))], ts=base + 4),
+        meta.attachment_event(ig, igsid, [("ig_reel", CDN.format(n=6))], ts=base + 5),
+        meta.attachment_event(ig, igsid, [("reel", CDN.format(n=7))], ts=base + 6),
+        meta.story_mention_event(ig, igsid, url=CDN.format(n=8), ts=base + 7),
+        meta.story_reply_event(ig, igsid, "Love this!", url=CDN.format(n=9), ts=base + 8),
+        meta.reply_to_event(ig, igsid, "About that", reply_to_mid=first, ts=base + 9),
+        meta.reaction_event(ig, igsid, first, emoji="❤️", ts=base + 10),
+        meta.reaction_event(ig, igsid, first, action="unreact", ts=base + 11),
+        meta.unsend_event(ig, igsid, first, ts=base + 12),
+        meta.unsupported_event(ig, igsid, ts=base + 13),
+        meta.postback_event(ig, igsid, "TRACK_ORDER", title="Track my order", ts=base + 14),
+        meta.quick_reply_event(ig, igsid, "Sizes", "SIZE_CHART", ts=base + 15),
+        meta.referral_event(ig, igsid, "from_website", ts=base + 16),
+        meta.read_event(ig, igsid, first, ts=base + 17),
+        ad,
+    ]
+    for event in events:
+        assert (await bridge.deliver(event))[0] == 200
+    await eventually(lambda: len(bridge.texts(igsid)) == 18, timeout=10)
+    rid = bridge.rooms(igsid)[0]["_id"]
+    link = f"{bridge.config.rocketchat.url}/live/{rid}?msg={rc_message_id('ig:' + first)}"
+    earlier = f"[an earlier message]({link})"
+    assert bridge.texts(igsid) == [
+        "Hello",
+        f"📎 [Image]({CDN.format(n=1)})",
+        f"📎 [Video]({CDN.format(n=2)})\n📎 [Voice message]({CDN.format(n=3)})",
+        f"📎 [File]({CDN.format(n=4)})",
+        f"📎 [Shared post]({CDN.format(n=5)})",
+        f"📎 [Reel]({CDN.format(n=6)})",
+        f"📎 [Reel]({CDN.format(n=7)})",
+        f"📣 Mentioned you in their [story]({CDN.format(n=8)})",
+        f"↩️ Replied to your [story]({CDN.format(n=9)}):\nLove this!",
+        f"↩️ In reply to {earlier}:\nAbout that",
+        f"Reacted ❤️ to {earlier}",
+        f"Removed their reaction from {earlier}",
+        f"🗑 Unsent {earlier} (deleted on Instagram)",
+        messages.IN_UNSUPPORTED,
+        "Tapped the button “Track my order”",
+        "Sizes\n(quick reply `SIZE_CHART`)",
+        "ℹ️ Opened the chat from an ig.me link (ref `from_website`)",
+        "ℹ️ Came from the ad “Spring sale” (ad id 1202) (ref `spring`)\nHi from the ad",
+    ]
+
+    # A message the business typed in the Instagram app is shown, marked, by the bot.
+    app_mid = meta.new_mid()
+    await bridge.deliver(meta.echo_event(ig, igsid, "Typed on the phone", app_mid))
+
+    def echoes() -> list[str]:
+        return [m["msg"] for m in bridge.rc.room_messages(rid)
+                if m.get("u", {}).get("username") == BOT_USER and not m.get("t")]
+
+    await eventually(lambda: echoes() == [messages.IN_ECHO.format(text="Typed on the phone")])
+
+
+async def test_own_echoes_are_not_shown(bridge: Bridge, eventually):
+    """Echoes of our own sends (app_id, or remembered echo:<mid>) never reach the room."""
+    bridge.bot.inbound.echo_grace = 0.0
+    meta, ig, igsid = bridge.meta, bridge.ig_id, visitor(bridge)
+    await bridge.deliver(meta.text_event(ig, igsid, "hi"))
+    await eventually(lambda: bridge.texts(igsid) == ["hi"])
+    remembered = meta.new_mid()
+    await bridge.bot.store.remember(f"echo:{remembered}")
+    await bridge.deliver(meta.echo_event(ig, igsid, "ours (remembered)", remembered))
+    await bridge.deliver(meta.echo_event(ig, igsid, "ours (app id)", meta.new_mid(),
+                                         app_id=meta.app_id))
+    await eventually(lambda: bridge.bot.metrics.registry.get_sample_value(
+        "rcig_events_dropped_total", {"direction": "inbound", "reason": "own_echo"}) == 2)
+    rid = bridge.rooms(igsid)[0]["_id"]
+    assert [m["msg"] for m in bridge.rc.room_messages(rid) if not m.get("t")] == ["hi"]
+
+
+async def test_duplicate_webhook_delivers_once(bridge: Bridge, eventually):
+    """The same mid delivered twice (also inside one batch, and after a restart) shows once."""
+    meta, ig, igsid = bridge.meta, bridge.ig_id, visitor(bridge)
+    event = meta.text_event(ig, igsid, "only once")
+    await bridge.deliver(event)
+    await bridge.deliver(event)
+    await bridge.deliver(meta.batch([event, event], merge=True))
+    await eventually(lambda: bridge.texts(igsid) == ["only once"])
+    await bridge.bot.inbound.worker.stop()  # let nothing half-done linger
+
+    await stop_bot(bridge.bot, bridge.task)
+    bridge.bot, bridge.task = await start_bot(bridge.config)
+    assert (await bridge.deliver(event))[0] == 200
+    await bridge.deliver(meta.text_event(ig, igsid, "after restart"))
+    await eventually(lambda: bridge.texts(igsid) == ["only once", "after restart"])
+
+
+async def test_shuffled_batch_keeps_per_visitor_order(bridge: Bridge, eventually):
+    """3 entries, 20 items for 5 visitors in shuffled order → each visitor's order by time."""
+    meta, ig = bridge.meta, bridge.ig_id
+    visitors = [visitor(bridge, name=f"Visitor {n}") for n in range(5)]
+    base = int(time.time() * 1000) - 10_000
+    items = []
+    for n in range(20):
+        igsid = visitors[n % 5]
+        event = meta.text_event(ig, igsid, f"{igsid} #{n // 5}", ts=base + n * 10)
+        items.append(event["entry"][0]["messaging"][0])
+    random.Random(7).shuffle(items)
+    body = {"object": "instagram", "entry": [
+        {"id": ig, "time": base + 1000, "messaging": items[i::3]} for i in range(3)
+    ]}
+    assert (await bridge.deliver(body))[0] == 200
+    for igsid in visitors:
+        await eventually(lambda igsid=igsid: len(bridge.texts(igsid)) == 4, timeout=10)
+        assert bridge.texts(igsid) == [f"{igsid} #{k}" for k in range(4)]
+
+
+async def test_no_agent_online_sends_offline_text_once_then_delivers_in_order(
+    bridge: Bridge, eventually
+):
+    """No agent: one offline text to the visitor, messages wait; an agent appears → all 3."""
+    bot, meta, ig = bridge.bot, bridge.meta, bridge.ig_id
+    bot.inbound.gate.base, bot.inbound.gate.cap = 0.1, 0.3
+    assert bridge.page is not None
+    bridge.page.offline_text = "We are offline, we will answer soon."
+    bridge.page.welcome_text = "Welcome! An agent will be with you shortly."
+    await bot.store.save_page(bridge.page)
+    bridge.rc.set_agent_status(AGENT, "offline")
+    igsid = visitor(bridge)
+    for n in range(3):
+        await bridge.deliver(meta.text_event(ig, igsid, f"waiting {n}"))
+
+    def sent_texts() -> list[str]:
+        return [s["body"]["message"].get("text") for s in meta.sent_messages(recipient=igsid)
+                if s["ok"]]
+
+    await eventually(lambda: sent_texts() == [bridge.page.offline_text])
+    conversation = await bot.store.conversation(bridge.page_id, igsid)
+    assert conversation is not None and conversation.waiting_for_agent
+    await asyncio.sleep(1.0)  # several probe intervals: still one offline text, no room
+    assert sent_texts() == [bridge.page.offline_text]
+    assert bridge.rooms(igsid) == []
+    assert bridge.rc.call_counts().get("livechat/room", 0) <= 12  # one prober, backing off
+
+    bridge.rc.set_agent_status(AGENT, "online")
+    await eventually(lambda: bridge.texts(igsid) == [f"waiting {n}" for n in range(3)],
+                     timeout=10)
+    await eventually(lambda: sent_texts() == [bridge.page.offline_text,
+                                              bridge.page.welcome_text])
+    conversation = await bot.store.conversation(bridge.page_id, igsid)
+    assert conversation is not None and not conversation.waiting_for_agent
+
+
+async def test_waiting_visitors_are_woken_together_when_an_agent_appears(
+    bridge: Bridge, eventually
+):
+    """Only one conversation probes livechat/room; its success wakes the others at once."""
+    bot, meta, ig = bridge.bot, bridge.meta, bridge.ig_id
+    # Probes back off from 0.2 s; refused conversations would wait 30-60 s on their own.
+    bot.inbound.gate.base, bot.inbound.gate.cap = 0.2, 60.0
+    bridge.rc.set_agent_status(AGENT, "offline")
+    visitors = [visitor(bridge, name=f"V{n}") for n in range(4)]
+    for igsid in visitors:
+        await bridge.deliver(meta.text_event(ig, igsid, "hello?"))
+    await eventually(lambda: bridge.rc.call_counts().get("livechat/room", 0) >= 3, timeout=5)
+    calls = bridge.rc.call_counts()["livechat/room"]
+    await asyncio.sleep(0.3)
+    assert bridge.rc.call_counts()["livechat/room"] - calls <= 1  # one prober, not four
+    bridge.rc.set_agent_status(AGENT, "online")
+    for igsid in visitors:
+        await eventually(lambda igsid=igsid: bridge.texts(igsid) == ["hello?"], timeout=8)
+
+
+async def test_rate_limited_visitor_registration_is_delivered_after_reset(
+    bridge: Bridge, eventually, monkeypatch
+):
+    """429 on livechat/visitor: the bot waits for X-RateLimit-Reset and loses nothing."""
+    monkeypatch.setitem(rc_defaults.ROUTE_RATE_LIMITS, "livechat/visitor", (1, 1500))
+    bridge.rc.set_setting("API_Enable_Rate_Limiter", True)
+    bridge.rc.reset_rate_limits()
+    visitors = [visitor(bridge, name=f"R{n}") for n in range(3)]
+    for igsid in visitors:
+        await bridge.deliver(bridge.meta.text_event(bridge.ig_id, igsid, "rate me"))
+    for igsid in visitors:
+        await eventually(lambda igsid=igsid: bridge.texts(igsid) == ["rate me"], timeout=10)
+    assert bridge.rc.call_counts()["livechat/visitor"] > 3  # some calls were refused
+
+
+async def test_closed_room_opens_a_new_room(bridge: Bridge, eventually):
+    """After an agent closes the room, the next message opens a new room and is posted."""
+    meta, ig, igsid = bridge.meta, bridge.ig_id, visitor(bridge)
+    await bridge.deliver(meta.text_event(ig, igsid, "first"))
+    await eventually(lambda: bridge.texts(igsid) == ["first"])
+    [room] = bridge.rooms(igsid)
+    bridge.rc.close_room(room["_id"], by=AGENT)
+    await bridge.deliver(meta.text_event(ig, igsid, "second"))
+    await eventually(lambda: bridge.texts(igsid) == ["first", "second"])
+    rooms = bridge.rooms(igsid)
+    assert len(rooms) == 2 and rooms[1]["open"]
+    conversation = await bridge.bot.store.conversation(bridge.page_id, igsid)
+    assert conversation is not None and conversation.room_id == rooms[1]["_id"]
+
+
+async def test_welcome_text_goes_to_visitor_once_per_new_room(bridge: Bridge, eventually):
+    """A new room triggers the page's welcome text once; later messages in it do not."""
+    assert bridge.page is not None
+    bridge.page.welcome_text = "Hi! How can we help?"
+    await bridge.bot.store.save_page(bridge.page)
+    meta, ig, igsid = bridge.meta, bridge.ig_id, visitor(bridge)
+    await bridge.deliver(meta.text_event(ig, igsid, "one"))
+    await bridge.deliver(meta.text_event(ig, igsid, "two"))
+    await eventually(lambda: bridge.texts(igsid) == ["one", "two"])
+    await eventually(lambda: [s["body"]["message"]["text"]
+                              for s in meta.sent_messages(recipient=igsid)]
+                     == ["Hi! How can we help?"])
+    await asyncio.sleep(0.3)
+    assert len(meta.sent_messages(recipient=igsid)) == 1
