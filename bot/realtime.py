@@ -149,7 +149,14 @@ def _describe(exc: BaseException) -> str:
 
 
 class RealtimeClient:
-    """Reconnecting DDP client; see the module docstring for the life cycle."""
+    """Reconnecting DDP client; see the module docstring for the life cycle.
+
+    Public state: ``connected`` (logged in and subscribed), ``user_id`` and ``username``
+    (known after the first login), ``reconnects`` (connections re-established after the
+    first one). ``backoff`` is a factory of delay iterators (bot.backoff); a fresh one is
+    taken after every healthy connection. The watchdog reconnects when no frame arrived,
+    or our pings went unanswered, for ``ping_interval * watchdog_intervals`` seconds.
+    """
 
     def __init__(
         self,

@@ -383,3 +383,33 @@ async def test_password_is_not_sent_after_first_login(rocketchat, channel, start
     await eventually(lambda: running.client.reconnects == 1 and running.client.connected)
     assert rocketchat.call_counts()["ddp:login"] == 2
     assert BOT_PASSWORD  # the password login happened once; the second was a resume
+
+
+async def test_catch_up_filters_like_the_live_stream(rocketchat, channel, start_client,
+                                                     eventually, caplog):
+    """While down: a DM arrives (delivered, type 'd'); own, system and edits of seen
+    messages are not delivered by the catch-up either."""
+    caplog.set_level(logging.INFO, logger="bot.realtime")
+    running = start_client()
+    client = running.client
+    await client.wait_connected(5)
+    seen = rocketchat.post_message("alice", channel, "seen live")
+    await eventually(lambda: seen["_id"] in running.inbox.ids)
+
+    rocketchat.block_connections(True)
+    rocketchat.drop_all_sockets()
+    await eventually(lambda: not client.connected)
+    dm = rocketchat.send_dm("boss", "instagram.bot", "instagram help")
+    own = rocketchat.post_message("instagram.bot", channel, "bot talking")
+    system = rocketchat.post_message("alice", channel, "", t="uj")
+    rocketchat.edit_message(seen["_id"], "seen live, edited while away")
+    rocketchat.block_connections(False)
+
+    await eventually(lambda: dm["_id"] in running.inbox.ids)
+    await eventually(lambda: "catch-up since" in caplog.text)
+    await asyncio.sleep(0.1)
+    assert [(m.id, m.room_type) for m in running.inbox.messages] == [
+        (seen["_id"], "c"), (dm["_id"], "d")
+    ]
+    assert own["_id"] not in running.inbox.ids and system["_id"] not in running.inbox.ids
+    assert f"caught up message {dm['_id']}" in caplog.text
