@@ -122,6 +122,9 @@ class OAuthFlow:
     config: Config
     notify: Notify
     clock: Callable[[], float] = time.time
+    #: Awaited with the page id after a page is (re)connected and subscribed, so work
+    #: held while it needed re-authorization resumes at once (``Bot.on_page_reauthorized``).
+    on_connected: Callable[[str], Awaitable[None]] | None = None
 
     async def start_login(self, user_id: str, username: str) -> str:
         """See :func:`start_login`."""
@@ -211,8 +214,8 @@ class OAuthFlow:
 
         Returns (page, reconnected, error): ``reconnected`` when the page was already
         known (its settings are kept, its tokens replaced, ``needs_reauth`` cleared);
-        ``error`` when Meta refused the installation (the page is then saved with
-        ``subscribed=False`` so ``/instagram subscribe`` can retry).
+        ``error`` when Meta refused the installation (a new page is then saved with
+        ``subscribed=False``; ``/instagram subscribe`` retries).
         """
         existing = await self.store.page(candidate.page_id)
         if existing is not None:
@@ -237,8 +240,9 @@ class OAuthFlow:
                 subscribed=False,
                 connected_at=self.clock(),
             )
-        # Tokens first: should the install fail, the admin can retry with /subscribe.
-        page.subscribed = False
+        # Tokens first: should the install fail, the admin can retry with /subscribe. A
+        # re-authorized page keeps its subscribed flag meanwhile, so none of its incoming
+        # messages is dropped while Meta answers.
         await self.store.save_page(page)
         try:
             await self.graph.subscribe_page(page.page_id, page.page_token)
@@ -247,6 +251,8 @@ class OAuthFlow:
             return page, existing is not None, exc
         page.subscribed = True
         await self.store.save_page(page)
+        if self.on_connected is not None:
+            await self.on_connected(page.page_id)
         log.info(
             "page %s (@%s, ig %s) %s and subscribed",
             page.page_id, page.username, page.instagram_id,

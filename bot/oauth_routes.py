@@ -45,7 +45,10 @@ def _bot(request: web.Request) -> Bot:
 
 def flow_for(bot: Bot) -> OAuthFlow:
     """The OAuth flow over the running bot's store, Graph client and config."""
-    return OAuthFlow(bot.store, bot.graph, bot.config, bot.rest.send_dm, clock=bot.clock)
+    return OAuthFlow(
+        bot.store, bot.graph, bot.config, bot.rest.send_dm,
+        clock=bot.clock, on_connected=bot.on_page_reauthorized,
+    )
 
 
 def html_response(status: int, body: str) -> web.Response:
