@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from bot import messages
-from bot.graph import GraphError
+from bot.graph import GraphAuthError, GraphError
 from commands.base import Command, CommandContext, UsageError
 
 log = logging.getLogger("commands")
@@ -33,6 +33,10 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
     for token in user_tokens:  # one login may have connected several pages
         try:
             await ctx.graph.revoke_login(token)
+        except GraphAuthError:
+            # 190: Meta no longer accepts the login, which is what revoking wants (two
+            # logins of one Facebook user are revoked together by the first call).
+            continue
         except GraphError as exc:
             failures.append(str(exc))
     log.info(

@@ -204,6 +204,8 @@ async def running_unconnected(
             task.result()
         await asyncio.sleep(0.01)
     try:
+        # Commands typed in rooms only reach the bot once its subscription is ready.
+        await bot.realtime.wait_connected(timeout=10)
         async with aiohttp.ClientSession() as http:
             yield OAuthBridge(rocketchat, meta, bot, config, clock, http)
     finally:

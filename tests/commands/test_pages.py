@@ -1,0 +1,43 @@
+"""``/instagram pages``: what is connected, and in what state."""
+
+from __future__ import annotations
+
+from tests.scenarios.oauth_harness import OAuthBridge
+
+
+async def test_no_pages_says_how_to_connect(oauth: OAuthBridge) -> None:
+    """With nothing connected the reply points to /instagram authorize."""
+    await oauth.command("/instagram pages")
+    assert "/instagram authorize" in (await oauth.wait_dms(1))[0]
+
+
+async def test_lists_id_name_username_department_subscribed(two_connected: OAuthBridge) -> None:
+    """Each page shows id, name, @username, department and subscribed, plus re-auth state."""
+    store = two_connected.bot.store
+    north = await store.page("301")
+    assert north is not None
+    north.department_name, north.needs_reauth = "Sales", True
+    await store.save_page(north)
+    south = await store.page("302")
+    assert south is not None
+    south.subscribed = False
+    await store.save_page(south)
+
+    before = len(two_connected.dms())
+    await two_connected.command("/instagram pages")
+    text = (await two_connected.wait_dms(before + 1))[-1]
+    lines = text.splitlines()
+    assert "(2)" in lines[0]
+    assert lines[1].startswith("• `301` — Shop North — @shopnorth — department: Sales — "
+                               "subscribed: yes")
+    assert "needs re-authorization" in lines[1]
+    assert lines[2] == ("• `302` — Shop South — @shopsouth — department: none — "
+                        "subscribed: no")
+
+
+async def test_non_admin_is_refused(two_connected: OAuthBridge) -> None:
+    """A plain user cannot list the pages."""
+    two_connected.rc.create_user("bob", "bob-password", roles=["user"])
+    await two_connected.command("/instagram pages", username="bob")
+    text = (await two_connected.wait_dms(1, username="bob"))[0]
+    assert "for administrators only" in text and "301" not in text
