@@ -153,10 +153,19 @@ class InboundRelay:
 
     async def run(self) -> None:
         """Drain the queue until cancelled (the store must be open)."""
-        if await self.store.conversations_waiting():
-            # Still inside an offline spell from before the restart: one probe, not all.
-            self.gate.close(self.clock())
-        await self.worker.run()
+        while True:
+            try:
+                if await self.store.conversations_waiting():
+                    # Still inside an offline spell from before the restart: one probe.
+                    self.gate.close(self.clock())
+                await self.worker.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A storage hiccup must not silently end inbound relaying for good.
+                log.exception("inbound worker stopped unexpectedly; restarting in 1 s")
+                await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
         await self.worker.stop()
