@@ -83,7 +83,7 @@ class CheckResult:
 
     def line(self) -> str:
         """The one printed line: ``PASS  name  detail`` (plus ``-> fix:`` unless PASS)."""
-        text = f"{self.status}  {self.name:<26} {self.detail}"
+        text = f"{self.status}  {self.name:<33} {self.detail}"
         if self.fix and self.status != PASS:
             text += f" -> fix: {self.fix}"
         return text
