@@ -112,3 +112,34 @@ async def test_metrics_parse_and_move_when_messages_flow(
         assert ("rcig_conversations_waiting_for_agent", ()) in after
         # No label carries an id: the Graph call label has the page id replaced.
         assert not any(bridge.page_id in str(lbls) for _, lbls in after)
+
+
+async def test_relayed_messages_log_ids_but_never_text_or_tokens(
+    rocketchat: SandboxRocketChat, meta: SandboxMeta, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each relayed message has an INFO line with its ids; no INFO line holds text or a token."""
+    caplog.set_level("INFO")
+    async with running_bridge(rocketchat, meta, tmp_path) as bridge:
+        await bridge.bot.realtime.wait_connected(5)
+        rc = bridge.rc
+        rc.set_setting("Livechat_webhookUrl",
+                       f"http://127.0.0.1:{bridge.bot.port}/webhooks/rocketchat")
+        rc.set_setting("Livechat_secret_token", WEBHOOK_SECRET)
+        rc.set_setting("Livechat_webhook_on_agent_message", True)
+        igsid = meta.new_igsid()
+        meta.set_profile(igsid, name="Jane Doe", username="jane")
+        event = meta.text_event(DEFAULT_IG_ID, igsid, "my secret order 4711")
+        mid = event["entry"][0]["messaging"][0]["message"]["mid"]
+        await bridge.deliver(event)
+        await until(lambda: bridge.texts(igsid) == ["my secret order 4711"])
+        room = bridge.rooms(igsid)[0]
+        reply = rc.agent_reply(AGENT, room["_id"], "your parcel left today")
+        await until(lambda: any(s["ok"] for s in meta.sent_messages(recipient=igsid)))
+        page_token = bridge.page.page_token if bridge.page else ""
+    info = [r.getMessage() for r in caplog.records if r.levelno >= 20]
+    assert any(mid in line and room["_id"] in line for line in info), info
+    assert any(reply["_id"] in line and "sent as" in line for line in info), info
+    for line in info:
+        assert "secret order" not in line and "parcel left" not in line, line
+        assert page_token not in line and APP_SECRET not in line, line
