@@ -1,0 +1,112 @@
+"""A real browser connects an Instagram account: DM'd link → Meta dialog → bot's pages."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox.meta import DEFAULT_IG_USERNAME, DEFAULT_PAGE_ID, SandboxMeta
+from sandbox.rocketchat import SandboxRocketChat
+from tests.scenarios.harness import APP_SECRET
+from tests.scenarios.oauth_harness import (
+    SANDBOX_TOKEN,
+    OAuthBridge,
+    running_unconnected,
+    two_pages,
+)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+playwright_api = pytest.importorskip("playwright.async_api")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not (Path(CHROMIUM).exists() or shutil.which("chromium")),
+        reason="chromium is not installed (apt-get install chromium)",
+    ),
+]
+
+
+@pytest.fixture
+def meta() -> Iterator[SandboxMeta]:
+    """A sandbox Meta that requires appsecret_proof on token calls."""
+    server = SandboxMeta(app_secret=APP_SECRET, require_proof=True).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def oauth(
+    rocketchat: SandboxRocketChat, meta: SandboxMeta, tmp_path: Path
+) -> AsyncIterator[OAuthBridge]:
+    """A running bot with no page connected, reachable at its public_url."""
+    async with running_unconnected(rocketchat, meta, tmp_path) as bridge:
+        yield bridge
+
+
+@pytest.fixture
+async def browser_page(tmp_path: Path) -> AsyncIterator[Any]:
+    """A fresh headless Chromium tab (own user-data-dir, no network beyond loopback)."""
+    async with playwright_api.async_playwright() as pw:
+        context = await pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
+            headless=True,
+            args=CHROMIUM_ARGS,
+        )
+        try:
+            page = await context.new_page()
+            page.set_default_timeout(15000)
+            yield page
+        finally:
+            await context.close()
+
+
+async def test_browser_follows_dm_link_through_dialog_to_success(
+    oauth: OAuthBridge, browser_page: Any
+) -> None:
+    """From the DM'd link, 'Continue' in the dialog lands on the bot's success page."""
+    link = await oauth.authorize()
+    await browser_page.goto(link)
+    await browser_page.click("#continue")
+    await browser_page.wait_for_url(f"{oauth.base_url}/oauth/callback*")
+    heading = await browser_page.text_content("h1")
+    assert heading == "Instagram connected"
+    body = await browser_page.content()
+    assert f"@{DEFAULT_IG_USERNAME}" in body
+    assert not SANDBOX_TOKEN.search(body)
+
+    page = await oauth.bot.store.page(DEFAULT_PAGE_ID)
+    assert page is not None and page.subscribed
+    assert f"/instagram edit {DEFAULT_PAGE_ID}" in (await oauth.wait_dms(2))[-1]
+    oauth.assert_every_token_call_proved()
+
+
+async def test_browser_chooses_one_of_two_pages(oauth: OAuthBridge, browser_page: Any) -> None:
+    """With two eligible pages the browser gets the choice form and connects the chosen one."""
+    oauth.meta.set_login_user("Two Pages", pages=two_pages())
+    await browser_page.goto(await oauth.authorize())
+    await browser_page.click("#continue")
+    await browser_page.wait_for_url(f"{oauth.base_url}/oauth/callback*")
+    assert await browser_page.text_content("h1") == "Choose the Instagram account"
+
+    await browser_page.get_by_label("Shop South", exact=False).check()
+    await browser_page.get_by_role("button", name="Connect").click()
+    await browser_page.wait_for_url(f"{oauth.base_url}/oauth/select")
+    assert await browser_page.text_content("h1") == "Instagram connected"
+    assert [p.page_id for p in await oauth.bot.store.pages()] == ["302"]
+
+    # Back: the callback page is no-store, so the browser asks again with the used state.
+    await browser_page.go_back()
+    assert await browser_page.text_content("h1") == "This link cannot be used"
+    assert [p.page_id for p in await oauth.bot.store.pages()] == ["302"]
