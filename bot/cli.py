@@ -64,7 +64,7 @@ async def serve(config: config_module.Config, config_path: str) -> int:
 
     from bot import __version__
     from bot.app import Bot
-    from bot.rest import AuthenticationFailed
+    from bot.rest import AuthenticationFailed, RocketChatError
     from storage.base import StorageError
 
     log = logging.getLogger("bot")
@@ -82,6 +82,12 @@ async def serve(config: config_module.Config, config_path: str) -> int:
         log.error("Rocket.Chat refused the bot's credentials: %s", exc)
         click.echo(f"error: Rocket.Chat refused the bot's credentials ({exc})", err=True)
         return EXIT_AUTH
+    except RocketChatError as exc:
+        # Unreachable or failing at startup: exit cleanly and let the supervisor retry.
+        log.error("Rocket.Chat at %s is not usable: %s", config.rocketchat.url, exc)
+        click.echo(f"error: Rocket.Chat at {config.rocketchat.url} is not usable ({exc}); "
+                   "rc-instagram doctor shows why", err=True)
+        return EXIT_CONFIG
     except StorageError as exc:
         click.echo(f"error: storage: {exc}", err=True)
         return EXIT_STORAGE
