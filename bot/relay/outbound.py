@@ -250,12 +250,16 @@ class OutboundRelay:
             # Nothing (left) to send: an empty text, or every part went out before a crash.
             return Done()
         conversation = await self.store.conversation(page_id, igsid)
+        last_inbound = conversation.last_inbound_at if conversation else None
+        now = self.clock()
         decision = window_decision(
-            conversation.last_inbound_at if conversation else None,
-            self.clock(),
-            human=await self._sent_by_human(item),
-            human_agent_tag=self.human_agent_tag,
+            last_inbound, now, human=True, human_agent_tag=self.human_agent_tag
         )
+        if decision.tag and not await self._sent_by_human(item):
+            # Only the tag window needs to know who wrote it (a roles look-up): ask late.
+            decision = window_decision(
+                last_inbound, now, human=False, human_agent_tag=self.human_agent_tag
+            )
         if not decision.send:
             return await self._outside_window(item, conversation, decision)
         return await self._send_parts(item, page, igsid, parts, decision)
