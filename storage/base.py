@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 QueueName = Literal["inbound", "outbound"]
+QUEUES: tuple[QueueName, ...] = ("inbound", "outbound")
+
+DEFAULT_DEDUPE_TTL = 24 * 3600.0  # seconds a dedupe key is remembered
+DEFAULT_CONVERSATION_TTL = 90 * 24 * 3600.0  # idle seconds before a conversation expires
 
 
 class StorageError(Exception):
@@ -152,9 +156,7 @@ class Store(abc.ABC):
     async def add_login_state(self, state: LoginState) -> None: ...
 
     @abc.abstractmethod
-    async def consume_login_state(
-        self, state: str, kind: str, now: float
-    ) -> LoginState | None:
+    async def consume_login_state(self, state: str, kind: str, now: float) -> LoginState | None:
         """Remove and return the state if it exists, has this kind and is unexpired.
 
         Single use: a second call with the same value returns None.
@@ -230,3 +232,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def expire(self, now: float) -> dict[str, int]:
         """Drop expired dedupe keys, login states and idle conversations; return counts."""
+
+    # -- additions (non-abstract, so existing implementations keep working) -------------
+    async def pending_items(self, queue: QueueName, conversation: str) -> list[WorkItem]:
+        """Every pending item of one conversation, in processing order."""
+        raise NotImplementedError
+
+    async def stats(self) -> dict[str, int]:
+        """Counts for metrics and ``doctor``: queue depths and table sizes."""
+        return {q: await self.queue_depth(q) for q in QUEUES}
