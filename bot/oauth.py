@@ -126,10 +126,6 @@ class OAuthFlow:
     #: held while it needed re-authorization resumes at once (``Bot.on_page_reauthorized``).
     on_connected: Callable[[str], Awaitable[None]] | None = None
 
-    async def start_login(self, user_id: str, username: str) -> str:
-        """See :func:`start_login`."""
-        return await start_login(self.store, self.config, user_id, username, now=self.clock())
-
     # -- GET /oauth/callback -------------------------------------------------------------
     async def handle_callback(self, params: Mapping[str, str]) -> tuple[int, str]:
         """Meta's redirect: returns (HTTP status, HTML page)."""
