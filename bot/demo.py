@@ -249,6 +249,7 @@ class Demo:
             raise DemoFailed("the bot's answer to /instagram authorize holds no login link")
         self.t.say("admin", f"gets the single-use login link {short(links[0])}")
         self.step = "Facebook Login"
+        seen = len(self.bot_dms())
         login = self.http.get(links[0], timeout=5)
         if login.status_code != 200 or "Continue as" not in login.text:
             raise DemoFailed(f"the login dialog did not open (HTTP {login.status_code})")
@@ -284,6 +285,11 @@ class Demo:
         wait_for("the app subscribed to the chosen page at Meta",
                  lambda: self.meta.subscription(SHOP["id"]) is not None, alive=self.alive)
         self.t.say("meta", f"app installed on {SHOP['name']} (webhooks on)")
+        handle = "@" + SHOP["instagram_business_account"]["username"]
+        for dm in wait_for("the bot's DM confirming the connection",
+                           lambda: [m for m in self.bot_dms()[seen:] if handle in m["msg"]],
+                           alive=self.alive)[:1]:
+            self.t.say("bot", f"-> {ADMIN} (DM): {short(dm['msg'])}")
 
     def configure_page(self) -> None:
         self.step = "/instagram edit"

@@ -37,6 +37,7 @@ def test_demo_plays_the_whole_story_and_exits_0_in_under_30_s() -> None:
         r"2 pages offered; picks Sandbox Shop",
         r"POST /oauth/select -> HTTP 200 \"Instagram connected",
         r"app installed on Sandbox Shop",
+        r"bot +-> admin.alice \(DM\): Connected Instagram \*@sandboxshop\*",
         r"edit 100000000000001 welcome ",
         r"Jane Doe .* on Instagram: \"Hi! Do you ship to Canada\?\"",
         r"omni +room \w+ opened for \"Jane Doe\".*served by agent.ana",
