@@ -136,7 +136,10 @@ class Checkup:
         url = f"{self.config.rocketchat.url}/api/v1/{route}"
 
         def get() -> tuple[int, Any]:
-            resp = requests.get(url, params=params, headers=headers, timeout=self.timeout)
+            try:
+                resp = requests.get(url, params=params, headers=headers, timeout=self.timeout)
+            except requests.RequestException:
+                return 0, None
             try:
                 return resp.status_code, resp.json()
             except ValueError:
