@@ -238,14 +238,6 @@ class TinyDBStore(Store):
             self._cold.close()
             self._lock.release()
             raise
-        log.info(
-            "storage opened: %s (%d pages, %d conversations, %d inbound, %d outbound pending)",
-            self.path,
-            len(self._pages_t),
-            len(self._convs_t),
-            len(self._queues["inbound"]),
-            len(self._queues["outbound"]),
-        )
 
     def _load(self) -> None:
         self._loaded = False
@@ -284,6 +276,14 @@ class TinyDBStore(Store):
         heapq.heapify(self._dedupe_heap)
         self._next_expire = 0.0  # drop what expired while the bot was down
         self._loaded = True
+        log.info(
+            "storage opened: %s (%d pages, %d conversations, %d inbound, %d outbound pending)",
+            self.path,
+            len(self._pages_t),
+            len(self._convs_t),
+            len(self._queues["inbound"]),
+            len(self._queues["outbound"]),
+        )
 
     def _check_key(self) -> None:
         meta = self._meta_t.get(doc_id=_META_ID)
