@@ -70,3 +70,7 @@ class Command:
     usage: str  # e.g. "/instagram edit <pageId> [<setting> <value…>]"
     handle: Handler
     requires_admin: bool = True
+    #: Free text after this many words: the rest of the line is one verbatim argument
+    #: (welcome texts contain apostrophes and line breaks, which shell-style splitting
+    #: would eat). None: every argument is split like a shell word.
+    verbatim_after: int | None = None

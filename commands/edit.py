@@ -120,4 +120,5 @@ command = Command(
     summary="show a page's settings, or set its department, welcome, finished or offline text",
     usage="/instagram edit <pageId> [department|welcome|finished|offline <value…|none>]",
     handle=handle,
+    verbatim_after=2,
 )

@@ -15,7 +15,7 @@ import shlex
 from dataclasses import dataclass
 
 from bot import messages
-from commands.base import CommandContext, CommandError, UsageError
+from commands.base import Command, CommandContext, CommandError, UsageError
 from commands.registry import Registry
 
 log = logging.getLogger("commands")
@@ -30,6 +30,18 @@ class Invocation:
     name: str
     args: tuple[str, ...]
     error: str | None = None  # set when the arguments could not be split (bad quoting)
+    text: str = ""  # everything after the sub-command name, as typed
+
+    def arguments_for(self, command: Command) -> tuple[str, ...]:
+        """The handler's arguments: shell words, or words then one verbatim tail."""
+        if command.verbatim_after is None:
+            return self.args
+        words = self.text.split(None, command.verbatim_after)
+        head, tail = words[: command.verbatim_after], words[command.verbatim_after:]
+        value = tail[0].strip() if tail else ""
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1].strip()
+        return (*head, value) if value else tuple(head)
 
 
 def parse(text: str, *, direct: bool) -> Invocation | None:
@@ -43,14 +55,15 @@ def parse(text: str, *, direct: bool) -> Invocation | None:
     if not match or (not match.group(1) and not direct):
         return None
     rest = text[match.end():]
-    try:
-        words = shlex.split(rest)
-    except ValueError as exc:
-        first = rest.split(maxsplit=1)
-        return Invocation(first[0].lower() if first else "help", (), error=str(exc))
-    if not words:
+    first = rest.split(None, 1)
+    if not first:
         return Invocation("help", ())
-    return Invocation(words[0].lower(), tuple(words[1:]))
+    name, after = first[0].lower(), first[1] if len(first) > 1 else ""
+    try:
+        words = shlex.split(after)
+    except ValueError as exc:
+        return Invocation(name, (), error=str(exc), text=after)
+    return Invocation(name, tuple(words), text=after)
 
 
 async def dispatch(registry: Registry, ctx: CommandContext, invocation: Invocation) -> None:
@@ -66,13 +79,13 @@ async def dispatch(registry: Registry, ctx: CommandContext, invocation: Invocati
         roles = ", ".join(f"`{r}`" for r in ctx.config.rocketchat.admin_roles)
         await ctx.reply(messages.NOT_ADMIN.format(name=command.name, roles=roles))
         return
-    if invocation.error is not None:
+    if invocation.error is not None and command.verbatim_after is None:
         problem = f"I could not read the arguments ({invocation.error})."
         await ctx.reply(messages.USAGE.format(problem=problem, usage=command.usage))
         return
     log.info("running %s for %s", command.name, issuer.username)
     try:
-        await command.handle(ctx, invocation.args)
+        await command.handle(ctx, invocation.arguments_for(command))
     except UsageError as exc:
         await ctx.reply(messages.USAGE.format(problem=str(exc), usage=command.usage))
     except CommandError as exc:

@@ -22,18 +22,38 @@ from commands.router import Invocation, parse
         ("instagram help", False, None),
         ("/instagramhelp", False, None),
         ("hello /instagram help", False, None),
-        ("/instagram edit 123 welcome Hello there", False,
-         Invocation("edit", ("123", "welcome", "Hello", "there"))),
-        ('/instagram edit 123 welcome "Hi, welcome!"', False,
-         Invocation("edit", ("123", "welcome", "Hi, welcome!"))),
-        ("/instagram edit 123 welcome it's", False,
-         Invocation("edit", (), error="No closing quotation")),
+        ("/instagram pages 123 'two words'", False,
+         Invocation("pages", ("123", "two words"), text="123 'two words'")),
+        ("/instagram pages it's", False,
+         Invocation("pages", (), error="No closing quotation", text="it's")),
         ("", True, None),
     ],
 )
 def test_parse(text: str, direct: bool, expected: Invocation | None) -> None:
     """Prefix is case-insensitive, slash optional only in DMs, args split like a shell."""
     assert parse(text, direct=direct) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("/instagram edit 123 welcome Hello there", ("123", "welcome", "Hello there")),
+        ('/instagram edit 123 welcome "Hi, welcome!"', ("123", "welcome", "Hi, welcome!")),
+        ("/instagram edit 123 offline We're away, we'll answer soon",
+         ("123", "offline", "We're away, we'll answer soon")),
+        ("/instagram edit 123 welcome Line one\n  line two", ("123", "welcome",
+                                                              "Line one\n  line two")),
+        ("/instagram edit 123 department", ("123", "department")),
+        ("/instagram edit 123", ("123",)),
+    ],
+)
+def test_verbatim_tail_keeps_prose_intact(text: str, expected: tuple[str, ...]) -> None:
+    """After the setting name, the value is taken as typed: apostrophes, line breaks."""
+    command = default_registry().get("edit")
+    assert command is not None
+    invocation = parse(text, direct=False)
+    assert invocation is not None
+    assert invocation.arguments_for(command) == expected
 
 
 def _noop_command(name: str) -> Command:
