@@ -219,8 +219,14 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path", help="directory for the data files (default: a temp dir)")
     args = parser.parse_args(argv)
 
-    base = args.path or tempfile.mkdtemp(prefix="rc-instagram-bench-")
-    os.makedirs(base, exist_ok=True)
+    if args.path is None:
+        with tempfile.TemporaryDirectory(prefix="rc-instagram-bench-") as base:
+            return await run_all(args, base)
+    os.makedirs(args.path, exist_ok=True)
+    return await run_all(args, args.path)
+
+
+async def run_all(args: argparse.Namespace, base: str) -> int:
 
     def fresh(name: str) -> str:
         return os.path.join(base, name, "rc-instagram.json")
