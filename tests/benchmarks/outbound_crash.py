@@ -44,7 +44,7 @@ def main() -> None:
               f"delivered {r.delivered_parts}; duplicates {r.duplicates} "
               f"(rooms {r.duplicate_rooms}, accepted at {r.duplicate_offsets} s from the kill); "
               f"lost {len(r.lost)}; out of order {len(r.out_of_order)} {r.out_of_order[:2]}; "
-              f"{r.seconds:.1f} s")
+              f"webhook failures {r.webhook_failures}; {r.seconds:.1f} s")
         totals["parts"] += r.expected_parts
         totals["duplicates"] += r.duplicates
         totals["lost"] += len(r.lost)

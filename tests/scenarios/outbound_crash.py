@@ -49,6 +49,7 @@ class CrashResult:
     accepted_after_kill: int = 0  # sends Meta completed after the SIGKILL (body already in)
     max_per_room: int = 0
     sent_at_kill: int = 0
+    webhook_failures: list[str] = field(default_factory=list)  # attempts Rocket.Chat retried
     lost: list[str] = field(default_factory=list)
     out_of_order: list[str] = field(default_factory=list)
     duplicate_rooms: int = 0
@@ -148,12 +149,16 @@ async def run_crash_experiment(
     proc = _start(config, log)
     try:
         await _wait_http(f"{base}/healthz", proc)
-        # Round-robin over rooms, so every room has work queued when the kill comes.
+        # Round-robin over rooms, so every room has work queued when the kill comes. The
+        # rounds are paced a little like agents typing: Rocket.Chat's webhooks are
+        # fire-and-forget and unordered, so messages of one room created within the
+        # same millisecond could reach any receiver in either order.
         for index in range(per_room):
             for n, (igsid, rid) in enumerate(visitors):
                 text = _message_text(n, index)
                 rc.agent_reply(AGENT, rid, text)
                 expected.setdefault(igsid, []).extend(split_text(text))
+            await asyncio.sleep(0.02)
         total = rooms * per_room
         result.expected_parts = sum(len(v) for v in expected.values())
 
@@ -206,6 +211,9 @@ async def run_crash_experiment(
                 proc.kill()
         meta.set_latency(0)
 
+    result.webhook_failures = sorted({
+        f"{w['status'] or w['error']}" for w in rc.webhooks_sent() if w["status"] != 200
+    })
     got = delivered()
     for igsid, parts in expected.items():
         seen = got.get(igsid, [])
