@@ -102,6 +102,9 @@ class Bot:
             user_id=rc.user_id or None,
             token=rc.token.reveal() or None,
             observe=self._observe_rocketchat,
+            # The inbound relay keeps up to 64 conversations in flight, each waiting on
+            # network latency: 8 threads capped end-to-end throughput near 8/latency.
+            max_workers=32,
         )
         ig = config.instagram
         self.graph = GraphClient(

@@ -47,6 +47,14 @@ log = logging.getLogger("bot.relay")
 
 #: How long an unmatched echo waits for the outbound side to record our own send.
 ECHO_GRACE = 3.0
+#: Wake-ups of the worker after webhooks are coalesced over this many seconds.
+NOTIFY_DELAY = 0.005
+#: Seconds a receipt-time routing answer (account id → subscribed page) is reused.
+ROUTE_TTL, ROUTE_MISS_TTL = 5.0, 1.0
+#: last_inbound_at is persisted when it moves by at least this much (or with other
+#: changes): the 24-hour window does not need millisecond precision, and one write less
+#: per message matters under load. Lagging only ever closes the window early.
+LAST_INBOUND_SLACK = 30.0
 #: Profile look-ups retried this many times on Graph throttling before the fallback name.
 PROFILE_ATTEMPTS = 3
 
@@ -141,14 +149,51 @@ class InboundRelay:
         self.echo_grace = echo_grace
         self._notify_outbound = notify_outbound or (lambda: None)
         self._wakers: set[asyncio.Task[None]] = set()
+        self._routes: dict[str, tuple[str | None, float]] = {}
+        self.notify_delay = NOTIFY_DELAY
+        self._notify_pending = False
         self.worker = QueueWorker(
             store, "inbound", self.process, concurrency=concurrency, clock=clock,
             on_retry=self._on_retry,
         )
 
+    # -- receipt-time routing ---------------------------------------------------------
+    async def route(self, instagram_id: str) -> str | None:
+        """The page id a webhook for ``instagram_id`` belongs to (connected + subscribed).
+
+        Answers are reused for a few seconds: the receiver must not queue behind the
+        store's writer for a read on every webhook. The relay checks the page again
+        when it processes the item, so a page unsubscribed meanwhile is still honoured.
+        """
+        now = time.monotonic()
+        cached = self._routes.get(instagram_id)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        page = await self.store.page_by_instagram_id(instagram_id)
+        page_id = page.page_id if page is not None and page.subscribed else None
+        if len(self._routes) > 10_000:
+            self._routes.clear()  # only ever a handful of accounts; never grow unbounded
+        self._routes[instagram_id] = (page_id, now + (ROUTE_TTL if page_id else ROUTE_MISS_TTL))
+        return page_id
+
+    def forget_routes(self) -> None:
+        """Drop cached routing answers (after connecting or unsubscribing a page)."""
+        self._routes.clear()
+
     # -- lifecycle -------------------------------------------------------------------
     def notify(self) -> None:
-        """New items were stored: dispatch now instead of at the next poll."""
+        """New items were stored: dispatch soon instead of at the next poll.
+
+        Wake-ups are coalesced (at most one per ``notify_delay``): every wake-up costs
+        the store a queue scan, and under a burst of webhooks one scan serves them all.
+        """
+        if self._notify_pending:
+            return
+        self._notify_pending = True
+        asyncio.get_running_loop().call_later(self.notify_delay, self._notify_now)
+
+    def _notify_now(self) -> None:
+        self._notify_pending = False
         self.worker.notify()
 
     async def run(self) -> None:
@@ -197,8 +242,11 @@ class InboundRelay:
         if item.kind in VISITOR_KINDS and (
             conv.last_inbound_at is None or item.order_ts > conv.last_inbound_at
         ):
+            changed = (
+                conv.last_inbound_at is None
+                or item.order_ts - conv.last_inbound_at >= LAST_INBOUND_SLACK
+            )
             conv.last_inbound_at = item.order_ts
-            changed = True
         try:
             outcome, registered = await self._deliver(item, page, conv, event)
         except RateLimited as exc:

@@ -97,9 +97,9 @@ async def receive(request: web.Request) -> web.Response:
     pages: dict[str, str] = {}
     try:
         for account in account_ids(body):
-            page = await bot.store.page_by_instagram_id(account)
-            if page is not None and page.subscribed:
-                pages[account] = page.page_id
+            page_id = await bot.inbound.route(account)
+            if page_id is not None:
+                pages[account] = page_id
         parsed = parse_webhook(body, pages)
         added = await bot.store.enqueue(parsed.items) if parsed.items else []
     except Exception:

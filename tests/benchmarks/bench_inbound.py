@@ -1,0 +1,327 @@
+"""Inbound benchmark: webhook acknowledgement, end-to-end throughput, end-to-end latency.
+
+Run: ``python -m tests.benchmarks.bench_inbound [--quick]``. Prints its figures.
+
+(a) Acknowledged webhooks/s and latency percentiles of ``POST /webhooks/instagram`` on the
+    real bot (``rc-instagram run`` in a child process, relaying meanwhile), side by side
+    with a no-op aiohttp handler (also a child process) driven by the same load
+    generator; the ratio bot/no-op is the figure of merit (goal ≥ 0.5), and p99 of the
+    acknowledgement (goal < 50 ms).
+(b) End-to-end webhook → room throughput across 1,000 conversations with 20 ms latency
+    injected into every sandbox Rocket.Chat REST response (goal ≥ 500 messages/s).
+(c) p50/p99 webhook → room latency at a steady 100 messages/s (same 20 ms injected),
+    measured from just before the POST to the message's server timestamp.
+
+The sandboxes run in this process (threads); the bot and the no-op server are separate
+processes, so the numbers include real sockets, HMAC, JSON and durable storage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from sandbox.meta import (
+    DEFAULT_IG_ID,
+    DEFAULT_PAGE_ID,
+    DEFAULT_PAGE_NAME,
+    SandboxMeta,
+    encode_webhook,
+    sign_webhook,
+)
+from sandbox.rocketchat import SandboxRocketChat
+from storage import Page, open_store
+from tests.scenarios.harness import APP_SECRET, config_dict, free_port, setup_rocketchat
+
+ROOT = Path(__file__).resolve().parents[2]
+
+NOOP_SERVER = textwrap.dedent("""
+    import sys
+    from aiohttp import web
+
+    async def handle(request):
+        await request.read()
+        return web.Response(text="EVENT_RECEIVED")
+
+    app = web.Application(client_max_size=1024 * 1024)
+    app.router.add_post("/webhooks/instagram", handle)
+    app.router.add_get("/healthz", lambda r: handle(r))
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None,
+                print=None)
+""")
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+class Env:
+    """Sandboxes in this process, bots as child processes."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.rc = SandboxRocketChat().start()
+        self.rc.set_setting("API_Enable_Rate_Limiter", False)
+        self.meta = SandboxMeta(app_secret=APP_SECRET).start()
+        self.department = setup_rocketchat(self.rc)
+        self.meta.set_echoes(False)
+        self.runs = 0
+
+    def close(self) -> None:
+        self.rc.stop()
+        self.meta.stop()
+
+    async def start_bot(self) -> tuple[subprocess.Popen[bytes], str]:
+        """A fresh bot (new store) with the sandbox page connected; returns (proc, url)."""
+        self.runs += 1
+        run_dir = self.workdir / f"bot{self.runs}"
+        run_dir.mkdir()
+        port = free_port()
+        store_path = str(run_dir / "store.json")
+        import yaml
+
+        config = run_dir / "config.yaml"
+        config.write_text(yaml.safe_dump(
+            config_dict(self.rc.url, self.meta, store_path, f"127.0.0.1:{port}")
+        ))
+        store = open_store(store_path)
+        await store.open()
+        await store.save_page(Page(
+            page_id=DEFAULT_PAGE_ID, name=DEFAULT_PAGE_NAME, instagram_id=DEFAULT_IG_ID,
+            page_token=self.meta.issue_page_token(DEFAULT_PAGE_ID),
+            department_id=self.department,
+        ))
+        await store.close()
+        exe = Path(sys.executable).parent / "rc-instagram"
+        log = (run_dir / "bot.log").open("ab")
+        proc = subprocess.Popen(
+            [str(exe), "run", "--config", str(config), "--log-level", "WARNING"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ},
+        )
+        await wait_listening(port, proc)
+        return proc, f"http://127.0.0.1:{port}/webhooks/instagram"
+
+    async def start_noop(self) -> tuple[subprocess.Popen[bytes], str]:
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-c", NOOP_SERVER, str(port)], cwd=ROOT)
+        await wait_listening(port, proc)
+        return proc, f"http://127.0.0.1:{port}/webhooks/instagram"
+
+    def message_count(self) -> int:
+        return self.rc.call_counts().get("livechat/message", 0)
+
+
+async def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    async with aiohttp.ClientSession() as session:
+        for _ in range(400):
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited with {proc.returncode}")
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    await resp.read()
+                    return
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.05)
+    raise SystemExit("server did not start")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def signed(payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    body = encode_webhook(payload)
+    return body, {"Content-Type": "application/json", **sign_webhook(body, APP_SECRET)}
+
+
+def build_bodies(meta: SandboxMeta, visitors: list[str], count: int, per_body: int = 1,
+                 start_ts: int | None = None) -> list[tuple[bytes, dict[str, str], list[str]]]:
+    """``count`` signed webhooks of ``per_body`` messages each, visitors round-robin."""
+    ts = start_ts or int(time.time() * 1000) - 3_600_000
+    out = []
+    n = 0
+    for _ in range(count):
+        items = []
+        mids = []
+        for _ in range(per_body):
+            igsid = visitors[n % len(visitors)]
+            mid = meta.new_mid()
+            items.append({"sender": {"id": igsid}, "recipient": {"id": DEFAULT_IG_ID},
+                          "timestamp": ts + n, "message": {"mid": mid, "text": f"m{n}"}})
+            mids.append(mid)
+            n += 1
+        body, headers = signed({"object": "instagram", "entry": [
+            {"id": DEFAULT_IG_ID, "time": ts + n, "messaging": items}]})
+        out.append((body, headers, mids))
+    return out
+
+
+async def hammer(url: str, bodies: list[tuple[bytes, dict[str, str], list[str]]],
+                 concurrency: int) -> tuple[float, list[float], int]:
+    """POST every body with ``concurrency`` connections; (seconds, latencies, non-200s)."""
+    latencies: list[float] = []
+    failures = 0
+    queue = list(reversed(bodies))
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            nonlocal failures
+            while queue:
+                body, headers, _ = queue.pop()
+                started = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        failures += 1
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return elapsed, latencies, failures
+
+
+async def bench_ack(env: Env, requests: int, concurrency: int) -> None:
+    visitors = [env.meta.new_igsid() for _ in range(1000)]
+    env.rc.rest_latency = 0.0
+    results = {}
+    for name in ("no-op aiohttp", "rc-instagram"):
+        proc, url = await (env.start_noop() if name.startswith("no-op") else env.start_bot())
+        try:
+            warm = build_bodies(env.meta, visitors, 200)
+            await hammer(url, warm, concurrency)
+            bodies = build_bodies(env.meta, visitors, requests)
+            elapsed, latencies, failures = await hammer(url, bodies, concurrency)
+        finally:
+            stop(proc)
+        results[name] = (requests / elapsed, latencies, failures)
+    print(f"(a) webhook acknowledgement: {requests} signed POSTs, 1 message each, "
+          f"{concurrency} concurrent connections")
+    for name, (rate, lat, failures) in results.items():
+        print(f"    {name:14s} {rate:8.0f} req/s   p50 {percentile(lat, 50) * 1000:6.1f} ms   "
+              f"p99 {percentile(lat, 99) * 1000:6.1f} ms   max {max(lat) * 1000:6.1f} ms   "
+              f"non-200: {failures}")
+    ratio = results["rc-instagram"][0] / results["no-op aiohttp"][0]
+    p99 = percentile(results["rc-instagram"][1], 99) * 1000
+    print(f"    ratio rc-instagram / no-op = {ratio:.2f} (goal >= 0.5); "
+          f"rc-instagram p99 = {p99:.1f} ms (goal < 50 ms)")
+
+
+async def wait_for_messages(env: Env, target: int, timeout: float) -> float:
+    deadline = time.perf_counter() + timeout
+    while env.message_count() < target:
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"only {env.message_count()} of {target} messages after {timeout}s")
+        await asyncio.sleep(0.01)
+    return time.perf_counter()
+
+
+async def bench_throughput(env: Env, conversations: int, per_conversation: int) -> None:
+    env.rc.rest_latency = 0.02
+    visitors = [env.meta.new_igsid() for _ in range(conversations)]
+    total = conversations * per_conversation
+    bodies = build_bodies(env.meta, visitors, total // 50, per_body=50)
+    proc, url = await env.start_bot()
+    try:
+        base = env.message_count()
+        started = time.perf_counter()
+        elapsed_post, _, failures = await hammer(url, bodies, 8)
+        done = await wait_for_messages(env, base + total, timeout=300)
+    finally:
+        stop(proc)
+    seconds = done - started
+    print(f"(b) end-to-end throughput: {total} messages, {conversations} conversations, "
+          f"20 ms injected on every Rocket.Chat REST response")
+    print(f"    all acknowledged in {elapsed_post:.2f} s ({failures} non-200); all in rooms "
+          f"after {seconds:.2f} s -> {total / seconds:.0f} messages/s (goal >= 500)")
+    print(f"    (first message of each conversation also registers the visitor and opens "
+          f"the room: {conversations} x livechat/visitor + livechat/room + Graph profile)")
+
+
+async def bench_latency(env: Env, rate: float, seconds: float, conversations: int) -> None:
+    env.rc.rest_latency = 0.02
+    visitors = [env.meta.new_igsid() for _ in range(conversations)]
+    count = int(rate * seconds)
+    bodies = build_bodies(env.meta, visitors, count)
+    proc, url = await env.start_bot()
+    sent_at: dict[str, float] = {}
+    try:
+        # Warm: register every visitor and open rooms first (steady state, not first contact).
+        warm = build_bodies(env.meta, visitors, conversations)
+        base = env.message_count()
+        await hammer(url, warm, 8)
+        await wait_for_messages(env, base + conversations, timeout=120)
+        base = env.message_count()
+        async with aiohttp.ClientSession() as session:
+            start = time.perf_counter()
+            tasks = []
+
+            async def post(body: bytes, headers: dict[str, str], mid: str) -> None:
+                sent_at[mid] = time.time()
+                async with session.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+
+            for n, (body, headers, mids) in enumerate(bodies):
+                delay = start + n / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(post(body, headers, mids[0])))
+            await asyncio.gather(*tasks)
+        await wait_for_messages(env, base + count, timeout=120)
+    finally:
+        stop(proc)
+    from bot.instagram_events import rc_message_id
+
+    latencies = []
+    for mid, sent in sent_at.items():
+        message = env.rc.message(rc_message_id(f"ig:{mid}"))
+        if message is None:
+            continue
+        stored = datetime.fromisoformat(message["ts"].replace("Z", "+00:00")).timestamp()
+        latencies.append(max(0.0, stored - sent))
+    print(f"(c) webhook -> room latency at {rate:.0f} messages/s for {seconds:.0f} s "
+          f"({count} messages, {conversations} warm conversations, 20 ms injected)")
+    print(f"    p50 {percentile(latencies, 50) * 1000:.1f} ms   "
+          f"p99 {percentile(latencies, 99) * 1000:.1f} ms   "
+          f"max {max(latencies) * 1000:.1f} ms   mean {statistics.mean(latencies) * 1000:.1f} ms"
+          f"   (n={len(latencies)}; includes the 20 ms injected before the message is stored)")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller runs (smoke test)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-inbound-") as tmp:
+        env = Env(Path(tmp))
+        try:
+            print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+            await bench_ack(env, 1000 if args.quick else 5000, 32)
+            await bench_throughput(env, 1000, 2 if args.quick else 10)
+            await bench_latency(env, 100.0, 3 if args.quick else 10, 200)
+        finally:
+            env.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
