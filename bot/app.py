@@ -205,7 +205,8 @@ class Bot:
         log.info("stopped")
 
     async def on_page_reauthorized(self, page_id: str) -> None:
-        """A page got a fresh token: deliver its held outbound items now (call after saving)."""
+        """A page was (re)connected: route its webhooks afresh and deliver held replies now."""
+        self.inbound.forget_routes()
         await self.outbound_relay.on_page_reauthorized(page_id)
 
     # -- state for /healthz and /metrics ------------------------------------------------

@@ -50,7 +50,10 @@ ECHO_GRACE = 3.0
 #: Wake-ups of the worker after webhooks are coalesced over this many seconds.
 NOTIFY_DELAY = 0.005
 #: Seconds a receipt-time routing answer (account id → subscribed page) is reused.
-ROUTE_TTL, ROUTE_MISS_TTL = 5.0, 1.0
+#: Only positive answers are cached: a stale "not subscribed" would drop the messages
+#: of a page just (re)connected, while a stale page id only defers the check to the
+#: relay, which reads the page again before acting.
+ROUTE_TTL = 5.0
 #: last_inbound_at is persisted when it moves by at least this much (or with other
 #: changes): the 24-hour window does not need millisecond precision, and one write less
 #: per message matters under load. Lagging only ever closes the window early.
@@ -149,7 +152,7 @@ class InboundRelay:
         self.echo_grace = echo_grace
         self._notify_outbound = notify_outbound or (lambda: None)
         self._wakers: set[asyncio.Task[None]] = set()
-        self._routes: dict[str, tuple[str | None, float]] = {}
+        self._routes: dict[str, tuple[str, float]] = {}
         self.notify_delay = NOTIFY_DELAY
         self._notify_pending = False
         self.worker = QueueWorker(
@@ -170,11 +173,13 @@ class InboundRelay:
         if cached is not None and cached[1] > now:
             return cached[0]
         page = await self.store.page_by_instagram_id(instagram_id)
-        page_id = page.page_id if page is not None and page.subscribed else None
+        if page is None or not page.subscribed:
+            self._routes.pop(instagram_id, None)
+            return None
         if len(self._routes) > 10_000:
             self._routes.clear()  # only ever a handful of accounts; never grow unbounded
-        self._routes[instagram_id] = (page_id, now + (ROUTE_TTL if page_id else ROUTE_MISS_TTL))
-        return page_id
+        self._routes[instagram_id] = (page.page_id, now + ROUTE_TTL)
+        return page.page_id
 
     def forget_routes(self) -> None:
         """Drop cached routing answers (after connecting or unsubscribing a page)."""
