@@ -240,7 +240,9 @@ class Bot:
         if invocation is None:
             return
         issuer = Issuer(message.user_id, message.username, message.rid, message.room_type)
-        self.metrics.commands.labels(invocation.name).inc()
+        # Label by known command only: anyone can type /instagram <anything>.
+        known = self.registry.get(invocation.name) is not None
+        self.metrics.commands.labels(invocation.name if known else "unknown").inc()
         log.info("command %s from %s (message %s)", invocation.name, issuer.username, message.id)
         await dispatch(self.registry, CommandContext(self, issuer), invocation)
 

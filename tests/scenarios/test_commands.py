@@ -117,7 +117,9 @@ async def test_never_answers_itself_an_edit_or_a_room_it_is_not_in(
     await asyncio.sleep(0.6)
     replies = answers(rocketchat, "carol")
     assert len(replies) == 1 and "nosuch" in replies[0]
-    handled = bot.metrics.registry.get_sample_value("rcig_commands_total", {"command": "nosuch"})
+    handled = bot.metrics.registry.get_sample_value(
+        "rcig_commands_total", {"command": "unknown"}
+    )
     assert handled == 1
     assert bot.metrics.registry.get_sample_value(
         "rcig_commands_total", {"command": "help"}
