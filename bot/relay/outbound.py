@@ -32,10 +32,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from bot import messages
+from bot.ddp import parse_date
 from bot.graph import GraphAuthError, GraphError, GraphRetryable, GraphThrottled
 from bot.relay.worker import Done, Outcome, Retry, retry_delay
 from bot.rest import NotAllowed, RateLimited, RocketChatError, RoomClosed, Unavailable
@@ -161,22 +161,8 @@ def note_id(key: str) -> str:
 
 def parse_timestamp(value: Any) -> float | None:
     """Epoch seconds from an ISO string (REST/webhooks) or EJSON ``{"$date": ms}``."""
-    if isinstance(value, dict) and "$date" in value:
-        value = value["$date"]
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return value / 1000.0 if value > 1e11 else float(value)
-    if isinstance(value, str) and value:
-        text = value.strip()
-        if text.endswith("Z"):
-            text = text[:-1] + "+00:00"
-        try:
-            parsed = datetime.fromisoformat(text)
-        except ValueError:
-            return None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return parsed.timestamp()
-    return None
+    parsed = parse_date(value)
+    return parsed.timestamp() if parsed is not None else None
 
 
 def split_conversation(key: str) -> tuple[str, str]:
