@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from bot import messages
+from bot.appkeys import BOT
 from bot.oauth import SELECT_PATH, OAuthFlow
 
 if TYPE_CHECKING:
@@ -38,8 +39,6 @@ MAX_FORM = 16 * 1024  # the choice form is a state and a page id
 
 
 def _bot(request: web.Request) -> Bot:
-    from bot.web import BOT  # bot.web includes this module's routes: import late
-
     return request.app[BOT]
 
 

@@ -11,17 +11,12 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from bot import oauth_routes
+from bot.appkeys import BOT, MAX_BODY
 from bot.webhooks import instagram as instagram_webhook
 from bot.webhooks import rocketchat as rocketchat_webhook
 
 if TYPE_CHECKING:
     from bot.app import Bot
-
-#: The running bot: every handler reaches the store and clients through it.
-BOT: web.AppKey[Bot] = web.AppKey("bot")
-
-#: Meta caps webhook bodies well below this; larger requests are refused with 413.
-MAX_BODY = 1024 * 1024
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from bot.appkeys import BOT, MAX_BODY
 from bot.instagram_events import account_ids, parse_webhook
 
 if TYPE_CHECKING:
@@ -30,8 +31,6 @@ _PREFIX = "sha256="
 
 
 def _bot(request: web.Request) -> Bot:
-    from bot.web import BOT  # bot.web includes this module's routes: import late
-
     return request.app[BOT]
 
 
@@ -69,8 +68,6 @@ def _reject(bot: Bot, status: int, reason: str) -> web.Response:
 
 async def receive(request: web.Request) -> web.Response:
     """Verify, durably enqueue one work item per messaging item, answer 200."""
-    from bot.web import MAX_BODY
-
     bot = _bot(request)
     if request.content_length is not None and request.content_length > MAX_BODY:
         log.warning("Instagram webhook refused: body of %d bytes", request.content_length)

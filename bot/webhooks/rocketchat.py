@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from bot.appkeys import BOT, MAX_BODY
 from bot.relay.outbound import parse_timestamp
 from storage.base import WorkItem, conversation_key
 
@@ -37,8 +38,6 @@ TOKEN_PREFIX = "instagram-"
 
 
 def _bot(request: web.Request) -> Bot:
-    from bot.web import BOT  # bot.web includes this module's routes: import late
-
     return request.app[BOT]
 
 
@@ -168,8 +167,6 @@ def parse_webhook(body: dict[str, Any], *, bot_user_id: str | None, now: float) 
 
 async def receive(request: web.Request) -> web.Response:
     """Verify the secret, durably enqueue the event's outbound work, answer exactly 200."""
-    from bot.web import MAX_BODY
-
     bot = _bot(request)
     if not secret_valid(request.headers.get(SECRET_HEADER),
                         bot.config.rocketchat.webhook_secret.reveal()):
