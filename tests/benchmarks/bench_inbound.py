@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -202,7 +203,7 @@ async def hammer(url: str, bodies: list[tuple[bytes, dict[str, str], list[str]]]
     return elapsed, latencies, failures
 
 
-async def bench_ack(env: Env, requests: int, concurrency: int) -> None:
+async def bench_ack(env: Env, requests: int, concurrency: int) -> dict[str, float]:
     visitors = [env.meta.new_igsid() for _ in range(1000)]
     env.rc.rest_latency = 0.0
     results = {}
@@ -226,6 +227,12 @@ async def bench_ack(env: Env, requests: int, concurrency: int) -> None:
     p99 = percentile(results["rc-instagram"][1], 99) * 1000
     print(f"    ratio rc-instagram / no-op = {ratio:.2f} (goal >= 0.5); "
           f"rc-instagram p99 = {p99:.1f} ms (goal < 50 ms)")
+    return {"ack_requests": requests, "ack_noop_req_s": results["no-op aiohttp"][0],
+            "ack_bot_req_s": results["rc-instagram"][0], "ack_ratio": ratio,
+            "ack_bot_p50_ms": percentile(results["rc-instagram"][1], 50) * 1000,
+            "ack_bot_p99_ms": p99,
+            "ack_noop_p99_ms": percentile(results["no-op aiohttp"][1], 99) * 1000,
+            "ack_non_200": results["rc-instagram"][2]}
 
 
 async def wait_for_messages(env: Env, target: int, timeout: float) -> float:
@@ -237,7 +244,9 @@ async def wait_for_messages(env: Env, target: int, timeout: float) -> float:
     return time.perf_counter()
 
 
-async def bench_throughput(env: Env, conversations: int, per_conversation: int) -> None:
+async def bench_throughput(
+    env: Env, conversations: int, per_conversation: int
+) -> dict[str, float]:
     env.rc.rest_latency = 0.02
     visitors = [env.meta.new_igsid() for _ in range(conversations)]
     total = conversations * per_conversation
@@ -257,9 +266,13 @@ async def bench_throughput(env: Env, conversations: int, per_conversation: int) 
           f"after {seconds:.2f} s -> {total / seconds:.0f} messages/s (goal >= 500)")
     print(f"    (first message of each conversation also registers the visitor and opens "
           f"the room: {conversations} x livechat/visitor + livechat/room + Graph profile)")
+    return {"relay_messages": total, "relay_conversations": conversations,
+            "relay_messages_per_s": total / seconds, "relay_seconds": seconds}
 
 
-async def bench_latency(env: Env, rate: float, seconds: float, conversations: int) -> None:
+async def bench_latency(
+    env: Env, rate: float, seconds: float, conversations: int
+) -> dict[str, float]:
     env.rc.rest_latency = 0.02
     visitors = [env.meta.new_igsid() for _ in range(conversations)]
     count = int(rate * seconds)
@@ -306,21 +319,29 @@ async def bench_latency(env: Env, rate: float, seconds: float, conversations: in
           f"p99 {percentile(latencies, 99) * 1000:.1f} ms   "
           f"max {max(latencies) * 1000:.1f} ms   mean {statistics.mean(latencies) * 1000:.1f} ms"
           f"   (n={len(latencies)}; includes the 20 ms injected before the message is stored)")
+    return {"latency_rate_per_s": rate, "latency_messages": len(latencies),
+            "latency_p50_ms": percentile(latencies, 50) * 1000,
+            "latency_p99_ms": percentile(latencies, 99) * 1000,
+            "latency_max_ms": max(latencies) * 1000}
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs (smoke test)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
+    figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-inbound-") as tmp:
         env = Env(Path(tmp))
         try:
             print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
-            await bench_ack(env, 1000 if args.quick else 5000, 32)
-            await bench_throughput(env, 1000, 2 if args.quick else 10)
-            await bench_latency(env, 100.0, 3 if args.quick else 10, 200)
+            figures.update(await bench_ack(env, 1000 if args.quick else 5000, 32))
+            figures.update(await bench_throughput(env, 1000, 2 if args.quick else 10))
+            figures.update(await bench_latency(env, 100.0, 3 if args.quick else 10, 200))
         finally:
             env.close()
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

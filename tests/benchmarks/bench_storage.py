@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import sys
@@ -217,6 +218,7 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", type=int, default=100_000, help="items before flat check")
     parser.add_argument("--producers", type=int, default=64, help="concurrent producers")
     parser.add_argument("--path", help="directory for the data files (default: a temp dir)")
+    parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
 
     if args.path is None:
@@ -277,6 +279,22 @@ async def run_all(args: argparse.Namespace, base: str) -> int:
         f"\ndurable enqueue acks/s with {args.producers} producers: {concurrent:.0f} "
         f"(target >= {TARGET_ACKS:.0f}); flat ratio {ratio:.2f} -> {'PASS' if ok else 'FAIL'}"
     )
+    if args.json:
+        figures = {
+            "producers": args.producers,
+            "enqueue_1_producer_acks_s": results[0].rate,
+            "enqueue_concurrent_acks_s": concurrent,
+            "enqueue_concurrent_p99_ms": results[1].percentile(0.99),
+            "pipeline_items_s": results[2].rate,
+            "pipeline_with_history_items_s": results[3].rate,
+            "history_items": args.history,
+            "flat_first_1k_items_s": flat["fresh"],
+            "flat_after_history_items_s": flat["aged"],
+            "flat_ratio": ratio,
+            "flat_cpu_ratio": cpu_ratio,
+        }
+        with open(args.json, "w") as out:
+            json.dump(figures, out, indent=2)
     return 0 if ok else 1
 
 
