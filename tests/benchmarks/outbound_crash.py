@@ -11,8 +11,9 @@ losses and order violations (both must be zero).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import sys
+import json
 import tempfile
 from pathlib import Path
 
@@ -34,7 +35,10 @@ async def once(workdir: Path, fraction: float) -> object:
 
 
 def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="?", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="also write the totals to this file")
+    runs = (args := parser.parse_args()).runs
     totals = {"parts": 0, "duplicates": 0, "lost": 0, "disorder": 0, "hit": 0}
     for run in range(runs):
         fraction = 0.2 + 0.6 * (run / max(1, runs - 1))
@@ -53,6 +57,13 @@ def main() -> None:
     print(f"{runs} crashes: window hit in {totals['hit']} ({totals['duplicates']} duplicate "
           f"parts of {totals['parts']}, {totals['duplicates'] / runs:.2f} per crash); "
           f"lost {totals['lost']}; rooms out of order {totals['disorder']}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "crashes": runs, "parts": totals["parts"], "window_hit": totals["hit"],
+            "duplicates": totals["duplicates"],
+            "duplicates_per_crash": totals["duplicates"] / runs,
+            "lost": totals["lost"], "out_of_order_rooms": totals["disorder"],
+        }, indent=2))
 
 
 if __name__ == "__main__":
