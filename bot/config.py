@@ -157,12 +157,16 @@ def load(path: str | Path, env: dict[str, str] | None = None) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("<file>", f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("<file>", f"{path} is not UTF-8 text") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError("<file>", f"{path} is not valid YAML{where}") from None
+    except RecursionError:
+        raise ConfigError("<file>", f"{path} is nested too deeply") from None
     return from_dict(raw, env=os.environ.copy() if env is None else env, source=str(path))
 
 
@@ -172,7 +176,8 @@ def from_dict(raw: Any, *, env: dict[str, str], source: str = "<memory>") -> Con
         raise ConfigError("<file>", "the top level must be a mapping of sections")
     for section in raw:
         if section not in _SECTIONS:
-            raise ConfigError(str(section), f"unknown section (known: {', '.join(_SECTIONS)})")
+            name = str(section) if str(section).strip() else repr(section)  # never blank
+            raise ConfigError(name, f"unknown section (known: {', '.join(_SECTIONS)})")
     built: dict[str, Any] = {}
     for section, cls in _SECTIONS.items():
         values = raw.get(section) or {}
@@ -230,7 +235,7 @@ def _convert(key: str, value: Any, env: dict[str, str]) -> Any:
         return text.rstrip("/")
     if key == "server.listen":
         _check_listen(key, text)
-    if key == "instagram.app_id" and not text.isdigit():
+    if key == "instagram.app_id" and not (text.isascii() and text.isdigit()):
         raise ConfigError(key, "must be the numeric Meta app id")
     if key == "instagram.api_version" and not re.fullmatch(r"v\d+\.\d+", text):
         raise ConfigError(key, "must look like v21.0")
@@ -238,14 +243,19 @@ def _convert(key: str, value: Any, env: dict[str, str]) -> Any:
 
 
 def _check_url(key: str, text: str) -> None:
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not 0-65535)
+    except ValueError:  # "http://[::1" and the like
+        raise ConfigError(key, f"must be an http(s) URL, got {text!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(key, f"must be an http(s) URL, got {text!r}")
 
 
 def _check_listen(key: str, text: str) -> None:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    # isascii: str.isdigit() is also true for "²", which int() refuses.
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigError(key, f"must be HOST:PORT (e.g. 0.0.0.0:8080), got {text!r}")
 
 
