@@ -1,15 +1,18 @@
-"""Shared fixtures: a started sandbox Rocket.Chat and an async polling helper."""
+"""Shared fixtures: the sandbox servers, a running bridge, and an async polling helper."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from sandbox.meta import SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
+from tests.scenarios.harness import APP_SECRET, Bridge, running_bridge
 
 
 @pytest.fixture
@@ -21,6 +24,26 @@ def rocketchat() -> Iterator[SandboxRocketChat]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def meta() -> Iterator[SandboxMeta]:
+    """A sandbox Meta signing webhooks with the bridge's app secret; it refuses every
+    user/page-token call without a valid appsecret_proof."""
+    server = SandboxMeta(app_secret=APP_SECRET, require_proof=True).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def bridge(
+    rocketchat: SandboxRocketChat, meta: SandboxMeta, tmp_path: Path
+) -> AsyncIterator[Bridge]:
+    """A running Bot against both sandboxes, with the sandbox page connected."""
+    async with running_bridge(rocketchat, meta, tmp_path) as running:
+        yield running
 
 
 Predicate = Callable[[], object | Awaitable[object]]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
@@ -16,19 +16,9 @@ from bot.graph import (
     GraphThrottled,
 )
 from sandbox.meta import DEFAULT_IG_ID, DEFAULT_IG_USERNAME, DEFAULT_PAGE_ID, SandboxMeta
+from tests.scenarios.harness import APP_SECRET
 
-APP_SECRET = "graph-test-app-secret"
 REDIRECT = "http://127.0.0.1:9/oauth/callback"
-
-
-@pytest.fixture
-def meta() -> Iterator[SandboxMeta]:
-    """A sandbox Meta that refuses user/page-token calls without appsecret_proof."""
-    server = SandboxMeta(app_secret=APP_SECRET, require_proof=True).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -13,7 +13,6 @@ import pytest
 from bot.reauth import mark_needs_reauth
 from sandbox.meta import DEFAULT_IG_USERNAME, DEFAULT_PAGE_ID, DEFAULT_PAGE_NAME, SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
-from tests.scenarios.harness import APP_SECRET
 from tests.scenarios.oauth_harness import (
     SANDBOX_TOKEN,
     OAuthBridge,
@@ -21,16 +20,6 @@ from tests.scenarios.oauth_harness import (
     running_unconnected,
     two_pages,
 )
-
-
-@pytest.fixture
-def meta() -> Iterator[SandboxMeta]:
-    """A sandbox Meta that refuses token calls without a valid appsecret_proof."""
-    server = SandboxMeta(app_secret=APP_SECRET, require_proof=True).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

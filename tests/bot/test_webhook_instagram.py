@@ -6,33 +6,13 @@ import asyncio
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
-from sandbox.meta import SandboxMeta
-from sandbox.rocketchat import SandboxRocketChat
 from storage.base import StorageError
-from tests.scenarios.harness import APP_SECRET, VERIFY_TOKEN, Bridge, running_bridge
-
-
-@pytest.fixture
-def meta() -> Iterator[SandboxMeta]:
-    server = SandboxMeta(app_secret=APP_SECRET).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-async def bridge(
-    rocketchat: SandboxRocketChat, meta: SandboxMeta, tmp_path: Path
-) -> AsyncIterator[Bridge]:
-    async with running_bridge(rocketchat, meta, tmp_path) as running:
-        yield running
+from tests.scenarios.harness import APP_SECRET, VERIFY_TOKEN, Bridge
 
 
 def received(bridge: Bridge) -> float:

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from sandbox.meta import SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
-from tests.scenarios.harness import APP_SECRET
 from tests.scenarios.oauth_harness import OAuthBridge, parse_form, running_unconnected, two_pages
-
-
-@pytest.fixture
-def meta() -> Iterator[SandboxMeta]:
-    """A sandbox Meta that refuses token calls without a valid appsecret_proof."""
-    server = SandboxMeta(app_secret=APP_SECRET, require_proof=True).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

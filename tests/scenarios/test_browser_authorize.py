@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,6 @@ import pytest
 
 from sandbox.meta import DEFAULT_IG_USERNAME, DEFAULT_PAGE_ID, SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
-from tests.scenarios.harness import APP_SECRET
 from tests.scenarios.oauth_harness import (
     SANDBOX_TOKEN,
     OAuthBridge,
@@ -33,16 +32,6 @@ pytestmark = [
         reason="chromium is not installed (apt-get install chromium)",
     ),
 ]
-
-
-@pytest.fixture
-def meta() -> Iterator[SandboxMeta]:
-    """A sandbox Meta that requires appsecret_proof on token calls."""
-    server = SandboxMeta(app_secret=APP_SECRET, require_proof=True).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
