@@ -125,6 +125,10 @@ def classify(
             message = message.replace(secret, "***")
     if code in AUTH_CODES:
         cls = GraphAuthError
+    elif "oauth/access_token" in call and status is not None and 400 <= status < 500:
+        # Meta rejects a wrong app secret or a used code with code 1 and HTTP 400:
+        # retrying a refused credential cannot succeed.
+        cls = GraphPermanent
     elif code in THROTTLE_CODES:
         cls = GraphThrottled
     elif code in TRANSIENT_CODES or (status is not None and status >= 500):

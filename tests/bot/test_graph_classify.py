@@ -74,3 +74,17 @@ def test_appsecret_proof_is_hmac_sha256_of_token() -> None:
     """appsecret_proof = hex HMAC-SHA256(key=app secret, msg=token)."""
     expected = hmac.new(b"s3cret", b"tok", hashlib.sha256).hexdigest()
     assert appsecret_proof("tok", "s3cret") == expected
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [(400, 1, GraphPermanent), (400, 100, GraphPermanent), (500, 1, GraphRetryable)],
+)
+def test_refused_token_exchange_is_not_retried(status: int, code: int, expected: type) -> None:
+    """A 4xx from oauth/access_token (wrong app secret answers code 1) is permanent."""
+    error = classify(
+        status,
+        _envelope(code, message="Error validating client secret."),
+        call="POST /oauth/access_token (code)",
+    )
+    assert type(error) is expected
