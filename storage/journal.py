@@ -10,21 +10,31 @@ Here a *family* of tables lives in two files:
     ``_storage`` records the snapshot's *generation*.
 ``<name>.journal``
     Append-only lines ``<crc32 hex> <json>\\n``. The first line is a header naming the
-    generation it continues; each further line is one group commit: the new value
-    (or ``null`` for deleted) of every document changed since the previous commit.
+    generation it continues; each further line holds the new value (or ``null`` for
+    deleted) of every document one batch of operations changed.
 
-A commit appends one line and ``fdatasync``\\s it: one fsync however many writes the
-batch holds, and cost proportional to what changed. When the journal outgrows
-``compact_ratio`` times the snapshot (and ``compact_min_bytes``), the live data is
-written as a new snapshot of the next generation and the journal restarts empty:
-amortised O(1) per change. A crash between the two renames leaves a journal of the
-older generation, which is recognised as already folded in and ignored.
+Writing is split in two, so that the thread owning the tables never waits for the
+disk (see :mod:`storage.writer`): :meth:`JournalStorage.prepare`, on that thread,
+encodes what changed since its last call into an :class:`Append` (one journal line: the
+new value, or ``null``, of every changed document) or, when a snapshot is due, a
+:class:`Replace` (the whole snapshot and the new journal's header);
+:meth:`JournalStorage.flush`, on the family's sync thread, makes a run of such jobs
+durable in the order they were prepared: all queued lines in one write and one
+``fdatasync``, so the cost is proportional to what changed and shared by everything
+that changed meanwhile. When the journal outgrows ``compact_ratio`` times the snapshot
+(and ``compact_min_bytes``), the next job is a Replace of the next generation: the
+snapshot is replaced atomically, then the journal (header plus any lines prepared after
+the snapshot), atomically too: amortised O(1) per change. A crash between the two
+renames leaves a journal of the older generation, which is recognised as already
+folded in and ignored.
 
-Crash safety: commits are strictly sequential (write, fsync, then the next), so only
-the last journal line can be incomplete after a crash; it was never acknowledged and
-is cut off on load with a warning. A bad line anywhere else, an unparsable snapshot, a
-journal without its snapshot or ahead of it is corruption: ``load`` raises
-:class:`StorageError` naming the file, and nothing is reset.
+Crash safety: only one thread appends, strictly in order, and each flush completes
+(write, fsync) before the next begins, so only the last journal line can be incomplete
+after a crash; it was never acknowledged and is cut off on load with a warning. After
+a failed write the journal's tail is unknown, so the family appends nothing more (the
+jobs fail) until a Replace has rewritten both files. A bad line anywhere else, an
+unparsable snapshot, a journal without its snapshot or ahead of it is corruption:
+``load`` raises :class:`StorageError` naming the file, and nothing is reset.
 
 Documents are keyed by string ids chosen by the caller (page id, item id, ...), so
 ``Table.get(doc_id=...)``, ``update(doc_ids=...)`` and ``remove(doc_ids=...)`` are
@@ -39,6 +49,7 @@ import logging
 import os
 import zlib
 from collections.abc import Callable, Iterator, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 from tinydb import TinyDB
@@ -81,8 +92,11 @@ class JournalStorage(Storage):
 
     ``read`` returns the live in-memory tables (TinyDB never mutates what it reads);
     ``write`` (used by TinyDB for whole-database operations such as ``drop_tables``)
-    replaces them and schedules a full snapshot. Nothing touches the disk until
-    :meth:`commit`, which the store calls once per batch of operations.
+    replaces them and schedules a full snapshot. Nothing touches the disk until the
+    owner hands what :meth:`prepare` returned (once per batch of operations) to
+    :meth:`flush`. ``load``, ``prepare`` and the tables belong to the owning thread;
+    ``flush`` to the sync thread, which alone uses the journal's file descriptor after
+    ``load``; ``close`` only once that thread has stopped.
     """
 
     def __init__(
@@ -108,6 +122,7 @@ class JournalStorage(Storage):
         self._snapshot_bytes = 0
         self._needs_snapshot = True  # until load() finds a usable pair of files
         self._loaded = False  # nothing is ever written before a successful load
+        self._broken: str | None = None  # sync thread: why appending is unsafe now
         self.compactions = 0
 
     # -- TinyDB Storage API -----------------------------------------------------------
@@ -141,11 +156,6 @@ class JournalStorage(Storage):
         """Rewrite everything at the next commit, so older values vanish from disk."""
         self._needs_snapshot = True
 
-    @property
-    def dirty(self) -> bool:
-        """True while some change is not yet durable (including after a failed commit)."""
-        return self._loaded and (bool(self._dirty) or self._needs_snapshot)
-
     # -- loading ------------------------------------------------------------------------
     def load(self) -> None:
         """Read snapshot and journal into memory; raise StorageError on corruption.
@@ -157,6 +167,8 @@ class JournalStorage(Storage):
         self._dirty = {}
         self._journal_bytes = 0
         self._generation = 0
+        self._snapshot_bytes = 0
+        self._broken = None
         remove_stale_temp(self.snapshot_path)
         remove_stale_temp(self.journal_path)
         have_snapshot = os.path.exists(self.snapshot_path)
@@ -273,62 +285,115 @@ class JournalStorage(Storage):
             raise StorageError(f"{path} is not an rc-instagram journal (bad header)")
         return records[1:], header["generation"]
 
-    # -- writing ----------------------------------------------------------------------------
-    def commit(self) -> bool:
-        """Make every change durable; return True if anything was written.
+    # -- writing: the TinyDB thread encodes ------------------------------------------
+    def prepare(self) -> Append | Replace | None:
+        """Encode every change since the last call; None if nothing changed.
 
-        Raises OSError when the disk refuses; the changes stay pending and the next
-        commit rewrites the whole snapshot (the journal's tail is then unknown).
+        Runs on the thread that owns the tables. The result is handed to :meth:`flush`
+        (on the sync thread) in the order of the calls. Once a job is returned its
+        changes count as submitted: if the write fails, the owner calls
+        :meth:`request_snapshot` and the next job rewrites everything.
         """
         if not self._loaded:
-            return False
+            return None
         if self._needs_snapshot or self._journal_bytes > max(
             self.compact_min_bytes, self.compact_ratio * self._snapshot_bytes
         ):
-            self.compact()
-            return True
+            return self._prepare_snapshot()
         if not self._dirty:
-            return False
+            return None
         tables = self._tables
         changes = {}
         for name, ids in self._dirty.items():
             docs = tables.get(name, {})
             changes[name] = {doc_id: docs.get(doc_id) for doc_id in ids}
-        line = encode_line({"c": changes})
-        assert self._fd is not None
-        try:
-            write_all(self._fd, line)
-            self._fsync(self._fd)
-        except OSError:
-            self._needs_snapshot = True
-            raise
         self._dirty.clear()
+        line = encode_line({"c": changes})
         self._journal_bytes += len(line)
-        return True
+        return Append(line)
 
-    def compact(self) -> None:
-        """Write all live data as the next generation's snapshot and restart the journal."""
-        if not self._loaded:
-            return
-        generation = self._generation + 1
+    def _prepare_snapshot(self) -> Replace:
+        """All live data as the next generation's snapshot, plus its journal's header."""
+        # A generation is never reused, even if writing this one fails: load() only
+        # compares generations, so gaps are harmless and a stale journal stays stale.
+        self._generation += 1
+        generation = self._generation
         self._tables[META_TABLE] = {"journal": {"generation": generation, "format": JOURNAL_FORMAT}}
         snapshot = json.dumps(self._tables, separators=(",", ":")).encode()
-        atomic_write(self.snapshot_path, snapshot)
-        self._generation = generation  # on disk now, even if the journal step fails
-        self._snapshot_bytes = len(snapshot)
-        self._close_fd()
         header = encode_line({"journal": JOURNAL_FORMAT, "generation": generation})
-        atomic_write(self.journal_path, header)
-        self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND)
-        os.fchmod(self._fd, FILE_MODE)
+        self._snapshot_bytes = len(snapshot)
         self._journal_bytes = len(header)
         self._dirty.clear()
         self._needs_snapshot = False
         self.compactions += 1
+        return Replace(snapshot, header)
+
+    # -- writing: the sync thread makes it durable -----------------------------------
+    def flush(self, jobs: list[Append | Replace]) -> None:
+        """Make ``jobs`` (from :meth:`prepare`, in order) durable: one write, one fsync.
+
+        Appends are joined into one write and one ``fdatasync``. A :class:`Replace`
+        supersedes every job before it (its snapshot was encoded after their changes):
+        the snapshot is replaced atomically, then the journal, atomically too, with the
+        header followed by the appends after it.
+
+        Raises OSError when the disk refuses. The journal's tail is then unknown, so
+        nothing more is appended: later appends raise :class:`StorageError` without
+        touching the file until a :class:`Replace` rewrites both files.
+        """
+        last = max((n for n, job in enumerate(jobs) if isinstance(job, Replace)), default=-1)
+        if last >= 0:
+            replace = jobs[last]
+            assert isinstance(replace, Replace)
+            tail = b"".join(job.line for job in jobs[last + 1 :])  # type: ignore[union-attr]
+            self._replace(replace.snapshot, replace.header + tail)
+            return
+        if self._broken is not None:
+            raise StorageError(self._broken)
+        data = b"".join(job.line for job in jobs)  # type: ignore[union-attr]
+        assert self._fd is not None
+        try:
+            write_all(self._fd, data)
+            self._fsync(self._fd)
+        except OSError as exc:
+            self._broken = f"an earlier write of {self.journal_path} failed ({exc.strerror or exc})"
+            raise
+
+    def _replace(self, snapshot: bytes, journal: bytes) -> None:
+        self._close_fd()
+        try:
+            atomic_write(self.snapshot_path, snapshot)
+            # A crash here leaves the new snapshot with the older journal, which load()
+            # recognises (older generation) as already folded in.
+            atomic_write(self.journal_path, journal)
+            fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND)
+        except OSError as exc:
+            self._broken = (
+                f"an earlier write of {self.snapshot_path} failed ({exc.strerror or exc})"
+            )
+            raise
+        os.fchmod(fd, FILE_MODE)
+        self._fd = fd
+        self._broken = None
 
     @property
     def journal_bytes(self) -> int:
         return self._journal_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """A journal line to append (one batch's changes)."""
+
+    line: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Replace:
+    """A new snapshot and the header of the journal that continues it."""
+
+    snapshot: bytes
+    header: bytes
 
 
 def _generation_of(tables: Tables) -> int:

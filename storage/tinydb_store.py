@@ -20,12 +20,16 @@ items and the dedupe keys they leave behind share the hot family, so one enqueue
 one append and one fsync. On a clean ``close`` both families are compacted, leaving
 two plain TinyDB files and two header-only journals.
 
-Everything TinyDB happens on one writer thread (:mod:`storage.writer`), which also
-batches commits. In-memory indexes answer every lookup without a query: pages by
-Instagram id, conversations by visitor token and by idleness, queue heads per
-conversation and due heads (:mod:`storage.queues`), dedupe keys by expiry. Expiry of
-dedupe keys, login states and idle conversations runs by itself every
-``expire_interval`` seconds of the injected clock (and on demand via :meth:`expire`).
+Everything TinyDB happens on one writer thread (:mod:`storage.writer`), which runs
+operations in batches and answers reads at once; each family has its own sync thread
+that appends and fsyncs the encoded batches in order, so a mutating call returns once
+it is durable while reads and later operations never wait for a disk flush.
+
+In-memory indexes answer every lookup without a query: pages by Instagram id,
+conversations by visitor token and by idleness, queue heads per conversation and due
+heads (:mod:`storage.queues`), dedupe keys by expiry. Expiry of dedupe keys, login
+states and idle conversations runs by itself every ``expire_interval`` seconds of the
+injected clock (and on demand via :meth:`expire`).
 """
 
 from __future__ import annotations
@@ -154,6 +158,7 @@ class TinyDBStore(Store):
         expire_interval: float = 60.0,
         compact_min_bytes: int = 4 << 20,
         compact_ratio: float = 2.0,
+        fsync: Callable[[int], None] = os.fdatasync,
     ) -> None:
         self.path = path
         self.files = StoreFiles.for_path(path)
@@ -168,12 +173,14 @@ class TinyDBStore(Store):
             self.files.config_journal,
             compact_min_bytes=compact_min_bytes,
             compact_ratio=compact_ratio,
+            fsync=fsync,
         )
         self._hot = JournalStorage(
             self.files.queues,
             self.files.queues_journal,
             compact_min_bytes=compact_min_bytes,
             compact_ratio=compact_ratio,
+            fsync=fsync,
         )
         self._writer: GroupCommitter | None = None
         self._loaded = False
@@ -201,14 +208,6 @@ class TinyDBStore(Store):
             raise StorageError("the store is not open")
         return self._writer
 
-    def _commit(self) -> bool:
-        # Hot first: it holds what webhooks wait for. No invariant spans the families.
-        wrote_hot = self._hot.commit()
-        return self._cold.commit() or wrote_hot
-
-    def _pending(self) -> bool:
-        return self._hot.dirty or self._cold.dirty
-
     def _housekeeping(self) -> None:
         if self._loaded and (self._writer is None or self._writer.healthy):
             now = self.clock()
@@ -226,7 +225,9 @@ class TinyDBStore(Store):
                 f"cannot create the directory of {self.path}: {exc.strerror}"
             ) from exc
         self._lock.acquire()
-        writer = GroupCommitter(self._commit, self._pending, self._housekeeping)
+        # Hot first: it holds what webhooks wait for. No invariant spans the families,
+        # so they are synced concurrently (storage.writer).
+        writer = GroupCommitter((self._hot, self._cold), self._housekeeping)
         writer.start()
         self._writer = writer
         try:
@@ -318,24 +319,23 @@ class TinyDBStore(Store):
         if writer is None or not writer.running:
             return
         try:
-            await writer.call(lambda: self._shutdown(compact), mutating=False)
+            # A mutation: returns once the final writes are durable (or failed).
+            await writer.call(lambda: self._shutdown(compact), mutating=True)
+        except StorageError as exc:
+            log.error("storage: final write of %s failed: %s", self.path, exc)
         finally:
-            writer.stop()
+            writer.stop()  # joins the sync threads: nothing touches the files after it
             self._writer = None
+            self._hot.close()
+            self._cold.close()
             self._lock.release()
 
     def _shutdown(self, compact: bool) -> None:
-        self._loaded = False
-        for family in (self._hot, self._cold):
-            try:
-                if compact:
-                    # The .json files become complete TinyDB databases at rest.
-                    family.compact()
-                else:
-                    family.commit()
-            except OSError as exc:
-                log.error("storage: final write of %s failed: %s", family.snapshot_path, exc)
-            family.close()
+        self._loaded = False  # no more housekeeping
+        if compact:
+            # The .json files become complete TinyDB databases at rest.
+            self._hot.request_snapshot()
+            self._cold.request_snapshot()
 
     async def healthy(self) -> bool:
         writer = self._writer
