@@ -137,7 +137,7 @@ async def start_bot(config: Config) -> tuple[Bot, asyncio.Task[None]]:
 async def stop_bot(bot: Bot, task: asyncio.Task[None]) -> None:
     bot.stop()
     with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(task, 30)
 
 
 def setup_rocketchat(rc: SandboxRocketChat) -> str:
