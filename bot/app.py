@@ -13,12 +13,13 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
+from bot.backoff import BackoffFactory, exponential_backoff
 from bot.config import Config
 from bot.graph import GraphClient
 from bot.metrics import Metrics
@@ -27,7 +28,7 @@ from bot.reauth import mark_needs_reauth
 from bot.relay.inbound import InboundRelay
 from bot.relay.outbound import OutboundRelay
 from bot.relay.worker import QueueWorker
-from bot.rest import RocketChatREST
+from bot.rest import RocketChatREST, Unavailable, random_id
 from bot.web import create_app
 from commands.base import Issuer
 from commands.registry import Registry, default_registry
@@ -38,6 +39,14 @@ from storage.base import Store
 log = logging.getLogger("bot")
 
 _ID_SEGMENT = re.compile(r"/\d+(?=/|$| )")
+
+T = TypeVar("T")
+
+#: How long a command's answer (and the admin check before it) waits out a Rocket.Chat
+#: REST outage. The command was heard over the realtime socket; without this wait the
+#: answer was dropped after the REST client's own ~2 s of retries: silence.
+REPLY_PATIENCE = 300.0
+REPLY_BACKOFF: BackoffFactory = exponential_backoff(initial=0.5, factor=2.0, max_delay=15.0)
 
 
 @dataclass
@@ -65,12 +74,34 @@ class CommandContext:
         return self.bot.config
 
     async def reply(self, text: str) -> None:
-        await self.bot.rest.send_dm(self.issuer.username, text)
+        msg_id = random_id()  # the same _id on every attempt: a retry never posts twice
+        await self._patiently(
+            f"reply to {self.issuer.username}",
+            lambda: self.bot.rest.send_dm(self.issuer.username, text, msg_id),
+        )
 
     async def issuer_is_admin(self) -> bool:
         if self._admin is None:
-            self._admin = await self.bot.is_admin(self.issuer.user_id)
+            self._admin = await self._patiently(
+                f"roles of {self.issuer.username}",
+                lambda: self.bot.is_admin(self.issuer.user_id),
+            )
         return self._admin
+
+    async def _patiently(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, retried with backoff while Rocket.Chat is unavailable (bounded)."""
+        delays = REPLY_BACKOFF()
+        deadline = time.monotonic() + REPLY_PATIENCE
+        while True:
+            try:
+                return await call()
+            except Unavailable as exc:
+                delay = next(delays)
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("%s: Rocket.Chat unavailable (%s); retrying in %.1f s",
+                            what, exc, delay)
+                await asyncio.sleep(delay)
 
     async def notify_admins(self, text: str) -> None:
         await self.bot.notify_admins(text)
