@@ -49,6 +49,17 @@ REPLY_PATIENCE = 300.0
 REPLY_BACKOFF: BackoffFactory = exponential_backoff(initial=0.5, factor=2.0, max_delay=15.0)
 
 
+#: Replies echo what the user typed (an unknown command, page id, department...); Rocket.Chat
+#: refuses messages over Message_MaxAllowedSize (default 5000 characters), which would turn
+#: a reply into silence. Longer replies are cut below that.
+MAX_REPLY_CHARS = 4000
+
+
+def clip_reply(text: str, limit: int = MAX_REPLY_CHARS) -> str:
+    """``text``, cut to at most ``limit`` characters (ending in "…") when longer."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 @dataclass
 class CommandContext:
     """The runtime's implementation of :class:`commands.base.CommandContext`."""
@@ -77,7 +88,7 @@ class CommandContext:
         msg_id = random_id()  # the same _id on every attempt: a retry never posts twice
         await self._patiently(
             f"reply to {self.issuer.username}",
-            lambda: self.bot.rest.send_dm(self.issuer.username, text, msg_id),
+            lambda: self.bot.rest.send_dm(self.issuer.username, clip_reply(text), msg_id),
         )
 
     async def issuer_is_admin(self) -> bool:
@@ -153,6 +164,8 @@ class Bot:
             on_message=self.on_message,
             **realtime_options,
         )
+        # Servers without roles.getUsersInPublicRoles (early 6.x) offer the DDP twin.
+        self.rest.public_roles_fallback = lambda: self.realtime.call("getUserRoles", [])
         # Outbound relay: agents' replies and the page texts to Instagram, notes to agents.
         self.outbound_relay = OutboundRelay(
             store=self.store,

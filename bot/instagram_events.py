@@ -100,7 +100,8 @@ def parse_webhook(body: dict[str, Any], pages: Mapping[str, str]) -> Parsed:
         for source, event in _events(entry):
             try:
                 _parse_event(entry_id, source, event, pages, parsed, seen)
-            except (TypeError, ValueError, AttributeError, KeyError) as exc:
+            except (TypeError, ValueError, AttributeError, KeyError, OverflowError) as exc:
+                # OverflowError: an infinite or astronomically large timestamp.
                 log.warning("skipping malformed %s item in entry %s: %s", source, entry_id, exc)
                 parsed.dropped.append(("malformed", f"{type(exc).__name__}"))
     # Store order within a conversation is (order_ts, seq): hand items over sorted so
@@ -124,7 +125,8 @@ def _events(entry: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     for change in _list(entry.get("changes")):
         if (
             isinstance(change, dict)
-            and change.get("field") in _CHANGE_FIELDS
+            and isinstance(change.get("field"), str)  # a list or object is unhashable
+            and change["field"] in _CHANGE_FIELDS
             and isinstance(change.get("value"), dict)
         ):
             yield "changes", change["value"]
@@ -286,7 +288,9 @@ def _emoji(reaction: dict[str, Any]) -> str:
     if isinstance(emoji, str) and emoji:
         return emoji
     name = reaction.get("reaction")
-    return _REACTION_EMOJI.get(name, f":{name}:" if isinstance(name, str) and name else "")
+    if not isinstance(name, str) or not name:
+        return ""  # a list or object here is unhashable: never look it up
+    return _REACTION_EMOJI.get(name, f":{name}:")
 
 
 def _referral_line(referral: Any) -> str | None:
@@ -317,7 +321,9 @@ def _attachment_line(attachment: Any) -> str | None:
         return messages.IN_STORY_MENTION.format(link=_link(messages.IN_STORY_LABEL, url))
     if kind in ("template", "unsupported_type", "fallback") and not url:
         return messages.IN_UNSUPPORTED
-    label = messages.IN_ATTACHMENT_LABELS.get(kind, messages.IN_ATTACHMENT_DEFAULT_LABEL)
+    label = messages.IN_ATTACHMENT_LABELS.get(
+        kind if isinstance(kind, str) else "", messages.IN_ATTACHMENT_DEFAULT_LABEL
+    )
     line = "📎 " + _link(label, url)
     title = payload.get("title")
     if isinstance(title, str) and title.strip():

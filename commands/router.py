@@ -71,7 +71,7 @@ async def dispatch(registry: Registry, ctx: CommandContext, invocation: Invocati
     command = registry.get(invocation.name)
     issuer = ctx.issuer
     if command is None:
-        log.info("unknown command %r from %s", invocation.name, issuer.username)
+        log.info("unknown command %r from %s", invocation.name[:100], issuer.username)
         await ctx.reply(messages.UNKNOWN_COMMAND.format(name=invocation.name))
         return
     if command.requires_admin and not await ctx.issuer_is_admin():

@@ -84,7 +84,7 @@ async def receive(request: web.Request) -> web.Response:
         return _reject(bot, 403, "signature")
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # too deep: not JSON for us
         return _reject(bot, 400, "not_json")
     if not isinstance(body, dict) or body.get("object") != "instagram":
         log.warning("Instagram webhook refused: object %r",

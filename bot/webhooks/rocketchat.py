@@ -69,13 +69,18 @@ class Parsed:
     close: bool = False  # a close event: the handler adds the page's finished text
 
 
+def _list(value: Any) -> list[Any]:
+    """``value`` if it is a JSON array, else nothing (a number or object is malformed)."""
+    return value if isinstance(value, list) else []
+
+
 def _files(message: dict[str, Any]) -> list[dict[str, str]]:
     """The message's uploads as ``{"url", "type", "name"}`` (newer servers send several)."""
     uploads = message.get("filesUpload")
     if not isinstance(uploads, list) or not uploads:
         single = message.get("fileUpload")
         uploads = [single] if isinstance(single, dict) else []
-    names = [f.get("name", "") for f in message.get("files") or [] if isinstance(f, dict)]
+    names = [f.get("name", "") for f in _list(message.get("files")) if isinstance(f, dict)]
     file_doc = message.get("file")
     if not names and isinstance(file_doc, dict):
         names = [file_doc.get("name", "")]
@@ -95,7 +100,7 @@ def _caption(message: dict[str, Any]) -> str:
     text = message.get("msg")
     if isinstance(text, str) and text.strip():
         return text
-    for attachment in message.get("attachments") or []:
+    for attachment in _list(message.get("attachments")):
         description = attachment.get("description") if isinstance(attachment, dict) else None
         if isinstance(description, str) and description.strip():
             return description
@@ -131,7 +136,7 @@ def parse_webhook(body: dict[str, Any], *, bot_user_id: str | None, now: float) 
         parsed.dropped.append("unused_type")
         return parsed
 
-    for message in body.get("messages") or []:
+    for message in _list(body.get("messages")):
         if not isinstance(message, dict) or not message.get("_id"):
             parsed.dropped.append("malformed")
             continue
@@ -183,7 +188,7 @@ async def receive(request: web.Request) -> web.Response:
     except web.HTTPRequestEntityTooLarge:
         bot.metrics.webhooks_rejected.labels(SOURCE, "too_large").inc()
         return web.Response(status=413, text="too large")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # too deep: not JSON for us
         bot.metrics.webhooks_rejected.labels(SOURCE, "not_json").inc()
         return web.Response(status=400, text="not JSON")
     if not isinstance(body, dict):

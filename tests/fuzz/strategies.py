@@ -137,8 +137,9 @@ def instagram_bodies(ig_id: str) -> st.SearchStrategy[Any]:
 
 def rocketchat_bodies(page_id: str) -> st.SearchStrategy[Any]:
     """An Omnichannel webhook body for a visitor of ``page_id`` (or someone else's)."""
+    ours = IGSIDS.map(lambda igsid: f"instagram-{page_id}-{igsid}")
     token = st.one_of(
-        IGSIDS.map(lambda igsid: f"instagram-{page_id}-{igsid}"),
+        ours, ours, ours, ours,
         st.sampled_from([f"instagram-{page_id}-", "instagram--1", "widget-visitor",
                          f"instagram-{page_id}:x-1", f"instagram-../{page_id}-1"]),
         odd_text,
@@ -162,7 +163,8 @@ def rocketchat_bodies(page_id: str) -> st.SearchStrategy[Any]:
         },
     )
     return st.fixed_dictionaries(
-        {"type": maybe(st.sampled_from(["Message", "LivechatSession", "LivechatSessionTaken"])),
+        {"type": st.one_of(st.just("Message"), maybe(st.sampled_from(
+            ["Message", "LivechatSession", "LivechatSessionTaken"]))),
          "_id": maybe(st.sampled_from(["room-1", "room-2"])),
          "visitor": obj({"token": token}, {"_id": odd_text, "name": odd_text})},
         optional={"messages": maybe(st.lists(msg, max_size=4)), "closedAt": iso},
