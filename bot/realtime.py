@@ -204,6 +204,8 @@ class RealtimeClient:
         self._running = False
         self._fatal: BaseException | None = None
         self._ws: ClientConnection | None = None
+        #: Method calls made while the read loop runs: call id -> future of the result.
+        self._pending: dict[str, asyncio.Future[ddp.Result]] = {}
         self._handlers: set[asyncio.Task[None]] = set()
         self._session_tasks: set[asyncio.Task[None]] = set()
         self._ever_connected = False
@@ -323,6 +325,10 @@ class RealtimeClient:
                 await self._subscribe_and_read(ws)
             finally:
                 self._ws = None
+                for future in self._pending.values():
+                    if not future.done():
+                        future.set_exception(ConnectionError("realtime connection lost"))
+                self._pending.clear()
                 for task in self._session_tasks:
                     task.cancel()
                 await asyncio.gather(*self._session_tasks, return_exceptions=True)
@@ -458,6 +464,10 @@ class RealtimeClient:
             item = ddp.stream_message(frame)
             if item is not None:
                 self._on_live(*item)
+            elif isinstance(frame, ddp.Result) and frame.id in self._pending:
+                future = self._pending.pop(frame.id)
+                if not future.done():
+                    future.set_result(frame)
             elif isinstance(frame, ddp.Ready) and sub_id in frame.subs:
                 self._on_ready()
             elif isinstance(frame, ddp.NoSub) and frame.id == sub_id:
@@ -465,6 +475,32 @@ class RealtimeClient:
                 raise _Retry(f"message subscription refused: {reason}")
             elif isinstance(frame, ddp.ServerError):
                 log.warning("realtime: server reported a protocol error: %s", frame.reason)
+
+    async def call(self, method: str, params: list[Any], timeout: float = 10.0) -> Any:
+        """Call a DDP method on the live connection and return its result.
+
+        Raises ConnectionError when not connected (or the connection drops meanwhile),
+        RocketChatError when the server answers with an error, TimeoutError on silence.
+        """
+        ws = self._ws
+        if ws is None or not self._connected.is_set():
+            raise ConnectionError("realtime client is not connected")
+        call_id = f"c{next(self._ids)}"
+        future: asyncio.Future[ddp.Result] = asyncio.get_running_loop().create_future()
+        self._pending[call_id] = future
+        try:
+            await self._send(ws, ddp.method_frame(call_id, method, params))
+            async with asyncio.timeout(timeout):
+                result = await future
+        finally:
+            self._pending.pop(call_id, None)
+        if result.error is not None:
+            error = result.error
+            raise RocketChatError(
+                f"{method} failed: {error.reason or error.error}",
+                error_type=str(error.error) if error.error is not None else None,
+            )
+        return result.result
 
     def _on_ready(self) -> None:
         if self._ever_connected:

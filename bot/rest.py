@@ -14,7 +14,7 @@ import secrets
 import string
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
@@ -209,6 +209,8 @@ class RocketChatREST:
         self._rate_limit_wait = rate_limit_wait
         self._clock = clock
         self._observe = observe  # (route, seconds) per HTTP call, for the latency metric
+        #: Lists ``[{_id, username, roles}]`` another way (DDP) when the REST route is missing.
+        self.public_roles_fallback: Callable[[], Awaitable[Any]] | None = None
         self._session = requests.Session()
         self._session.hooks["response"].append(self._remember_response)
         self._local = threading.local()
@@ -390,14 +392,25 @@ class RocketChatREST:
         raise NotAllowed(f"settings: {setting_id} is not readable", error_type="error-not-allowed")
 
     async def _public_roles(self) -> dict[str, tuple[str | None, set[str]]]:
-        """``user_id -> (username, roles)`` for holders of public roles, cached ~30 s."""
+        """``user_id -> (username, roles)`` for holders of public roles, cached ~30 s.
+
+        Servers without the REST route (early 6.x) answer 404; then the same list
+        comes from the DDP method ``getUserRoles`` through ``public_roles_fallback``.
+        """
         async with self._roles_lock:
             if self._clock() - self._roles_at > ROLES_CACHE_SECONDS:
-                data = await self._authed(
-                    "roles.getUsersInPublicRoles", self._api.roles_get_users_in_public_roles
-                )
+                try:
+                    data = await self._authed(
+                        "roles.getUsersInPublicRoles", self._api.roles_get_users_in_public_roles
+                    )
+                    users = data.get("users") or []
+                except RocketChatError as exc:
+                    if exc.status != 404 or self.public_roles_fallback is None:
+                        raise
+                    log.info("roles.getUsersInPublicRoles missing; asking DDP getUserRoles")
+                    users = await self.public_roles_fallback()
                 roles: dict[str, tuple[str | None, set[str]]] = {}
-                for user in data.get("users") or []:
+                for user in users if isinstance(users, list) else []:
                     if isinstance(user, dict) and user.get("_id"):
                         roles[user["_id"]] = (user.get("username"), set(user.get("roles") or []))
                 self._roles = roles

@@ -201,3 +201,16 @@ def test_wrong_password_exits_nonzero_with_one_clear_line(
     assert BOT_PASSWORD not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "credentials" in errors[0]
+
+
+async def test_admins_found_over_ddp_when_the_rest_route_is_missing(
+    bot: Bot, rocketchat: SandboxRocketChat, eventually
+) -> None:
+    """A server without roles.getUsersInPublicRoles (404): getUserRoles over DDP decides."""
+    rocketchat.fail_rest(status=404, routes={"roles.getUsersInPublicRoles"})
+    rocketchat.send_dm(ADMIN, BOT_USER, "instagram pages")
+    rocketchat.send_dm("carol", BOT_USER, "instagram pages")
+    await eventually(lambda: answers(rocketchat, ADMIN) and answers(rocketchat, "carol"))
+    assert "administrators only" not in answers(rocketchat, ADMIN)[0]
+    assert "administrators only" in answers(rocketchat, "carol")[0]
+    assert rocketchat.call_counts().get("ddp:getUserRoles", 0) >= 1
