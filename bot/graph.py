@@ -173,6 +173,7 @@ class GraphClient:
         retries: int = 2,
         backoff: Callable[[int], float] = default_backoff,
         observe: Callable[[str, float], None] | None = None,
+        on_retry: Callable[[str, GraphError], None] | None = None,
     ) -> None:
         self.base_url = f"{graph_url.rstrip('/')}/{api_version.strip('/')}"
         self.app_id = app_id
@@ -181,6 +182,7 @@ class GraphClient:
         self.retries = retries
         self._backoff = backoff
         self._observe = observe  # (call, seconds) per HTTP request, for the latency metric
+        self._on_retry = on_retry  # (call, error) per retry made here, for the retries metric
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max_workers)
         self._session.mount("http://", adapter)
@@ -380,6 +382,8 @@ class GraphClient:
                 if not may_retry or attempt > self.retries:
                     raise
                 delay = self._backoff(attempt)
+                if self._on_retry is not None:
+                    self._on_retry(call, exc)
                 log.warning(
                     "graph %s failed (%s), retry %d/%d in %.2fs",
                     call, exc.code or exc.status or "network", attempt, self.retries, delay,

@@ -10,17 +10,14 @@ a 60 s Rocket.Chat outage...). Run the long variants with either
 (``--run-slow`` is only known when tests/reliability is on the command line: pytest
 reads ``pytest_addoption`` from the conftest files of the paths it is given; the
 environment variable works from anywhere.) ``-s`` shows the figures each drill prints.
+The sandboxes and the in-process bridge come from tests/conftest.py.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
-
-from sandbox.meta import SandboxMeta
-from tests.scenarios.harness import APP_SECRET
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -39,13 +36,3 @@ def long_drills(request: pytest.FixtureRequest) -> bool:
     except ValueError:  # option not registered: tests/reliability was not an initial path
         flag = False
     return flag or os.environ.get("RCIG_LONG_DRILLS", "") not in ("", "0")
-
-
-@pytest.fixture
-def meta() -> Iterator[SandboxMeta]:
-    """A sandbox Meta whose webhooks are signed with the bridge's app secret."""
-    server = SandboxMeta(app_secret=APP_SECRET).start()
-    try:
-        yield server
-    finally:
-        server.stop()

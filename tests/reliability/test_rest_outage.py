@@ -16,10 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from sandbox.meta import SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
@@ -27,16 +24,6 @@ from tests.reliability.drills import tally
 from tests.scenarios.harness import ADMIN, BOT_USER, Bridge, running_bridge
 
 TYPIST = "carol"
-
-
-@pytest.fixture
-def rocketchat() -> Iterator[SandboxRocketChat]:
-    server = SandboxRocketChat(webhook_retry_delay=0.05).start()
-    server.set_setting("API_Enable_Rate_Limiter", False)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def admin_answers(rc: SandboxRocketChat) -> int:
