@@ -152,6 +152,8 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "kernel": f"{platform.system()} {platform.release()}",
         "node": node_version or None,
+        # Other processes on the machine move these figures; the load says how much.
+        "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -261,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     machine = report["machine"]
     print(f"machine: {machine['cpu_model']}, {machine['cores']} cores, "
-          f"{machine['ram_gib']} GiB RAM, Python {machine['python']}, {machine['kernel']}; "
+          f"{machine['ram_gib']} GiB RAM, Python {machine['python']}, {machine['kernel']}, "
+          f"load {machine['load_avg_1_5_15'][0]}; "
           f"commit {report['commit']}{' (quick sizes)' if args.quick else ''}")
     started = time.perf_counter()
     for bench in BENCHMARKS:
@@ -271,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         # Written after each benchmark, so an interrupted run keeps what it measured.
         (args.out / "results.json").write_text(json.dumps(report, indent=2))
     report["total_seconds"] = round(time.perf_counter() - started, 1)
+    report["load_avg_1_5_15_at_end"] = [round(x, 2) for x in os.getloadavg()]
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
     print()
     for line in table(report["benchmarks"]):
