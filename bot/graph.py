@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -304,8 +305,11 @@ class GraphClient:
     # -- Messaging -------------------------------------------------------------------
     async def profile(self, igsid: str, page_token: str) -> dict:
         """The Instagram user's profile: ``name`` and ``username`` (either may be missing)."""
+        # The id comes from a webhook: keep it one path segment ("../me/accounts" or
+        # "1?fields=access_token" must not reach another endpoint with the page token).
+        segment = quote(igsid, safe="").replace(".", "%2E")
         body = await self._call(
-            "GET", f"/{igsid}", token=page_token, params={"fields": PROFILE_FIELDS}
+            "GET", f"/{segment}", token=page_token, params={"fields": PROFILE_FIELDS}
         )
         return body if isinstance(body, dict) else {}
 

@@ -386,12 +386,13 @@ def agent_text(kind: str, event: dict[str, Any], target: str = "") -> str:
 def visitor_name(profile: Mapping[str, Any] | None, igsid: str) -> str:
     """The Omnichannel visitor name: profile name, else @username, else a placeholder."""
     profile = profile or {}
-    name = profile.get("name")
-    if isinstance(name, str) and name.strip():
-        return name.strip()
+    # One line: a name is shown in room lists and titles; CR/LF or tabs have no place there.
+    name = " ".join(profile["name"].split()) if isinstance(profile.get("name"), str) else ""
+    if name:
+        return name
     username = profile.get("username")
-    if isinstance(username, str) and username.strip():
-        return "@" + username.strip().lstrip("@")
+    if isinstance(username, str) and username.split():
+        return "@" + "".join(username.split()).lstrip("@")
     return messages.IN_UNKNOWN_VISITOR.format(igsid=igsid)
 
 
