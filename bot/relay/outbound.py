@@ -159,6 +159,10 @@ def note_id(key: str) -> str:
     return "igx" + hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
+#: Kinds that come from an Omnichannel webhook, i.e. name a room someone else reported.
+RC_WEBHOOK_KINDS = frozenset({"agent_message", "finished"})
+
+
 def parse_timestamp(value: Any) -> float | None:
     """Epoch seconds from an ISO string (REST/webhooks) or EJSON ``{"$date": ms}``."""
     parsed = parse_date(value)
@@ -236,6 +240,15 @@ class OutboundRelay:
             # Nothing (left) to send: an empty text, or every part went out before a crash.
             return Done()
         conversation = await self.store.conversation(page_id, igsid)
+        room_id = item.payload.get("room_id") if item.kind in RC_WEBHOOK_KINDS else None
+        if room_id and (conversation is None or conversation.room_id != room_id):
+            # Livechat visitor tokens are public API input: a room the bridge did not
+            # open (say, a widget visitor who chose an instagram-… token) must not be
+            # able to make the page message an Instagram user.
+            log.warning("outbound item %s: room %s was not opened by the bridge; not sent",
+                        item.item_id, room_id)
+            self._dropped("foreign_room")
+            return Done()
         last_inbound = conversation.last_inbound_at if conversation else None
         now = self.clock()
         decision = window_decision(
