@@ -144,8 +144,8 @@ class Tally:
     duplicated: int = 0
     out_of_order: int = 0  # conversations whose first occurrences are not in order
     examples: list[str] = field(default_factory=list)
-    #: For each conversation out of order: the message that was due where another came.
-    late: list[str] = field(default_factory=list)
+    #: For each conversation out of order: (the message that was due, the one that came).
+    late: list[tuple[str, str]] = field(default_factory=list)
 
     def line(self) -> str:
         return (f"{self.direction}: expected {self.expected}, delivered {self.delivered}, "
@@ -176,7 +176,7 @@ def tally(direction: str, expected: dict[str, list[str]], got: dict[str, list[st
         if first != in_order:
             result.out_of_order += 1
             at = next(i for i, (a, b) in enumerate(zip(first, in_order, strict=True)) if a != b)
-            result.late.append(in_order[at])
+            result.late.append((in_order[at], first[at]))
             if len(result.examples) < 5:
                 result.examples.append(f"{key}: got {first[at]!r} where {in_order[at]!r} was due")
     return result

@@ -9,8 +9,9 @@ rooms exactly once and in order; outbound at the Send API, where a duplicate is
 possible only for a send Meta accepted at the instant of a kill (the Send API has no
 idempotency key) — counted and reported. Outbound order: Rocket.Chat retries an
 unanswered webhook on its own timer (4 × the HTTP timeout in production), so a reply
-typed while the bot was down can reach it after replies typed later; the drill reports
-those reorderings and asserts each one is such a retried webhook.
+typed while the bot was down can reach it after replies typed later (and under load
+an unretried webhook can be overtaken too); the drill reports those reorderings and
+asserts none is the bot's: no reply went out before an earlier one it had acknowledged.
 
 Fast variant (default): 600 messages, 4 kills. Long variant (``--run-slow`` or
 ``RCIG_LONG_DRILLS=1``, see conftest.py): 10,000 messages, 20 kills. Run with ``-s`` to
@@ -39,9 +40,6 @@ from tests.scenarios.harness import (
     setup_rocketchat,
     write_config,
 )
-
-#: Graph client worker threads: at most this many sends are in flight at a kill.
-GRAPH_WORKERS = 8
 
 
 @pytest.fixture
@@ -177,20 +175,31 @@ async def test_kill9_at_random_points_loses_nothing_in_either_direction(
 
     inbound = tally("inbound", expected_in, inbound_texts(rc))
     outbound = tally("outbound", expected_out, outbound_texts(meta))
-    acked: set[str] = set()
+    acked_at: dict[str, float] = {}  # agent message text -> when the bot answered 200
     refused_first: set[str] = set()  # agent messages whose first webhook was not answered 200
     for hook in rc.webhooks_sent():
         if hook["type"] != "Message":
             continue
-        mid = hook["payload"]["messages"][0]["_id"]
+        text = agent_ids.get(hook["payload"]["messages"][0]["_id"], "")
         if hook["status"] == 200:
-            acked.add(mid)
+            acked_at.setdefault(text, hook["ts"])
         elif hook["attempt"] == 1:
-            refused_first.add(agent_ids.get(mid, mid))
-    never_acked = [text for mid, text in agent_ids.items() if mid not in acked]
-    # Rocket.Chat retries a webhook on its own timer: a reply typed during a restart may
-    # reach the bot after later replies did, and the bot cannot know it exists.
-    unexplained = [text for text in outbound.late if text not in refused_first]
+            refused_first.add(text)
+    never_acked = [text for text in agent_ids.values() if text not in acked_at]
+    sent_at: dict[str, float] = {}
+    for sent in meta.sent_messages(DEFAULT_PAGE_ID, ok=True):
+        sent_at.setdefault(sent["body"]["message"].get("text", ""), sent["time"])
+    # The bot can only keep the order of what it has heard of. Rocket.Chat's webhooks are
+    # fire-and-forget and retried on their own timer: a reply typed while the bot was
+    # down, or whose webhook simply arrived late, can reach it after a later reply was
+    # sent. A reordering is the bot's fault only if the due reply had been acknowledged
+    # before the later one went out.
+    unexplained = [
+        f"{due!r} acked {acked_at[due] - sent_at[came]:+.3f} s from {came!r} sent"
+        for due, came in outbound.late
+        if due in acked_at and came in sent_at and acked_at[due] < sent_at[came]
+    ]
+    retried = sum(1 for due, _ in outbound.late if due in refused_first)
     print(f"\n[drill 1] {inbound.expected + outbound.expected} messages "
           f"({inbound.expected} inbound, {outbound.expected} outbound), "
           f"{bot.kills} kill -9, {bot.starts} starts "
@@ -199,8 +208,10 @@ async def test_kill9_at_random_points_loses_nothing_in_either_direction(
           f"sent in {sent_done - started:.1f} s, drained {drained - sent_done:.1f} s later")
     print(f"[drill 1] {inbound.line()}")
     print(f"[drill 1] {outbound.line()}; Omnichannel webhooks never acknowledged: "
-          f"{len(never_acked)}, first attempt refused (bot down): {len(refused_first)}, "
-          f"reorderings not explained by a retried webhook: {len(unexplained)}")
+          f"{len(never_acked)}, first attempt refused (bot down): {len(refused_first)}; "
+          f"reorderings by a late webhook {retried} retried, "
+          f"{len(outbound.late) - len(unexplained) - retried} slow; "
+          f"by the bot {len(unexplained)} {unexplained}")
     for example in inbound.examples + outbound.examples:
         print(f"[drill 1]   {example}")
     assert bot.kills == kills
@@ -209,8 +220,8 @@ async def test_kill9_at_random_points_loses_nothing_in_either_direction(
     assert inbound.out_of_order == 0, inbound.examples
     assert never_acked == []
     assert outbound.lost == 0, outbound.examples
-    # Only a send in flight at a kill can repeat: at most one per Graph worker per kill.
-    assert outbound.duplicated <= kills * GRAPH_WORKERS
-    # Outbound order is kept for everything the bot has heard of; only a webhook that
-    # Rocket.Chat had to retry (the bot was down) may arrive after later replies.
+    # Only a send in flight at a kill can repeat (accepted by Meta, not yet durably
+    # recorded): one item per conversation is in flight, so at most one per conversation.
+    assert outbound.duplicated <= kills * visitors_n
+    # Outbound order is kept for everything the bot had acknowledged.
     assert unexplained == [], outbound.examples
