@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 
 from storage import Page, StoreFiles
+from storage.journal import encode_tables
 from tests.storage.helpers import item
 
 
@@ -108,3 +110,15 @@ async def test_slow_fsync_batches_queued_writes_into_one_sync(make_store):
         fsync.release.set()
     await asyncio.gather(first, *rest)
     assert len(fsync.synced) - before <= 2  # the held one, then one for the other 49
+
+
+def test_chunked_snapshot_encoding_is_plain_tinydb_json():
+    """Snapshots encoded chunk by chunk are byte-identical to one json.dumps call."""
+    tables = {
+        "empty": {},
+        "pages": {"p1": {"name": "Café \u2028", "tags": [1, None, 2.5, True]}},
+        "inbound": {f"m{n}": {"n": n, "payload": {"text": "x" * (n % 7)}} for n in range(1000)},
+    }
+    for chunk in (1, 7, 256, 5000):
+        assert encode_tables(tables, chunk) == json.dumps(tables, separators=(",", ":")).encode()
+    assert encode_tables({}) == b"{}"
