@@ -106,7 +106,9 @@ async def receive(request: web.Request) -> web.Response:
     bot.metrics.webhooks_received.labels(SOURCE).inc()
     for reason, _detail in parsed.dropped:
         bot.metrics.dropped.labels("inbound", reason).inc()
-    if added:
+    if parsed.items:
+        # Also for items already known: after a failed write (answered 503) they sat in
+        # memory, and this retry is what made them durable; work on them now.
         bot.inbound.notify()
     if log.isEnabledFor(logging.DEBUG):
         log.debug("Instagram webhook: %d items, %d new, %d dropped",

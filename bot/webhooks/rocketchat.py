@@ -209,7 +209,9 @@ async def receive(request: web.Request) -> web.Response:
     bot.metrics.webhooks_received.labels(SOURCE).inc()
     for reason in parsed.dropped:
         bot.metrics.dropped.labels("outbound", reason).inc()
-    if added:
+    if parsed.items:
+        # Also for items already known: after a failed write (answered 503) they sat in
+        # memory, and this retry is what made them durable; work on them now.
         bot.outbound.notify()
     log.info("Omnichannel webhook %s (room %s): %d item(s), %d new: %s",
              body.get("type"), parsed.room_id, len(parsed.items), len(added),
