@@ -237,7 +237,8 @@ async def test_waiting_visitors_are_woken_together_when_an_agent_appears(
     await eventually(lambda: bridge.rc.call_counts().get("livechat/room", 0) >= 3, timeout=5)
     calls = bridge.rc.call_counts()["livechat/room"]
     await asyncio.sleep(0.3)
-    assert bridge.rc.call_counts()["livechat/room"] - calls <= 1  # one prober, not four
+    # One prober (at most two of its growing probes fit in 0.3 s), not one per visitor.
+    assert bridge.rc.call_counts()["livechat/room"] - calls <= 2
     bridge.rc.set_agent_status(AGENT, "online")
     for igsid in visitors:
         await eventually(lambda igsid=igsid: bridge.texts(igsid) == ["hello?"], timeout=8)
