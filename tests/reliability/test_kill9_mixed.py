@@ -41,6 +41,9 @@ from tests.scenarios.harness import (
     write_config,
 )
 
+#: Upper bound of a send's time between leaving the queue and reaching the sandbox Meta.
+SEND_IN_FLIGHT = 0.25
+
 
 @pytest.fixture
 def rocketchat() -> Iterator[SandboxRocketChat]:
@@ -193,11 +196,13 @@ async def test_kill9_at_random_points_loses_nothing_in_either_direction(
     # fire-and-forget and retried on their own timer: a reply typed while the bot was
     # down, or whose webhook simply arrived late, can reach it after a later reply was
     # sent. A reordering is the bot's fault only if the due reply had been acknowledged
-    # before the later one went out.
+    # before the later one left the queue; the later one's arrival at Meta trails that
+    # moment by its time in flight (thread pool, loopback, a loaded CI machine).
     unexplained = [
         f"{due!r} acked {acked_at[due] - sent_at[came]:+.3f} s from {came!r} sent"
         for due, came in outbound.late
-        if due in acked_at and came in sent_at and acked_at[due] < sent_at[came]
+        if due in acked_at and came in sent_at
+        and acked_at[due] < sent_at[came] - SEND_IN_FLIGHT
     ]
     retried = sum(1 for due, _ in outbound.late if due in refused_first)
     print(f"\n[drill 1] {inbound.expected + outbound.expected} messages "
