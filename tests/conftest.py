@@ -49,7 +49,9 @@ async def bridge(
 Predicate = Callable[[], object | Awaitable[object]]
 
 
-async def _eventually(predicate: Predicate, timeout: float = 5.0, interval: float = 0.02) -> object:
+async def _eventually(
+    predicate: Predicate, timeout: float = 10.0, interval: float = 0.02
+) -> object:
     """Poll ``predicate`` (sync or async) until it returns a truthy value; return that value.
 
     Raises AssertionError after ``timeout`` seconds.
@@ -68,5 +70,9 @@ async def _eventually(predicate: Predicate, timeout: float = 5.0, interval: floa
 
 @pytest.fixture
 def eventually() -> Callable[..., Awaitable[object]]:
-    """``await eventually(predicate, timeout=5.0)``: poll until truthy or fail the test."""
+    """``await eventually(predicate, timeout=10.0)``: poll until truthy or fail the test.
+
+    The default is generous on purpose: it only costs time when a test fails, and a
+    loaded 2-core CI machine is slow.
+    """
     return _eventually

@@ -103,7 +103,7 @@ async def test_odd_sender_ids_stay_one_path_segment(bridge: Bridge) -> None:
 
 
 async def test_visitor_profile_names_with_markup_and_newlines_are_relayed(
-    bridge: Bridge,
+    bridge: Bridge, eventually
 ) -> None:
     """A profile name full of CR/LF, HTML and markdown registers a visitor and relays the
     message; the text reaches the room unchanged, the name stays a single line."""
@@ -112,10 +112,7 @@ async def test_visitor_profile_names_with_markup_and_newlines_are_relayed(
     bridge.meta.set_profile(igsid, name=name, username="eve")
     status, _ = await bridge.deliver(bridge.meta.text_event(bridge.ig_id, igsid, "<b>hi</b>"))
     assert status == 200
-    for _ in range(250):
-        if bridge.texts(igsid):
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: bridge.texts(igsid))
     assert bridge.texts(igsid) == ["<b>hi</b>"]
     conv = await bridge.bot.store.conversation(bridge.page_id, igsid)
     assert conv is not None and conv.visitor_registered
