@@ -108,7 +108,7 @@ class OAuthBridge:
             if m.get("u", {}).get("username") == BOT_USER
         ]
 
-    async def wait_dms(self, count: int, username: str = ADMIN, timeout: float = 5.0) -> list[str]:
+    async def wait_dms(self, count: int, username: str = ADMIN, timeout: float = 10.0) -> list[str]:
         """Wait until the bot has DMed ``username`` at least ``count`` messages."""
         deadline = time.monotonic() + timeout
         while True:

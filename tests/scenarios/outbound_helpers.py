@@ -32,7 +32,7 @@ def enable_omnichannel_webhooks(bridge: Bridge, *, secret: str = WEBHOOK_SECRET)
     rc.set_setting("Livechat_webhook_on_close", True)
 
 
-async def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> Any:
+async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
     """Poll a sync predicate until truthy (AssertionError after ``timeout``)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -58,7 +58,7 @@ async def visitor_with_room(bridge: Bridge, name: str = "Jane Visitor") -> tuple
 
 
 async def wait_for_conversation(bridge: Bridge, igsid: str) -> None:
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         conv = await bridge.bot.store.conversation(bridge.page_id, igsid)
         if conv is not None and conv.last_inbound_at is not None:

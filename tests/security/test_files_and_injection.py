@@ -36,7 +36,7 @@ async def test_data_files_of_a_running_bot_are_private(bridge: Bridge, tmp_path:
     status, _ = await bridge.deliver(bridge.meta.text_event(bridge.ig_id, "6543210987654321",
                                                             "hello"))
     assert status == 200
-    for _ in range(250):
+    for _ in range(500):
         if bridge.rooms("6543210987654321"):
             break
         await asyncio.sleep(0.02)
@@ -92,7 +92,7 @@ async def test_odd_sender_ids_stay_one_path_segment(bridge: Bridge) -> None:
         event = bridge.meta.text_event(bridge.ig_id, igsid, "hi", mid=f"odd-{n}")
         status, _ = await bridge.deliver(event)
         assert status == 200
-    for _ in range(250):
+    for _ in range(500):
         if await bridge.bot.store.queue_depth("inbound") == 0:
             break
         await asyncio.sleep(0.02)

@@ -89,7 +89,7 @@ async def _run_flows(bridge: OAuthBridge) -> dict[str, str]:
                                                              VISITOR_TEXT))
     assert status == 200
     token = f"instagram-301-{igsid}"
-    for _ in range(250):
+    for _ in range(500):
         rooms = [r for r in rc.livechat_rooms() if r["v"]["token"] == token]
         if rooms:
             break
@@ -103,7 +103,7 @@ async def _run_flows(bridge: OAuthBridge) -> dict[str, str]:
         headers={"X-RocketChat-Livechat-Token": WEBHOOK_SECRET},
     ) as resp:
         assert resp.status == 200
-    for _ in range(250):
+    for _ in range(500):
         if any(AGENT_TEXT in json.dumps(m["body"]) for m in meta.sent_messages(ok=True)):
             break
         await asyncio.sleep(0.02)
