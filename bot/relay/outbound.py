@@ -161,6 +161,9 @@ def note_id(key: str) -> str:
 
 #: Kinds that come from an Omnichannel webhook, i.e. name a room someone else reported.
 RC_WEBHOOK_KINDS = frozenset({"agent_message", "finished"})
+#: How often a reply for an unknown room is looked at again (a second apart) before it
+#: is dropped as not the bridge's.
+FOREIGN_ROOM_CHECKS = 3
 
 
 def parse_timestamp(value: Any) -> float | None:
@@ -244,7 +247,10 @@ class OutboundRelay:
         if room_id and (conversation is None or conversation.room_id != room_id):
             # Livechat visitor tokens are public API input: a room the bridge did not
             # open (say, a widget visitor who chose an instagram-… token) must not be
-            # able to make the page message an Instagram user.
+            # able to make the page message an Instagram user. A room opened a moment
+            # ago may not be recorded yet, so look again a few times before giving up.
+            if item.attempts < FOREIGN_ROOM_CHECKS:
+                return Retry(self.clock() + 1.0, "room not known yet")
             log.warning("outbound item %s: room %s was not opened by the bridge; not sent",
                         item.item_id, room_id)
             self._dropped("foreign_room")
