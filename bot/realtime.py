@@ -312,6 +312,10 @@ class RealtimeClient:
             ping_interval=None,  # DDP-level pings below; one keepalive mechanism only
             close_timeout=min(2.0, self._silence),
             max_size=2**24,
+            # No permessage-deflate: holding livechat-manager, the bot is sent every
+            # visitor message it relays and discards them; inflating each cost CPU the
+            # receiver needs, and DDP frames are small.
+            compression=None,
         ) as ws:
             self._ws = ws
             loop = asyncio.get_running_loop()
