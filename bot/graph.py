@@ -35,7 +35,8 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
-from requests.adapters import HTTPAdapter
+
+from bot.http_session import pooled_session
 
 log = logging.getLogger("bot.graph")
 
@@ -184,10 +185,7 @@ class GraphClient:
         self._backoff = backoff
         self._observe = observe  # (call, seconds) per HTTP request, for the latency metric
         self._on_retry = on_retry  # (call, error) per retry made here, for the retries metric
-        self._session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max_workers)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
+        self._session = pooled_session(self.base_url, max_workers)
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="graph")
         self._app_token: str | None = None
 

@@ -31,6 +31,7 @@ from rocketchat_API.APIExceptions.RocketExceptions import (
 from rocketchat_API.rocketchat import RocketChat
 
 from bot.ddp import iso_date
+from bot.http_session import pooled_session
 
 log = logging.getLogger("bot.rest")
 
@@ -211,7 +212,7 @@ class RocketChatREST:
         self._observe = observe  # (route, seconds) per HTTP call, for the latency metric
         #: Lists ``[{_id, username, roles}]`` another way (DDP) when the REST route is missing.
         self.public_roles_fallback: Callable[[], Awaitable[Any]] | None = None
-        self._session = requests.Session()
+        self._session = pooled_session(self.url, max_workers)
         self._session.hooks["response"].append(self._remember_response)
         self._local = threading.local()
         self._api = RocketChat(server_url=self.url, timeout=timeout, session=self._session)
