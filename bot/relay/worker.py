@@ -21,6 +21,9 @@ from storage.base import QueueName, Store, WorkItem
 
 log = logging.getLogger("bot.relay")
 
+#: While a lowered ``limit`` holds dispatching back, look again this often (seconds).
+LIMIT_RECHECK = 0.1
+
 
 @dataclass(frozen=True)
 class Done:
@@ -59,12 +62,16 @@ class QueueWorker:
         clock: Callable[[], float] = time.time,
         idle_poll: float = 5.0,
         on_retry: Callable[[WorkItem, str], None] | None = None,
+        limit: Callable[[], int] | None = None,
     ) -> None:
         self._store = store
         self._queue = queue
         self._process = process
         self._slots = asyncio.Semaphore(concurrency)
         self._concurrency = concurrency
+        #: The current cap on conversations in flight (≤ ``concurrency``), asked before
+        #: each dispatch; conversations already in flight are never cut short.
+        self._limit = limit or (lambda: concurrency)
         self._clock = clock
         self._idle_poll = idle_poll
         self._on_retry = on_retry
@@ -84,7 +91,7 @@ class QueueWorker:
         """Dispatch until :meth:`stop`; never returns on a processing error."""
         while not self._stopping:
             self._wake.clear()
-            free = self._concurrency - len(self._busy)
+            free = min(self._concurrency, self._limit()) - len(self._busy)
             if free > 0:
                 now = self._clock()
                 items = await self._store.next_items(
@@ -102,8 +109,10 @@ class QueueWorker:
         due = await self._store.earliest_due(self._queue)
         if due is not None:
             timeout = max(0.0, min(timeout, due - self._clock()))
-        if self._concurrency - len(self._busy) <= 0:
-            timeout = self._idle_poll
+        limit = self._limit()
+        if min(self._concurrency, limit) - len(self._busy) <= 0:
+            # A finishing conversation wakes us; a lowered limit may also rise meanwhile.
+            timeout = self._idle_poll if limit >= self._concurrency else LIMIT_RECHECK
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.001))
 
