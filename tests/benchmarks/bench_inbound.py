@@ -20,6 +20,16 @@ Run: ``python -m tests.benchmarks.bench_inbound [--quick]``. Prints its figures.
     interpreter (GIL) with the sandbox Rocket.Chat serving the relay. All processes
     share the machine's cores, and the bot's run uses more of them (bot, relay,
     sandbox): that cost of relaying is part of what is measured.
+(a2) Durable ingest only: the same load (same generator, warm-up, bodies, concurrency)
+    against a fresh real bot whose relay cannot make progress: once the bot has logged
+    in, the sandbox Rocket.Chat delays every REST response by 30 s (longer than the
+    run), so the relay's first few calls (at most its conversation limit) hang and it
+    relays nothing. Failing the livechat routes with 503 instead does NOT isolate
+    ingest: the relay keeps retrying visitor registration (thousands of calls a run).
+    What remains is the ingest path alone (HMAC, JSON, parse, one fsynced
+    ``store.enqueue``, 200) plus the relay's idle bookkeeping; (a) minus (a2) is what
+    relaying concurrently costs. Reported as a ratio to the same no-op figure as (a),
+    with its own p50/p99.
 (b) End-to-end webhook → room throughput across 1,000 conversations with 20 ms latency
     injected into every sandbox Rocket.Chat REST response (goal ≥ 500 messages/s).
 (c) p50/p99 webhook → room latency at a steady 100 messages/s (same 20 ms injected),
@@ -243,19 +253,37 @@ async def load_generator(path: str, url: str, concurrency: int) -> None:
     print(json.dumps({"elapsed": elapsed, "latencies": latencies, "failures": failures}))
 
 
+INGEST_ONLY = "ingest only"
+#: Seconds added to every Rocket.Chat REST response during (a2): longer than the run.
+HOLD_BACK_LATENCY = 30.0
+
+
+async def hold_relay_back(env: Env) -> None:
+    """Once the bot has logged in over REST, make every REST response take 30 s."""
+    deadline = time.monotonic() + 10
+    while not env.rc.call_counts().get("login") and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    env.rc.rest_latency = HOLD_BACK_LATENCY
+
+
 async def bench_ack(env: Env, requests: int, concurrency: int) -> dict[str, float]:
     visitors = [env.meta.new_igsid() for _ in range(1000)]
     env.rc.rest_latency = 0.0
     results = {}
-    for name in ("no-op aiohttp", "rc-instagram"):
-        proc, url = await (env.start_noop() if name.startswith("no-op") else env.start_bot())
+    for name in ("no-op aiohttp", "rc-instagram", INGEST_ONLY):
         try:
-            warm = build_bodies(env.meta, visitors, 200)
-            await hammer_in_child(url, warm, concurrency)
-            bodies = build_bodies(env.meta, visitors, requests)
-            elapsed, latencies, failures = await hammer_in_child(url, bodies, concurrency)
+            proc, url = await (env.start_noop() if name.startswith("no-op") else env.start_bot())
+            if name == INGEST_ONLY:
+                await hold_relay_back(env)
+            try:
+                warm = build_bodies(env.meta, visitors, 200)
+                await hammer_in_child(url, warm, concurrency)
+                bodies = build_bodies(env.meta, visitors, requests)
+                elapsed, latencies, failures = await hammer_in_child(url, bodies, concurrency)
+            finally:
+                stop(proc)
         finally:
-            stop(proc)
+            env.rc.rest_latency = 0.0
         results[name] = (requests / elapsed, latencies, failures)
     print(f"(a) webhook acknowledgement: {requests} signed POSTs, 1 message each, "
           f"{concurrency} concurrent connections")
@@ -265,14 +293,24 @@ async def bench_ack(env: Env, requests: int, concurrency: int) -> dict[str, floa
               f"non-200: {failures}")
     ratio = results["rc-instagram"][0] / results["no-op aiohttp"][0]
     p99 = percentile(results["rc-instagram"][1], 99) * 1000
-    print(f"    ratio rc-instagram / no-op = {ratio:.2f} (goal >= 0.5); "
-          f"rc-instagram p99 = {p99:.1f} ms (goal < 50 ms)")
+    print(f"    (a)  ratio rc-instagram / no-op = {ratio:.2f} (goal >= 0.5); "
+          f"rc-instagram p99 = {p99:.1f} ms (goal < 50 ms)  [relaying meanwhile]")
+    ingest_ratio = results[INGEST_ONLY][0] / results["no-op aiohttp"][0]
+    ingest_p99 = percentile(results[INGEST_ONLY][1], 99) * 1000
+    print(f"    (a2) ratio ingest only / no-op  = {ingest_ratio:.2f} (goal >= 0.5); "
+          f"ingest only p99 = {ingest_p99:.1f} ms (goal < 50 ms)  [relay held back: "
+          f"REST answers delayed {HOLD_BACK_LATENCY:.0f} s]")
     return {"ack_requests": requests, "ack_noop_req_s": results["no-op aiohttp"][0],
             "ack_bot_req_s": results["rc-instagram"][0], "ack_ratio": ratio,
             "ack_bot_p50_ms": percentile(results["rc-instagram"][1], 50) * 1000,
             "ack_bot_p99_ms": p99,
             "ack_noop_p99_ms": percentile(results["no-op aiohttp"][1], 99) * 1000,
-            "ack_non_200": results["rc-instagram"][2]}
+            "ack_non_200": results["rc-instagram"][2],
+            "ack_ingest_only_req_s": results[INGEST_ONLY][0],
+            "ack_ingest_only_ratio": ingest_ratio,
+            "ack_ingest_only_p50_ms": percentile(results[INGEST_ONLY][1], 50) * 1000,
+            "ack_ingest_only_p99_ms": ingest_p99,
+            "ack_ingest_only_non_200": results[INGEST_ONLY][2]}
 
 
 async def wait_for_messages(env: Env, target: int, timeout: float) -> float:
@@ -369,6 +407,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs (smoke test)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--ack-only", action="store_true", help="run (a) and (a2) only")
     parser.add_argument("--load-generator", nargs=3, metavar=("BODIES", "URL", "CONCURRENCY"),
                         help=argparse.SUPPRESS)  # internal: the child of hammer_in_child
     args = parser.parse_args()
@@ -382,8 +421,9 @@ async def main() -> None:
         try:
             print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
             figures.update(await bench_ack(env, 1000 if args.quick else 5000, 32))
-            figures.update(await bench_throughput(env, 1000, 2 if args.quick else 10))
-            figures.update(await bench_latency(env, 100.0, 3 if args.quick else 10, 200))
+            if not args.ack_only:
+                figures.update(await bench_throughput(env, 1000, 2 if args.quick else 10))
+                figures.update(await bench_latency(env, 100.0, 3 if args.quick else 10, 200))
         finally:
             env.close()
     if args.json:
