@@ -13,6 +13,7 @@ import pytest
 from sandbox.meta import SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
 from tests.scenarios.harness import APP_SECRET, Bridge, running_bridge
+from tests.scenarios.oauth_harness import OAuthBridge, running_unconnected
 
 
 @pytest.fixture
@@ -43,6 +44,15 @@ async def bridge(
 ) -> AsyncIterator[Bridge]:
     """A running Bot against both sandboxes, with the sandbox page connected."""
     async with running_bridge(rocketchat, meta, tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+async def oauth(
+    rocketchat: SandboxRocketChat, meta: SandboxMeta, tmp_path: Path
+) -> AsyncIterator[OAuthBridge]:
+    """A running bot with no page connected (public_url is its own loopback address)."""
+    async with running_unconnected(rocketchat, meta, tmp_path) as running:
         yield running
 
 

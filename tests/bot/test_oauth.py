@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from html.parser import HTMLParser
-from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
 from bot.reauth import mark_needs_reauth
-from sandbox.meta import DEFAULT_IG_USERNAME, DEFAULT_PAGE_ID, DEFAULT_PAGE_NAME, SandboxMeta
-from sandbox.rocketchat import SandboxRocketChat
+from sandbox.meta import DEFAULT_IG_USERNAME, DEFAULT_PAGE_ID, DEFAULT_PAGE_NAME
 from tests.scenarios.oauth_harness import (
     SANDBOX_TOKEN,
     OAuthBridge,
     parse_form,
-    running_unconnected,
     two_pages,
 )
-
-
-@pytest.fixture
-async def oauth(
-    rocketchat: SandboxRocketChat, meta: SandboxMeta, tmp_path: Path
-) -> AsyncIterator[OAuthBridge]:
-    """A running bot with no page connected; public_url is its loopback address."""
-    async with running_unconnected(rocketchat, meta, tmp_path) as bridge:
-        yield bridge
 
 
 def _state_of(url: str) -> str:

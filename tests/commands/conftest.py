@@ -1,24 +1,10 @@
-"""Fixtures for the account commands: a running bot over both sandboxes (see oauth_harness)."""
+"""Fixtures for the account commands, on top of the root ``oauth`` fixture."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
-from sandbox.meta import SandboxMeta
-from sandbox.rocketchat import SandboxRocketChat
-from tests.scenarios.oauth_harness import OAuthBridge, parse_form, running_unconnected, two_pages
-
-
-@pytest.fixture
-async def oauth(
-    rocketchat: SandboxRocketChat, meta: SandboxMeta, tmp_path: Path
-) -> AsyncIterator[OAuthBridge]:
-    """A running bot with no page connected."""
-    async with running_unconnected(rocketchat, meta, tmp_path) as bridge:
-        yield bridge
+from tests.scenarios.oauth_harness import OAuthBridge, parse_form, two_pages
 
 
 @pytest.fixture

@@ -9,12 +9,10 @@ from typing import Any
 
 import pytest
 
-from sandbox.meta import DEFAULT_IG_USERNAME, DEFAULT_PAGE_ID, SandboxMeta
-from sandbox.rocketchat import SandboxRocketChat
+from sandbox.meta import DEFAULT_IG_USERNAME, DEFAULT_PAGE_ID
 from tests.scenarios.oauth_harness import (
     SANDBOX_TOKEN,
     OAuthBridge,
-    running_unconnected,
     two_pages,
 )
 
@@ -32,15 +30,6 @@ pytestmark = [
         reason="chromium is not installed (apt-get install chromium)",
     ),
 ]
-
-
-@pytest.fixture
-async def oauth(
-    rocketchat: SandboxRocketChat, meta: SandboxMeta, tmp_path: Path
-) -> AsyncIterator[OAuthBridge]:
-    """A running bot with no page connected, reachable at its public_url."""
-    async with running_unconnected(rocketchat, meta, tmp_path) as bridge:
-        yield bridge
 
 
 @pytest.fixture
