@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, settings
 
 from sandbox.meta import SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
-from tests.scenarios.harness import APP_SECRET, Bridge, running_bridge
+from tests.scenarios.harness import Bridge, running_bridge
 
 _SLOW_CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large,
                 HealthCheck.function_scoped_fixture]
@@ -70,16 +70,6 @@ async def run_property(prop: Callable[[], None]) -> None:
 
 
 # --- a running bridge (same as tests/scenarios), tuned so the queues drain quickly ------
-
-
-@pytest.fixture
-def meta() -> Iterator[SandboxMeta]:
-    """A sandbox Meta whose webhooks are signed with the bridge's app secret."""
-    server = SandboxMeta(app_secret=APP_SECRET).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
