@@ -20,6 +20,7 @@ from storage.base import (
     conversation_key,
 )
 from storage.crypto import TokenCipher
+from storage.inbox import Inbox, InboxEvent
 from storage.tinydb_store import StoreFiles, TinyDBStore, open_store
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "DEFAULT_DEDUPE_TTL",
     "QUEUES",
     "Conversation",
+    "Inbox",
+    "InboxEvent",
     "LoginState",
     "Page",
     "QueueName",

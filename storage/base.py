@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from storage.inbox import Inbox
 
 QueueName = Literal["inbound", "outbound"]
 QUEUES: tuple[QueueName, ...] = ("inbound", "outbound")
@@ -120,6 +123,10 @@ class WorkItem:
 
 class Store(abc.ABC):
     """The repository API. Async; implementations must not block the event loop."""
+
+    #: Acknowledged webhook bodies on their way to the inbound queue; opened and
+    #: closed with the store, under its lock (see :mod:`storage.inbox`).
+    inbox: Inbox
 
     # -- lifecycle -------------------------------------------------------------
     @abc.abstractmethod

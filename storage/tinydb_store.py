@@ -10,6 +10,8 @@ optional; siblings are derived from the path without it):
 ``data/rc-instagram.queues.json`` hot family snapshot: ``inbound``, ``outbound``,
                                  ``dedupe``
 ``data/rc-instagram.queues.journal`` hot family journal
+``data/rc-instagram.inbox.*``    acknowledged webhook bodies not yet queued
+                                 (:mod:`storage.inbox`; none left after a clean close)
 ``data/rc-instagram.lock``       ``flock``-ed while a bot process uses the files
 =============================== =========================================================
 
@@ -34,6 +36,7 @@ injected clock (and on demand via :meth:`expire`).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import heapq
 import json
@@ -61,6 +64,7 @@ from storage.base import (
     WorkItem,
 )
 from storage.crypto import TokenCipher
+from storage.inbox import Inbox
 from storage.journal import JournalDB, JournalStorage
 from storage.lock import ProcessLock
 from storage.queues import QueueIndex
@@ -84,6 +88,7 @@ class StoreFiles:
     queues: str
     queues_journal: str
     lock: str
+    inbox: str  # prefix of the inbox's segment files
 
     @classmethod
     def for_path(cls, path: str) -> StoreFiles:
@@ -94,10 +99,13 @@ class StoreFiles:
             queues=base + ".queues.json",
             queues_journal=base + ".queues.journal",
             lock=base + ".lock",
+            inbox=base + ".inbox.",
         )
 
     def all(self) -> list[str]:
-        return [self.config, self.config_journal, self.queues, self.queues_journal, self.lock]
+        """Every file of the store (the inbox's segments as they exist now)."""
+        return [self.config, self.config_journal, self.queues, self.queues_journal, self.lock,
+                *Inbox(self.inbox).segments()]
 
 
 def open_store(
@@ -182,6 +190,7 @@ class TinyDBStore(Store):
             compact_ratio=compact_ratio,
             fsync=fsync,
         )
+        self.inbox = Inbox(self.files.inbox, fsync=fsync)
         self._writer: GroupCommitter | None = None
         self._loaded = False
         self._next_expire = 0.0
@@ -232,6 +241,7 @@ class TinyDBStore(Store):
         self._writer = writer
         try:
             await writer.call(self._load, mutating=True)
+            await asyncio.to_thread(self.inbox.open, asyncio.get_running_loop())
         except BaseException:
             writer.stop()
             self._writer = None
@@ -326,6 +336,7 @@ class TinyDBStore(Store):
         finally:
             writer.stop()  # joins the sync threads: nothing touches the files after it
             self._writer = None
+            await asyncio.to_thread(self.inbox.close)
             self._hot.close()
             self._cold.close()
             self._lock.release()
@@ -341,6 +352,8 @@ class TinyDBStore(Store):
         writer = self._writer
         if writer is None or not writer.running:
             return False
+        if not self.inbox.healthy and not await self.inbox.probe():
+            return False
         if not writer.healthy:
             # Nudge a commit so a disk that recovered is noticed without other traffic.
             try:
@@ -352,6 +365,8 @@ class TinyDBStore(Store):
     @property
     def last_error(self) -> str | None:
         """Why the last commit failed (None while healthy)."""
+        if self.inbox.last_error is not None:
+            return self.inbox.last_error
         return self._writer.last_error if self._writer else None
 
     # -- records <-> documents ---------------------------------------------------------
