@@ -26,7 +26,9 @@ from bot.metrics import Metrics
 from bot.realtime import IncomingMessage, RealtimeClient
 from bot.reauth import mark_needs_reauth
 from bot.relay.inbound import InboundRelay
+from bot.relay.intake import Intake
 from bot.relay.outbound import OutboundRelay
+from bot.relay.pressure import ReceiverLoad
 from bot.relay.worker import QueueWorker
 from bot.rest import RocketChatREST, Unavailable, random_id
 from bot.web import create_app
@@ -185,12 +187,15 @@ class Bot:
                 "outbound", reason.split(":", 1)[0]
             ).inc(),
         )
-        # Inbound relay: Instagram events (stored by the webhook) into Omnichannel rooms.
+        # Inbound: the webhook stores raw bodies in the inbox, the intake turns them into
+        # work items, the relay posts those into Omnichannel rooms.
+        self.receiver_load = ReceiverLoad()
         self.inbound = InboundRelay(
             self.store, self.rest, self.graph, self.metrics,
             rc_url=rc.url, app_id=ig.app_id, clock=clock,
-            notify_outbound=lambda: self.outbound.notify(),
+            notify_outbound=lambda: self.outbound.notify(), load=self.receiver_load,
         )
+        self.intake = Intake(self.store, self.inbound, self.metrics, self.receiver_load)
         self.web_app = create_app(self)
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -213,6 +218,7 @@ class Bot:
         log.info("web receiver listening on %s (port %s)", self.config.server.listen, self.port)
         self._tasks.append(asyncio.create_task(self.outbound.run(), name="outbound"))
         self._tasks.append(asyncio.create_task(self.inbound.run(), name="inbound"))
+        self._tasks.append(asyncio.create_task(self.intake.run(), name="intake"))
 
     async def run(self) -> None:
         """The whole process lifetime; raises AuthenticationFailed on bad credentials."""
@@ -268,6 +274,7 @@ class Bot:
             self._reconnects_counted = reconnects
         for queue in ("inbound", "outbound"):
             self.metrics.queue_depth.labels(queue).set(await self.store.queue_depth(queue))
+        self.metrics.inbox_backlog.set(self.store.inbox.backlog)
         self.metrics.waiting_for_agent.set(len(await self.store.conversations_waiting()))
 
     def _observe_rocketchat(self, route: str, seconds: float) -> None:

@@ -37,6 +37,10 @@ class Metrics:
         self.queue_depth = Gauge(
             "rcig_queue_depth", "Pending work items", ["queue"], registry=r
         )
+        self.inbox_backlog = Gauge(
+            "rcig_inbox_backlog", "Acknowledged webhooks not yet taken into the inbound queue",
+            registry=r,
+        )
         self.waiting_for_agent = Gauge(
             "rcig_conversations_waiting_for_agent", "Conversations waiting for an agent",
             registry=r,

@@ -16,6 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from bot.graph import GraphClient, GraphError, GraphRetryable
@@ -31,6 +32,7 @@ from bot.instagram_events import (
     visitor_token,
 )
 from bot.metrics import Metrics
+from bot.relay.pressure import Pacer, ReceiverLoad
 from bot.relay.worker import Done, Outcome, QueueWorker, Retry, retry_delay
 from bot.rest import (
     InvalidVisitor,
@@ -58,14 +60,17 @@ ROUTE_TTL = 5.0
 #: changes): the 24-hour window does not need millisecond precision, and one write less
 #: per message matters under load. Lagging only ever closes the window early.
 LAST_INBOUND_SLACK = 30.0
-#: While webhooks keep arriving (one within RECEIVER_BUSY_WINDOW seconds) the relay
-#: starts at most BUSY_CONCURRENCY conversations: relaying and acknowledging share one
-#: interpreter, and every relayed message costs the receiver CPU (bench_inbound (a),
-#: 64 → 16: acks/s doubled, p99 halved). Meta needs the prompt 200; the backlog is
-#: relayed at full concurrency as soon as the burst ends (bench_inbound (b): 16
-#: throughout cost ~25% of throughput at 20 ms latency, so it is not the steady cap).
-RECEIVER_BUSY_WINDOW = 0.1
+#: While the receiver is busy (bot.relay.pressure) the relay starts at most
+#: BUSY_CONCURRENCY conversations: relaying and acknowledging share one interpreter, and
+#: every relayed message costs the receiver CPU (bench_inbound (a), 64 → 16: acks/s
+#: doubled, p99 halved). Meta needs the prompt 200; the backlog is relayed at full
+#: concurrency as soon as the storm ends (bench_inbound (b): 16 throughout cost ~25% of
+#: throughput at 20 ms latency, so it is not the steady cap).
 BUSY_CONCURRENCY = 16
+#: ... and its network calls trickle at BUSY_CALLS_PER_S, unless the item has waited
+#: PATIENCE seconds already (bot.relay.pressure.Pacer).
+BUSY_CALLS_PER_S = 20.0
+PATIENCE = 10.0
 #: Profile look-ups retried this many times on Graph throttling before the fallback name.
 PROFILE_ATTEMPTS = 3
 
@@ -148,6 +153,7 @@ class InboundRelay:
         concurrency: int = 64,
         gate: AgentGate | None = None,
         echo_grace: float = ECHO_GRACE,
+        load: ReceiverLoad | None = None,
     ) -> None:
         self.store = store
         self.rest = rest
@@ -165,7 +171,8 @@ class InboundRelay:
         self._notify_pending = False
         self.worker_concurrency = concurrency
         self.busy_concurrency = min(BUSY_CONCURRENCY, concurrency)
-        self._last_webhook = float("-inf")
+        self.load = load or ReceiverLoad()
+        self.pacer = Pacer(self.load, busy_rate=BUSY_CALLS_PER_S, patience=PATIENCE)
         self.worker = QueueWorker(
             store, "inbound", self.process, concurrency=concurrency, clock=clock,
             on_retry=self._on_retry, limit=self._limit,
@@ -203,15 +210,14 @@ class InboundRelay:
         Wake-ups are coalesced (at most one per ``notify_delay``): every wake-up costs
         the store a queue scan, and under a burst of webhooks one scan serves them all.
         """
-        self._last_webhook = time.monotonic()
         if self._notify_pending:
             return
         self._notify_pending = True
         asyncio.get_running_loop().call_later(self.notify_delay, self._notify_now)
 
     def _limit(self) -> int:
-        """Conversations the relay may have in flight now (fewer while webhooks arrive)."""
-        if time.monotonic() - self._last_webhook < RECEIVER_BUSY_WINDOW:
+        """Conversations the relay may have in flight now (fewer while the receiver is busy)."""
+        if self.load.busy():
             return self.busy_concurrency
         return self.worker_concurrency
 
@@ -239,6 +245,10 @@ class InboundRelay:
         await self.worker.stop()
         for task in list(self._wakers):
             task.cancel()
+
+    def _paced(self, item: WorkItem) -> AbstractAsyncContextManager[None]:
+        """Hold one network call for ``item`` back while the receiver is busy."""
+        return self.pacer.call(waited=self.clock() - item.created_at)
 
     def _on_retry(self, item: WorkItem, reason: str) -> None:
         self.metrics.retries.labels("inbound", reason.split(":", 1)[0]).inc()
@@ -311,7 +321,10 @@ class InboundRelay:
         msg_id = rc_message_id(item.item_id)
         text = await self._text(item, conv.room_id, event)
         try:
-            await self.rest.post_visitor_message(conv.visitor_token, conv.room_id, text, msg_id)
+            async with self._paced(item):
+                await self.rest.post_visitor_message(
+                    conv.visitor_token, conv.room_id, text, msg_id
+                )
         except RoomClosed:
             log.info("room %s of %s is closed; opening a new one for %s",
                      conv.room_id, conv.key, item.item_id)
@@ -321,7 +334,10 @@ class InboundRelay:
                 return retry, True
             assert conv.room_id is not None
             text = await self._text(item, conv.room_id, event)
-            await self.rest.post_visitor_message(conv.visitor_token, conv.room_id, text, msg_id)
+            async with self._paced(item):
+                await self.rest.post_visitor_message(
+                    conv.visitor_token, conv.room_id, text, msg_id
+                )
             changed = True
         log.info("relayed %s %s into room %s as %s", item.kind, item.item_id,
                   conv.room_id, msg_id)
@@ -329,7 +345,8 @@ class InboundRelay:
 
     async def _register(self, item: WorkItem, page: Page, conv: Conversation) -> Retry | None:
         try:
-            profile = await self.graph.profile(conv.igsid, page.page_token)
+            async with self._paced(item):
+                profile = await self.graph.profile(conv.igsid, page.page_token)
         except GraphRetryable as exc:
             if item.attempts + 1 < PROFILE_ATTEMPTS:
                 delay = retry_delay(item.attempts + 1, base=2.0, cap=60.0)
@@ -341,7 +358,8 @@ class InboundRelay:
             log.info("profile of %s unavailable (%s); using a fallback name", conv.key, exc)
             profile = None
         name = visitor_name(profile, conv.igsid)
-        await self.rest.register_visitor(conv.visitor_token, name, page.department_id)
+        async with self._paced(item):
+            await self.rest.register_visitor(conv.visitor_token, name, page.department_id)
         conv.visitor_name = name
         conv.visitor_registered = True
         log.info("registered visitor %s for page %s (department %s)",
@@ -355,7 +373,8 @@ class InboundRelay:
             await self._offline_spell(item, page, conv)
             return Retry(self.gate.wait_until(now), "waiting for an agent")
         try:
-            room, new_room = await self.rest.open_room(conv.visitor_token)
+            async with self._paced(item):
+                room, new_room = await self.rest.open_room(conv.visitor_token)
         except NoAgentOnline:
             at = self.gate.failed(conv.key, self.clock())
             log.info("no agent online for %s (%s); next probe in %.1f s",
@@ -481,9 +500,10 @@ class InboundRelay:
             self.metrics.dropped.labels("inbound", "echo_no_room").inc()
             return Done()
         try:
-            await self.rest.send_message(
-                conv.room_id, agent_text(ECHO, event), msg_id=rc_message_id(item.item_id)
-            )
+            async with self._paced(item):
+                await self.rest.send_message(
+                    conv.room_id, agent_text(ECHO, event), msg_id=rc_message_id(item.item_id)
+                )
         except RateLimited as exc:
             return self._retry_rate_limited(item, exc)
         except (NotAllowed, RoomClosed, InvalidVisitor) as exc:

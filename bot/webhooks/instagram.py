@@ -1,15 +1,14 @@
 """``GET``/``POST /webhooks/instagram``: Meta's verification and event delivery.
 
 POST order (STYLE.md "The receiver"): size limit → HMAC-SHA256 over the raw bytes →
-JSON → ``object == "instagram"`` → parse into per-item work items (pure CPU, pages
-looked up in the store's memory) → ONE durable ``store.enqueue`` → 200. No network call
-happens before the answer; Meta retries anything that is not a 200, so a storage
-failure answers 503 and loses nothing.
+JSON → ``object == "instagram"`` → the raw body appended to the inbox, fsynced
+(:mod:`storage.inbox`) → 200. Routing and parsing into work items happen afterwards
+(:mod:`bot.relay.intake`). No network call happens before the answer; Meta retries
+anything that is not a 200, so a storage failure answers 503 and loses nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from bot.appkeys import BOT, MAX_BODY
-from bot.instagram_events import account_ids, parse_webhook
+from storage.base import StorageError
 
 if TYPE_CHECKING:
     from bot.app import Bot
@@ -38,7 +37,7 @@ def signature_valid(raw: bytes, header: str | None, app_secret: str) -> bool:
     """Whether ``header`` is ``sha256=<hex HMAC-SHA256(raw, app_secret)>`` (constant time)."""
     if not header or not app_secret or not header.startswith(_PREFIX):
         return False
-    expected = hmac.new(app_secret.encode("utf-8"), raw, hashlib.sha256).hexdigest()
+    expected = hmac.digest(app_secret.encode("utf-8"), raw, "sha256").hex()
     return hmac.compare_digest(expected.encode("ascii"), header[len(_PREFIX):].strip().lower()
                                .encode("ascii", "replace"))
 
@@ -67,7 +66,7 @@ def _reject(bot: Bot, status: int, reason: str) -> web.Response:
 
 
 async def receive(request: web.Request) -> web.Response:
-    """Verify, durably enqueue one work item per messaging item, answer 200."""
+    """Verify, store the raw body durably, answer 200."""
     bot = _bot(request)
     if request.content_length is not None and request.content_length > MAX_BODY:
         log.warning("Instagram webhook refused: body of %d bytes", request.content_length)
@@ -91,28 +90,14 @@ async def receive(request: web.Request) -> web.Response:
                     body.get("object") if isinstance(body, dict) else type(body).__name__)
         return _reject(bot, 400, "wrong_object")
 
-    pages: dict[str, str] = {}
     try:
-        for account in account_ids(body):
-            page_id = await bot.inbound.route(account)
-            if page_id is not None:
-                pages[account] = page_id
-        parsed = parse_webhook(body, pages)
-        added = await bot.store.enqueue(parsed.items) if parsed.items else []
-    except Exception:
-        log.exception("Instagram webhook not stored; answering 503 so Meta retries")
+        await bot.store.inbox.append(raw, body)
+    except StorageError as exc:
+        log.error("Instagram webhook not stored (%s); answering 503 so Meta retries", exc)
         return _reject(bot, 503, "storage")
-
+    bot.receiver_load.note()
     bot.metrics.webhooks_received.labels(SOURCE).inc()
-    for reason, _detail in parsed.dropped:
-        bot.metrics.dropped.labels("inbound", reason).inc()
-    if parsed.items:
-        # Also for items already known: after a failed write (answered 503) they sat in
-        # memory, and this retry is what made them durable; work on them now.
-        bot.inbound.notify()
-    if log.isEnabledFor(logging.DEBUG):
-        log.debug("Instagram webhook: %d items, %d new, %d dropped",
-                  len(parsed.items), len(added), len(parsed.dropped))
+    bot.intake.notify()
     return web.Response(text="EVENT_RECEIVED")
 
 

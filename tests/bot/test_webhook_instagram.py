@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import hmac
 import json
@@ -31,6 +32,7 @@ def rejected(bridge: Bridge, reason: str) -> float:
 
 async def assert_nothing_stored(bridge: Bridge) -> None:
     assert received(bridge) == 0
+    assert bridge.bot.store.inbox.backlog == 0
     assert await bridge.bot.store.queue_depth("inbound") == 0
     await asyncio.sleep(0.1)
     assert bridge.rc.livechat_rooms() == []
@@ -174,12 +176,13 @@ async def test_odd_items_in_a_valid_body_never_cause_5xx(bridge: Bridge, eventua
     await eventually(lambda: bridge.texts(igsid) == ["hello"])
 
 
-async def test_unknown_account_is_dropped_at_receipt(bridge: Bridge):
-    """Events for an Instagram account that is not connected → 200, nothing stored."""
+async def test_unknown_account_is_dropped_not_queued(bridge: Bridge):
+    """Events for an Instagram account that is not connected → 200, never queued."""
     igsid = bridge.meta.new_igsid()
     event = bridge.meta.text_event("17841499999999999", igsid, "who?")
     status, _ = await bridge.deliver(event)
     assert status == 200
+    await bridge.taken()
     assert await bridge.bot.store.queue_depth("inbound") == 0
     dropped = bridge.bot.metrics.registry.get_sample_value(
         "rcig_events_dropped_total", {"direction": "inbound", "reason": "unknown_account"}
@@ -187,19 +190,51 @@ async def test_unknown_account_is_dropped_at_receipt(bridge: Bridge):
     assert dropped == 1
 
 
-async def test_unsubscribed_page_is_dropped_at_receipt(bridge: Bridge):
-    """A connected but unsubscribed page's events are not stored."""
+async def test_unsubscribed_page_is_dropped_not_queued(bridge: Bridge):
+    """A connected but unsubscribed page's events are never queued (dropped, counted)."""
     assert bridge.page is not None
     bridge.page.subscribed = False
     await bridge.bot.store.save_page(bridge.page)
     status, _ = await bridge.deliver(_event(bridge))
     assert status == 200
+    await bridge.taken()
     assert await bridge.bot.store.queue_depth("inbound") == 0
+    dropped = bridge.bot.metrics.registry.get_sample_value(
+        "rcig_events_dropped_total", {"direction": "inbound", "reason": "unknown_account"}
+    )
+    assert dropped == 1
 
 
-async def test_storage_failure_answers_503_so_meta_retries(bridge: Bridge, mocker):
-    """When the store cannot write, the answer is 503 (never 200 for unstored events)."""
-    mocker.patch.object(bridge.bot.store, "enqueue", side_effect=StorageError("disk full"))
-    status, _ = await bridge.deliver(_event(bridge))
+async def test_storage_failure_answers_503_so_meta_retries(bridge: Bridge, mocker, eventually):
+    """When the inbox cannot fsync the answer is 503, never 200 for an unstored event;
+    Meta's retry once the disk recovers is acknowledged and relayed once."""
+    mocker.patch.object(bridge.bot.store.inbox, "_fsync",
+                        side_effect=OSError(errno.ENOSPC, "No space left on device"))
+    event = _event(bridge)
+    igsid = event["entry"][0]["messaging"][0]["sender"]["id"]
+    status, _ = await bridge.deliver(event)
     assert status == 503
     assert rejected(bridge, "storage") == 1
+    assert bridge.bot.store.inbox.backlog == 0
+    mocker.stopall()  # space returns
+    status, _ = await bridge.deliver(event)
+    assert status == 200
+    await eventually(lambda: bridge.texts(igsid) == ["hello"])
+    await asyncio.sleep(0.2)
+    assert bridge.texts(igsid) == ["hello"]
+
+
+async def test_queue_failure_after_the_ack_loses_nothing(bridge: Bridge, mocker, eventually):
+    """Acknowledged means in the inbox: when the queues cannot be written, the intake
+    keeps the webhook and relays it once the store works again."""
+    enqueue = mocker.patch.object(bridge.bot.store, "enqueue",
+                                  side_effect=StorageError("disk full"))
+    event = _event(bridge)
+    igsid = event["entry"][0]["messaging"][0]["sender"]["id"]
+    status, _ = await bridge.deliver(event)
+    assert status == 200
+    await eventually(lambda: enqueue.call_count >= 1)
+    assert bridge.bot.store.inbox.backlog == 1
+    mocker.stopall()
+    await eventually(lambda: bridge.texts(igsid) == ["hello"])
+    assert bridge.bot.store.inbox.backlog == 0

@@ -81,7 +81,8 @@ async def drain(bridge: Bridge, eventually: Any, records: list[logging.LogRecord
 
     async def empty() -> bool:
         store = bridge.bot.store
-        return await store.queue_depth("inbound") == 0 and await store.queue_depth("outbound") == 0
+        return (store.inbox.backlog == 0 and await store.queue_depth("inbound") == 0
+                and await store.queue_depth("outbound") == 0)
 
     try:
         await eventually(empty, timeout=20)

@@ -91,6 +91,14 @@ class Bridge:
         """POST a webhook exactly as Meta would (signed with the app secret)."""
         return await self.meta.adeliver(self.webhook_url, payload, **kwargs)
 
+    async def taken(self, timeout: float = 10.0) -> None:
+        """Wait until every acknowledged webhook has left the inbox for the queues."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.bot.store.inbox.backlog:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"{self.bot.store.inbox.backlog} webhook(s) never taken")
+            await asyncio.sleep(0.01)
+
     def token(self, igsid: str) -> str:
         return f"instagram-{self.page_id}-{igsid}"
 

@@ -56,6 +56,7 @@ async def test_instagram_signature_near_misses_are_refused(bridge: Bridge) -> No
     assert await _post(bridge.webhook_url, raw, {"Content-Type": "application/json"}) == 403
     assert await _post(bridge.webhook_url, raw,
                        {"X-Hub-Signature": f"sha1={_hex(raw, algo=hashlib.sha1)}"}) == 403
+    assert bridge.bot.store.inbox.backlog == 0
     assert await bridge.bot.store.queue_depth("inbound") == 0
     assert not await bridge.bot.store.seen("ig:m-sig")
     # The exact signature is accepted (so the refusals above were about the signature).

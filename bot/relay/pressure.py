@@ -1,0 +1,103 @@
+"""How busy the webhook receiver is: the work behind it yields while Meta is waiting.
+
+Acknowledging, taking events into the queues and relaying them share one interpreter.
+Meta needs its 200 promptly (a slow endpoint gets its deliveries retried and, in the
+end, its subscription disabled), while a visitor does not notice a message reaching
+the room a second later. So during a webhook storm (the classic one: Meta redelivering
+everything after an outage) the receiver gets the CPU, and the intake and the relay
+catch up once it subsides, from the inbox, which holds every acknowledged body durably.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+#: The receiver counts as busy at this many webhooks per second or more...
+BUSY_RATE = 200.0
+#: ...measured over windows of this many seconds (the current one and the last).
+WINDOW = 0.1
+
+
+class ReceiverLoad:
+    """Counts acknowledged webhooks in fixed windows; :meth:`busy` while the rate is high."""
+
+    def __init__(
+        self,
+        *,
+        busy_rate: float = BUSY_RATE,
+        window: float = WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.window = window
+        self._threshold = max(1, round(busy_rate * window))
+        self._clock = clock
+        self._bucket = 0
+        self._count = 0
+        self._previous = 0
+
+    def note(self) -> None:
+        """One webhook was acknowledged."""
+        self._roll()
+        self._count += 1
+
+    def busy(self) -> bool:
+        """Whether webhooks arrive at ``busy_rate`` or more (this window or the last)."""
+        self._roll()
+        return self._count >= self._threshold or self._previous >= self._threshold
+
+    def _roll(self) -> None:
+        bucket = int(self._clock() / self.window)
+        if bucket != self._bucket:
+            self._previous = self._count if bucket == self._bucket + 1 else 0
+            self._bucket = bucket
+            self._count = 0
+
+
+class Pacer:
+    """Slows a worker's network calls to a trickle while the receiver is busy.
+
+    While :meth:`ReceiverLoad.busy`, calls start at most ``busy_rate`` per second, one at
+    a time; otherwise they are not held at all. Lowering the relay's conversation limit
+    alone leaves the conversations already in flight calling at full speed when a storm
+    begins, and one call after another still costs the receiver a quarter of the
+    interpreter (bench_inbound (a)). Work that has already waited ``patience`` seconds
+    is never held, so a long storm cannot starve the relay: it delays it by that much.
+    """
+
+    def __init__(
+        self,
+        load: ReceiverLoad,
+        *,
+        busy_rate: float,
+        patience: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.load = load
+        self.interval = 1.0 / busy_rate
+        self.patience = patience
+        self._clock = clock
+        self._active = 0
+        self._next_start = 0.0
+
+    @contextlib.asynccontextmanager
+    async def call(self, waited: float = 0.0) -> AsyncIterator[None]:
+        """``async with pacer.call(waited): await <one network call>``.
+
+        ``waited``: how long the work behind this call has been waiting (seconds).
+        """
+        while waited < self.patience and self.load.busy():
+            now = self._clock()
+            if self._active == 0 and now >= self._next_start:
+                self._next_start = now + self.interval
+                break
+            pause = max(self._next_start - now, 0.0) or self.interval
+            await asyncio.sleep(min(pause, self.load.window))
+            waited += min(pause, self.load.window)
+        self._active += 1
+        try:
+            yield
+        finally:
+            self._active -= 1
