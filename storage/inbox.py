@@ -6,8 +6,8 @@ what keeping the bytes costs, so the receiver only appends here and
 :mod:`bot.relay.intake` does the rest afterwards, in the gaps of a webhook storm
 rather than during it (``bench_inbound`` (a)).
 
-On disk, next to the store: ``<base>.inbox.<first seq, 16 hex digits>`` segment files,
-each a run of records::
+On disk, next to the store: ``<base>.inbox.<16 hex digits>`` segment files, numbered
+upwards (never reused), each a run of records::
 
     kind (1 byte) | body length (4) | crc32 (4) | seq (8) | body
 
@@ -121,6 +121,7 @@ class Inbox:
         self._seq = 0
         self._released = 0
         self._sealed: list[_Segment] = []
+        self._last_name = 0  # the highest segment number used so far
         self._current: _Segment | None = None
         self._fd: int | None = None
         self._size = 0
@@ -138,8 +139,14 @@ class Inbox:
         return sorted(p for p in glob.glob(glob.escape(self.prefix) + "*")
                       if not p.endswith(".tmp"))
 
-    def _segment_path(self, first_seq: int) -> str:
-        return f"{self.prefix}{first_seq:016x}"
+    def _segment_path(self, number: int) -> str:
+        return f"{self.prefix}{number:016x}"
+
+    def _name_of(self, path: str) -> int:
+        try:
+            return int(path[len(self.prefix):], 16)
+        except ValueError:
+            return 0
 
     # -- lifecycle ---------------------------------------------------------------------
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -174,6 +181,7 @@ class Inbox:
         self._seq = top
         self._released = released
         self._sealed = sealed
+        self._last_name = max((self._name_of(s.path) for s in sealed), default=0)
         self._loop = loop
         self._stopping = False
         self._delete_released()
@@ -308,8 +316,11 @@ class Inbox:
             self._seal()
 
     def _start_segment(self) -> None:
-        path = self._segment_path(self._seq + 1)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+        # Never reuse a name: a file still listed (sealed or recovered) must not be
+        # appended to, nor deleted as if it were the other one.
+        self._last_name = max(self._last_name + 1, self._seq + 1)
+        path = self._segment_path(self._last_name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
         try:
             os.fchmod(fd, FILE_MODE)
             fsync_dir(os.path.dirname(path))  # the file must outlive a crash, not only its bytes
