@@ -88,14 +88,18 @@ class Pacer:
 
         ``waited``: how long the work behind this call has been waiting (seconds).
         """
-        while waited < self.patience and self.load.busy():
+        # Measured on the clock, not summed from the sleeps: in a storm the event loop
+        # lags, and each sleep lasts longer than asked.
+        held_until = self._clock() + self.patience - waited
+        while self.load.busy():
             now = self._clock()
+            if now >= held_until:
+                break
             if self._active == 0 and now >= self._next_start:
                 self._next_start = now + self.interval
                 break
             pause = max(self._next_start - now, 0.0) or self.interval
-            await asyncio.sleep(min(pause, self.load.window))
-            waited += min(pause, self.load.window)
+            await asyncio.sleep(min(pause, self.load.window, held_until - now))
         self._active += 1
         try:
             yield
