@@ -22,7 +22,7 @@ WINDOW = 0.1
 
 
 class ReceiverLoad:
-    """Counts acknowledged webhooks in fixed windows; :meth:`busy` while the rate is high."""
+    """Counts arriving webhooks in fixed windows; :meth:`busy` while the rate is high."""
 
     def __init__(
         self,
@@ -39,7 +39,7 @@ class ReceiverLoad:
         self._previous = 0
 
     def note(self) -> None:
-        """One webhook was acknowledged."""
+        """One webhook request arrived."""
         self._roll()
         self._count += 1
 

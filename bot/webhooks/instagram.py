@@ -68,6 +68,9 @@ def _reject(bot: Bot, status: int, reason: str) -> web.Response:
 async def receive(request: web.Request) -> web.Response:
     """Verify, store the raw body durably, answer 200."""
     bot = _bot(request)
+    # Counted on arrival, not on answer: when the relay hogs the loop, answers stall,
+    # and a count of answers would never call the storm a storm.
+    bot.receiver_load.note()
     if request.content_length is not None and request.content_length > MAX_BODY:
         log.warning("Instagram webhook refused: body of %d bytes", request.content_length)
         return _reject(bot, 413, "too_large")
@@ -95,7 +98,6 @@ async def receive(request: web.Request) -> web.Response:
     except StorageError as exc:
         log.error("Instagram webhook not stored (%s); answering 503 so Meta retries", exc)
         return _reject(bot, 503, "storage")
-    bot.receiver_load.note()
     bot.metrics.webhooks_received.labels(SOURCE).inc()
     bot.intake.notify()
     return web.Response(text="EVENT_RECEIVED")
