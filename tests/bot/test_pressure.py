@@ -33,7 +33,7 @@ def _notes(load: ReceiverLoad, count: int) -> None:
 
 def _load_at(now: float = 0.5) -> tuple[ReceiverLoad, FakeClock]:
     clock = FakeClock(now)
-    return ReceiverLoad(busy_rate=5.0, window=1.0, clock=clock), clock
+    return ReceiverLoad(busy_rate=5.0, window=1.0, linger=0.0, clock=clock), clock
 
 
 def test_fresh_load_is_not_busy() -> None:
@@ -64,7 +64,7 @@ def test_rate_times_window_notes_in_one_window_count_as_busy() -> None:
 def test_default_threshold_is_busy_rate_times_window() -> None:
     """With the defaults (200/s over 0.1 s) 19 webhooks in a window are calm, 20 are busy."""
     clock = FakeClock(WINDOW / 2)
-    load = ReceiverLoad(clock=clock)
+    load = ReceiverLoad(linger=0.0, clock=clock)
     _notes(load, round(BUSY_RATE * WINDOW) - 1)
     assert not load.busy()
     load.note()
@@ -129,10 +129,44 @@ def test_gap_then_busy_window_counts_only_new_notes() -> None:
     assert load.busy()
 
 
+def test_storm_lingers_after_the_rate_falls() -> None:
+    """Busy lasts ``linger`` seconds after the last note at storm rate, then ends."""
+    clock = FakeClock(0.5)
+    load = ReceiverLoad(busy_rate=5.0, window=1.0, linger=3.0, clock=clock)
+    _notes(load, 5)  # the threshold is reached at fake time 0.5
+    clock.now = 3.4  # two quiet windows later: the windows alone would say calm
+    assert load.busy()
+    clock.now = 3.6
+    assert not load.busy()
+
+
+def test_linger_starts_again_with_each_wave() -> None:
+    """A second wave inside the linger extends it from that wave's storm-rate notes."""
+    clock = FakeClock(0.5)
+    load = ReceiverLoad(busy_rate=5.0, window=1.0, linger=3.0, clock=clock)
+    _notes(load, 5)
+    clock.now = 2.5
+    _notes(load, 5)  # a second wave at 2.5
+    clock.now = 5.4
+    assert load.busy()
+    clock.now = 5.6
+    assert not load.busy()
+
+
+def test_slow_trickle_never_starts_a_linger() -> None:
+    """Notes below the storm rate never make the receiver busy, however long they last."""
+    clock = FakeClock(0.5)
+    load = ReceiverLoad(busy_rate=5.0, window=1.0, linger=3.0, clock=clock)
+    for second in range(20):
+        clock.now = second + 0.5
+        _notes(load, 4)
+        assert not load.busy()
+
+
 def test_tiny_rate_still_needs_at_least_one_webhook() -> None:
     """A threshold that would round to zero is one: no webhook is calm, a single one is busy."""
     load, _ = _load_at()
-    tiny = ReceiverLoad(busy_rate=0.01, window=1.0, clock=FakeClock(0.5))
+    tiny = ReceiverLoad(busy_rate=0.01, window=1.0, linger=0.0, clock=FakeClock(0.5))
     assert not tiny.busy()
     tiny.note()
     assert tiny.busy()
@@ -150,7 +184,7 @@ INTERVAL = 1.0 / RATE
 
 def _controlled_load(busy: bool) -> tuple[ReceiverLoad, FakeClock]:
     clock = FakeClock(0.0)
-    load = ReceiverLoad(busy_rate=100.0, window=0.01, clock=clock)
+    load = ReceiverLoad(busy_rate=100.0, window=0.01, linger=0.0, clock=clock)
     if busy:
         load.note()
         assert load.busy()
@@ -334,7 +368,7 @@ async def test_call_that_waited_patience_passes_at_once_while_busy() -> None:
     """waited >= patience skips the hold even while busy and another call is in flight."""
     # Slow polling (5 s windows, 1 call per 10 s): a call held for even one step takes seconds.
     clock = FakeClock(0.5)
-    load = ReceiverLoad(busy_rate=1.0, window=5.0, clock=clock)
+    load = ReceiverLoad(busy_rate=1.0, window=5.0, linger=0.0, clock=clock)
     _notes(load, 5)
     assert load.busy()
     pacer = Pacer(load, busy_rate=0.1, patience=0.5)
