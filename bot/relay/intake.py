@@ -95,7 +95,10 @@ class Intake:
 
     def _deferral(self, oldest: InboxEvent) -> float:
         """Seconds to hold the next batch back (0: take it now)."""
-        if not self.load.busy():
+        # Only while webhooks pour in, not in the linger after a wave: the intake is
+        # short work on this loop (no calls in flight to stall the next wave), and
+        # the relay it feeds is paced anyway.
+        if not self.load.busy(lingering=False):
             return 0.0
         left = oldest.received_at + self.max_defer - time.monotonic()
         return min(left, self.load.window) if left > 0 else 0.0

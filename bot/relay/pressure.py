@@ -54,12 +54,12 @@ class ReceiverLoad:
         if self._count >= self._threshold:
             self._busy_until = self._clock() + self.linger
 
-    def busy(self) -> bool:
+    def busy(self, *, lingering: bool = True) -> bool:
         """Whether webhooks arrive at ``busy_rate`` or more (this window or the last), or
-        did less than ``linger`` seconds ago."""
+        did less than ``linger`` seconds ago (unless ``lingering`` is False)."""
         self._roll()
         return (self._count >= self._threshold or self._previous >= self._threshold
-                or self._clock() < self._busy_until)
+                or (lingering and self._clock() < self._busy_until))
 
     def _roll(self) -> None:
         bucket = int(self._clock() / self.window)

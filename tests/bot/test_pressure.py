@@ -140,6 +140,17 @@ def test_storm_lingers_after_the_rate_falls() -> None:
     assert not load.busy()
 
 
+def test_linger_can_be_ignored() -> None:
+    """``busy(lingering=False)`` answers from the windows alone."""
+    clock = FakeClock(0.5)
+    load = ReceiverLoad(busy_rate=5.0, window=1.0, linger=3.0, clock=clock)
+    _notes(load, 5)
+    assert load.busy(lingering=False)
+    clock.now = 2.5
+    assert load.busy()
+    assert not load.busy(lingering=False)
+
+
 def test_linger_starts_again_with_each_wave() -> None:
     """A second wave inside the linger extends it from that wave's storm-rate notes."""
     clock = FakeClock(0.5)

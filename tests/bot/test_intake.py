@@ -1,0 +1,76 @@
+"""The intake: acknowledged webhooks reach the inbound queue, after a storm at the latest."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+from tests.scenarios.harness import Bridge
+
+
+@contextlib.asynccontextmanager
+async def storm(bridge: Bridge) -> AsyncIterator[None]:
+    """Keep the receiver's load at storm rate (as a flood of webhooks would)."""
+
+    async def flood() -> None:
+        while True:
+            for _ in range(25):  # above the busy threshold of any one window
+                bridge.bot.receiver_load.note()
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(flood())
+    try:
+        await asyncio.sleep(0.02)
+        assert bridge.bot.receiver_load.busy()
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _event(bridge: Bridge) -> tuple[dict, str]:
+    igsid = bridge.meta.new_igsid()
+    return bridge.meta.text_event(bridge.ig_id, igsid, "hello"), igsid
+
+
+async def test_storm_holds_the_intake_back_until_it_passes(bridge: Bridge, eventually):
+    """During a storm a webhook is acknowledged from the inbox and queued once it passes."""
+    event, igsid = _event(bridge)
+    async with storm(bridge):
+        status, _ = await bridge.deliver(event)
+        assert status == 200
+        await asyncio.sleep(0.3)
+        assert bridge.bot.store.inbox.backlog == 1
+        assert await bridge.bot.store.queue_depth("inbound") == 0
+    await eventually(lambda: bridge.texts(igsid) == ["hello"])
+    assert bridge.bot.store.inbox.backlog == 0
+
+
+async def test_long_storm_defers_the_intake_at_most_max_defer(bridge: Bridge, eventually):
+    """However long the storm, a stored webhook waits at most max_defer for the intake,
+    and the relay, paced, still delivers it."""
+    bridge.bot.intake.max_defer = 0.4
+    event, igsid = _event(bridge)
+    async with storm(bridge):
+        started = time.monotonic()
+        status, _ = await bridge.deliver(event)
+        assert status == 200
+        await eventually(lambda: bridge.bot.store.inbox.backlog == 0, timeout=5)
+        waited = time.monotonic() - started
+        assert waited >= 0.3
+        await eventually(lambda: bridge.texts(igsid) == ["hello"], timeout=10)
+        assert bridge.bot.receiver_load.busy()  # all of it happened inside the storm
+
+
+async def test_calm_receiver_queues_at_once(bridge: Bridge, eventually):
+    """Without a storm the intake takes a webhook right away (well under max_defer)."""
+    event, igsid = _event(bridge)
+    started = time.monotonic()
+    status, _ = await bridge.deliver(event)
+    assert status == 200
+    await eventually(lambda: bridge.bot.store.inbox.backlog == 0, timeout=5)
+    assert time.monotonic() - started < 1.0
+    await eventually(lambda: bridge.texts(igsid) == ["hello"])
