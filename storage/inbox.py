@@ -99,7 +99,8 @@ class _Segment:
 class _Batch:
     records: list[bytes] = field(default_factory=list)
     events: list[InboxEvent] = field(default_factory=list)
-    future: asyncio.Future[None] | None = None
+    #: One future per waiting caller: a cancelled caller must not cancel the others.
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
 
 class Inbox:
@@ -129,7 +130,7 @@ class Inbox:
         self._current: _Segment | None = None
         self._fd: int | None = None
         self._size = 0
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._batch = _Batch()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -220,7 +221,7 @@ class Inbox:
         """
         self._seq += 1
         event = InboxEvent(self._seq, raw, time.monotonic(), body)
-        await asyncio.shield(self._submit(encode_record(EVENT, event.seq, raw), event))
+        await self._submit(encode_record(EVENT, event.seq, raw), event)
         return event
 
     def pending(self, limit: int | None = None) -> list[InboxEvent]:
@@ -241,7 +242,7 @@ class Inbox:
         if through > self._released:
             self._released = through
             # Recorded without waiting: losing it only means taking them again (deduped).
-            self._submit(encode_record(RELEASED, through))
+            self._submit(encode_record(RELEASED, through), wait=False)
 
     @property
     def healthy(self) -> bool:
@@ -255,32 +256,37 @@ class Inbox:
             return False
         return True
 
-    def _submit(self, record: bytes, event: InboxEvent | None = None) -> asyncio.Future[None]:
+    def _submit(
+        self, record: bytes, event: InboxEvent | None = None, *, wait: bool = True
+    ) -> asyncio.Future[None]:
         if self._thread is None or self._loop is None:
             raise StorageError("the inbox is not open")
+        waiter = self._loop.create_future()
         with self._cond:
             batch = self._batch
-            if batch.future is None:
-                batch.future = self._loop.create_future()
             batch.records.append(record)
             if event is not None:
                 batch.events.append(event)
+            if wait:
+                batch.waiters.append(waiter)
             if len(batch.records) == 1:  # the thread waits only for an empty batch
                 self._cond.notify()
-            return batch.future
+        return waiter
 
     def _committed(self, batch: _Batch, error: str | None) -> None:
-        assert batch.future is not None
         if error is None:
             self._healthy = True
             self.last_error = None
             self._pending.extend(batch.events)
-            batch.future.set_result(None)
+            for waiter in batch.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         else:
             self._healthy = False
             self.last_error = error
-            batch.future.set_exception(StorageError(f"cannot write the inbox: {error}"))
-            batch.future.exception()  # retrieved: a release marker has no awaiter
+            for waiter in batch.waiters:
+                if not waiter.done():
+                    waiter.set_exception(StorageError(f"cannot write the inbox: {error}"))
 
     # -- the sync thread -----------------------------------------------------------------
     def _run(self) -> None:

@@ -430,3 +430,28 @@ async def test_segment_filled_by_one_batch_is_kept_while_pending(make_inbox):
     assert await inbox.probe()
     await asyncio.sleep(0.05)  # let the sync thread finish its deletions
     assert contents(make_inbox(segment_bytes=200)) == [(big.seq, big.raw)]  # crash
+
+
+async def test_a_cancelled_append_does_not_fail_the_rest_of_its_batch(make_inbox):
+    """Appends share one fsync; cancelling one caller leaves the others' answers intact."""
+
+    def slow_fsync(fd: int) -> None:
+        time.sleep(0.05)
+        os.fdatasync(fd)
+
+    inbox = make_inbox(fsync=slow_fsync)
+    first = asyncio.create_task(inbox.append(b"first"))
+    await asyncio.sleep(0.02)  # the thread is inside the first batch's 50 ms fsync...
+    # ...so these all join the next batch.
+    tasks = [asyncio.create_task(inbox.append(f"body {n}".encode())) for n in range(5)]
+    probe = asyncio.create_task(inbox.probe())
+    await asyncio.sleep(0)
+    tasks[2].cancel()
+    probe.cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    await first
+    assert isinstance(done[2], asyncio.CancelledError)
+    assert [e.raw for e in done if not isinstance(e, BaseException)] == [
+        b"body 0", b"body 1", b"body 3", b"body 4"]
+    assert [raw for _seq, raw in contents(make_inbox())][-5:] == [
+        b"body 0", b"body 1", b"body 2", b"body 3", b"body 4"]  # written all the same
