@@ -128,7 +128,15 @@ class Intake:
                 page_id = await self.inbound.route(account)
                 if page_id is not None:
                     pages[account] = page_id
-            parsed = parse_webhook(body, pages)
+            try:
+                parsed = parse_webhook(body, pages)
+            except Exception:
+                # A parser bug must not wedge every later webhook behind this one (it
+                # was acknowledged: Meta will not send it again). Loud, counted, skipped.
+                log.exception("intake: stored webhook %d (%d bytes) could not be parsed; "
+                              "skipped", event.seq, len(event.raw))
+                dropped.append(("unparseable", str(event.seq)))
+                continue
             items.extend(parsed.items)
             dropped.extend(parsed.dropped)
         added = await self.store.enqueue(items) if items else []

@@ -74,3 +74,34 @@ async def test_calm_receiver_queues_at_once(bridge: Bridge, eventually):
     await eventually(lambda: bridge.bot.store.inbox.backlog == 0, timeout=5)
     assert time.monotonic() - started < 1.0
     await eventually(lambda: bridge.texts(igsid) == ["hello"])
+
+
+async def test_a_body_the_parser_chokes_on_does_not_wedge_the_rest(
+    bridge: Bridge, eventually, mocker
+):
+    """A parser crash (a bug) skips that one stored webhook, counted; later ones flow."""
+    from bot.relay import intake
+
+    real = intake.parse_webhook
+    calls = 0
+
+    def crash_once(body, pages):
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("parser bug")
+        return real(body, pages)
+
+    mocker.patch.object(intake, "parse_webhook", side_effect=crash_once)
+    first, _ = _event(bridge)
+    status, _ = await bridge.deliver(first)
+    assert status == 200
+    await eventually(lambda: calls >= 1)
+    second, igsid = _event(bridge)
+    status, _ = await bridge.deliver(second)
+    assert status == 200
+    await eventually(lambda: bridge.texts(igsid) == ["hello"])
+    dropped = bridge.bot.metrics.registry.get_sample_value(
+        "rcig_events_dropped_total", {"direction": "inbound", "reason": "unparseable"}
+    )
+    assert dropped == 1
