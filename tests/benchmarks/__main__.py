@@ -66,6 +66,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
                "s", None, 1),
         Figure("ack_ingest_only_ratio", "durable ingest only / no-op (relay held back)", "",
                (">=", 0.5), 2),
+        Figure("ack_busy_relay_ratio", "storm meeting a busy relay / no-op", "", None, 2),
+        Figure("ack_busy_relay_p99_ms", "storm meeting a busy relay, ack p99", "ms"),
         Figure("relay_messages_per_s", "relay throughput, 1k conversations, 20 ms injected",
                "msg/s", (">=", 500), 0),
         Figure("latency_p50_ms", "webhook -> room latency p50 at 100 msg/s", "ms"),

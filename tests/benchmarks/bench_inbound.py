@@ -21,14 +21,13 @@ Run: ``python -m tests.benchmarks.bench_inbound [--quick]``. Prints its figures.
     2 s, relay calls trickle at 20/s until 1 s after the storm), so the run also reports
     how long after the last acknowledgement every message of the run was in its room.
     Note: the warm-up is itself a storm, and the measured bodies follow it within that
-    second, so the relay is already paced when they start; a storm that finds the relay
-    at full speed first waits for its calls in flight (about 0.1-0.2 s on this machine,
-    measured before the linger existed). The sandboxes run in
+    second, so the relay is already paced when they start; (a3) measures the other case.
+    The sandboxes run in
     this process; the load generator has its own so that, during the bot's run only,
     it does not share an interpreter (GIL) with the sandbox Rocket.Chat serving the
     relay. All processes share the machine's cores. The no-op anchor alone varies by
     ±30% from run to run on a shared VM, so the three servers take turns for
-    ``--rounds`` rounds (default 3) and the medians of the per-round figures are reported.
+    ``--rounds`` rounds (default 5) and the medians of the per-round figures are reported.
 (a2) Durable ingest only: the same load (same generator, warm-up, bodies, concurrency)
     against a fresh real bot whose relay cannot make progress: once the bot has logged
     in, the sandbox Rocket.Chat delays every REST response by 30 s (longer than the
@@ -39,6 +38,10 @@ Run: ``python -m tests.benchmarks.bench_inbound [--quick]``. Prints its figures.
     plus the intake and the relay's idle bookkeeping; (a) minus (a2) is what relaying
     concurrently costs. Reported as a ratio to the same no-op figure as (a),
     with its own p50/p99.
+(a3) A storm meeting a busy relay: a fresh bot gets 1,000 warm-up bodies from 1,000 new
+    visitors, then, past the warm-up storm's linger (1.3 s later, the relay working
+    through those first contacts at full speed, 64 conversations in flight), the same
+    measured bodies. The relay's calls in flight finish before pacing can take hold.
 (b) End-to-end webhook → room throughput across 1,000 conversations with 20 ms latency
     injected into every sandbox Rocket.Chat REST response (goal ≥ 500 messages/s).
 (c) p50/p99 webhook → room latency at a steady 100 messages/s (same 20 ms injected),
@@ -67,6 +70,7 @@ from typing import Any
 
 import aiohttp
 
+from bot.relay.pressure import LINGER
 from sandbox.meta import (
     DEFAULT_IG_ID,
     DEFAULT_PAGE_ID,
@@ -263,6 +267,7 @@ async def load_generator(path: str, url: str, concurrency: int) -> None:
 
 
 INGEST_ONLY = "ingest only"
+COLD = "busy relay"
 #: Seconds added to every Rocket.Chat REST response during (a2): longer than the run.
 HOLD_BACK_LATENCY = 30.0
 
@@ -281,10 +286,11 @@ async def ack_round(
     """One round of (a)/(a2): each server gets the warm-up and the measured bodies."""
     results = {}
     drained = float("nan")
-    for name in ("no-op aiohttp", "rc-instagram", INGEST_ONLY):
+    busy_at_start = float("nan")
+    for name in ("no-op aiohttp", "rc-instagram", INGEST_ONLY, COLD):
         # Built before the server starts: the sandboxes share this process, and a busy
         # benchmark process would freeze the relay's calls just as the load begins.
-        warm = build_bodies(env.meta, visitors, 200)
+        warm = build_bodies(env.meta, visitors, 1000 if name == COLD else 200)
         bodies = build_bodies(env.meta, visitors, requests)
         try:
             proc, url = await (env.start_noop() if name.startswith("no-op") else env.start_bot())
@@ -293,6 +299,11 @@ async def ack_round(
             try:
                 base = env.message_count()
                 await hammer_in_child(url, warm, concurrency)
+                if name == COLD:
+                    # Past the warm-up storm's linger, its 1,000 first contacts still
+                    # being relayed at full speed: the storm meets a busy relay.
+                    await asyncio.sleep(LINGER + 0.3)
+                    busy_at_start = env.message_count() - base
                 elapsed, latencies, failures = await hammer_in_child(url, bodies, concurrency)
                 if name == "rc-instagram":
                     # The price of acknowledging first: how long the relay needs afterwards.
@@ -304,6 +315,7 @@ async def ack_round(
             env.rc.rest_latency = 0.0
         results[name] = (requests / elapsed, latencies, failures)
     results["drained"] = (drained, [], 0)
+    results["cold relayed before"] = (busy_at_start, [], 0)
     return results
 
 
@@ -317,13 +329,15 @@ async def bench_ack(env: Env, requests: int, concurrency: int, rounds: int) -> d
         results = await ack_round(env, visitors, requests, concurrency)
         runs.append(results)
         noop = results["no-op aiohttp"][0]
-        for name in ("no-op aiohttp", "rc-instagram", INGEST_ONLY):
+        for name in ("no-op aiohttp", "rc-instagram", INGEST_ONLY, COLD):
             rate, lat, failures = results[name]
             ratio = "" if name.startswith("no-op") else f"  ratio {rate / noop:.2f}"
             print(f"    round {n + 1}  {name:14s} {rate:8.0f} req/s   "
                   f"p50 {percentile(lat, 50) * 1000:6.1f} ms   "
                   f"p99 {percentile(lat, 99) * 1000:6.1f} ms   max {max(lat) * 1000:6.1f} ms   "
                   f"non-200: {failures}{ratio}")
+        print(f"    round {n + 1}  ({COLD}: {results['cold relayed before'][0]:.0f} of its "
+              f"1,000 warm-up messages relayed when the measured storm began)")
         print(f"    round {n + 1}  every message of the round was in its room "
               f"{results['drained'][0]:.1f} s after the bot's last acknowledgement "
               f"({200 + requests} messages, up to 1,000 first contacts)")
@@ -358,6 +372,9 @@ async def bench_ack(env: Env, requests: int, concurrency: int, rounds: int) -> d
         "ack_ingest_only_p50_ms": median_of(INGEST_ONLY, p50),
         "ack_ingest_only_p99_ms": median_of(INGEST_ONLY, p99),
         "ack_ingest_only_non_200": sum(run[INGEST_ONLY][2] for run in runs),
+        "ack_busy_relay_ratio": median_of(COLD, ratio),
+        "ack_busy_relay_p99_ms": median_of(COLD, p99),
+        "ack_busy_relay_non_200": sum(run[COLD][2] for run in runs),
     }
     print(f"    (a)  median ratio rc-instagram / no-op = {figures['ack_ratio']:.2f} (goal >= 0.5);"
           f" median p99 = {figures['ack_bot_p99_ms']:.1f} ms (goal < 50 ms)"
@@ -366,6 +383,10 @@ async def bench_ack(env: Env, requests: int, concurrency: int, rounds: int) -> d
     print(f"    (a2) median ratio ingest only / no-op  = {figures['ack_ingest_only_ratio']:.2f} "
           f"(goal >= 0.5); median p99 = {figures['ack_ingest_only_p99_ms']:.1f} ms "
           f"(goal < 50 ms)  [relay held back: REST answers delayed {HOLD_BACK_LATENCY:.0f} s]")
+    print(f"    (a3) median ratio storm meeting a busy relay / no-op = "
+          f"{figures['ack_busy_relay_ratio']:.2f}; median p99 = "
+          f"{figures['ack_busy_relay_p99_ms']:.1f} ms  [1,000 first contacts in flight, "
+          f"past the warm-up's linger]")
     return figures
 
 
@@ -464,8 +485,8 @@ async def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller runs (smoke test)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--ack-only", action="store_true", help="run (a) and (a2) only")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds of (a)/(a2); the medians are reported (default 3)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds of (a)-(a3); the medians are reported (default 5)")
     parser.add_argument("--load-generator", nargs=3, metavar=("BODIES", "URL", "CONCURRENCY"),
                         help=argparse.SUPPRESS)  # internal: the child of hammer_in_child
     args = parser.parse_args()
