@@ -484,7 +484,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs (smoke test)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--ack-only", action="store_true", help="run (a) and (a2) only")
+    parser.add_argument("--ack-only", action="store_true", help="run (a), (a2) and (a3) only")
     parser.add_argument("--rounds", type=int, default=5,
                         help="rounds of (a)-(a3); the medians are reported (default 5)")
     parser.add_argument("--load-generator", nargs=3, metavar=("BODIES", "URL", "CONCURRENCY"),
