@@ -68,9 +68,6 @@ def _reject(bot: Bot, status: int, reason: str) -> web.Response:
 async def receive(request: web.Request) -> web.Response:
     """Verify, store the raw body durably, answer 200."""
     bot = _bot(request)
-    # Counted on arrival, not on answer: when the relay hogs the loop, answers stall,
-    # and a count of answers would never call the storm a storm.
-    bot.receiver_load.note()
     if request.content_length is not None and request.content_length > MAX_BODY:
         log.warning("Instagram webhook refused: body of %d bytes", request.content_length)
         return _reject(bot, 413, "too_large")
@@ -84,6 +81,10 @@ async def receive(request: web.Request) -> web.Response:
         log.warning("Instagram webhook refused: %s signature",
                     "wrong" if SIGNATURE_HEADER in request.headers else "missing")
         return _reject(bot, 403, "signature")
+    # Counted on arrival, not on answer (when the relay hogs the loop, answers stall, and
+    # a count of answers would never call the storm a storm), but only when signed: a
+    # flood of forgeries must not slow the relay down.
+    bot.receiver_load.note()
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):  # too deep: not JSON for us

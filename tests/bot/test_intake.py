@@ -105,3 +105,14 @@ async def test_a_body_the_parser_chokes_on_does_not_wedge_the_rest(
         "rcig_events_dropped_total", {"direction": "inbound", "reason": "unparseable"}
     )
     assert dropped == 1
+
+
+async def test_forged_flood_does_not_count_as_a_storm(bridge: Bridge):
+    """Hundreds of unsigned webhooks a second are refused and never slow the relay down."""
+    event, _ = _event(bridge)
+    statuses = await asyncio.gather(*(
+        bridge.deliver(event, headers={"X-Hub-Signature-256": "sha256=" + "0" * 64})
+        for _ in range(100)
+    ))
+    assert {status for status, _ in statuses} == {403}
+    assert not bridge.bot.receiver_load.busy()
