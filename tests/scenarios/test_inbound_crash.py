@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -90,12 +91,25 @@ def visitor_messages(rc: SandboxRocketChat) -> dict[str, list[dict]]:
     return out
 
 
-def test_kill_9_mid_relay_delivers_every_message_exactly_once_in_order(
-    rocketchat: SandboxRocketChat, meta: SandboxMeta, tmp_path: Path
-):
-    """500 acknowledged messages, SIGKILL mid-relay, restart: each exactly once, in order."""
+@dataclass(frozen=True)
+class Deployment:
+    """A bot's files and address, its page connected, before its first start."""
+
+    config_path: Path
+    store_path: str
+    log_path: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/webhooks/instagram"
+
+    def start(self) -> subprocess.Popen[bytes]:
+        return start_bot(self.config_path, self.log_path, self.port)
+
+
+def deploy(rocketchat: SandboxRocketChat, meta: SandboxMeta, tmp_path: Path) -> Deployment:
     department = setup_rocketchat(rocketchat)
-    rocketchat.rest_latency = 0.005  # slow enough that the kill lands mid-relay
     port = free_port()
     store_path = str(tmp_path / "data" / "store.json")
     config_path = write_config(
@@ -106,8 +120,35 @@ def test_kill_9_mid_relay_delivers_every_message_exactly_once_in_order(
         page_id=DEFAULT_PAGE_ID, name=DEFAULT_PAGE_NAME, instagram_id=DEFAULT_IG_ID,
         page_token=meta.issue_page_token(DEFAULT_PAGE_ID), department_id=department,
     ))
-    log_path = tmp_path / "bot.log"
-    url = f"http://127.0.0.1:{port}/webhooks/instagram"
+    return Deployment(config_path, store_path, tmp_path / "bot.log", port)
+
+
+def wait_until_delivered(rocketchat: SandboxRocketChat, total: int, log_path: Path) -> None:
+    """Every one of ``total`` messages in a room within 60 s; then a moment for late copies."""
+    deadline = time.monotonic() + 60
+    while (delivered := sum(len(m) for m in visitor_messages(rocketchat).values())) < total:
+        assert time.monotonic() < deadline, (
+            f"not every message was delivered after restart: {delivered} of {total}, "
+            f"{rocketchat.call_counts()}, log: {log_path.read_text()[-3000:]}"
+        )
+        time.sleep(0.1)
+    time.sleep(0.5)  # anything duplicated late would show up now
+
+
+def stop(bot: subprocess.Popen[bytes]) -> None:
+    bot.send_signal(signal.SIGTERM)
+    try:
+        bot.wait(10)
+    except subprocess.TimeoutExpired:
+        bot.kill()
+
+
+def test_kill_9_mid_relay_delivers_every_message_exactly_once_in_order(
+    rocketchat: SandboxRocketChat, meta: SandboxMeta, tmp_path: Path
+):
+    """500 acknowledged messages, SIGKILL mid-relay, restart: each exactly once, in order."""
+    deployment = deploy(rocketchat, meta, tmp_path)
+    rocketchat.rest_latency = 0.005  # slow enough that the kill lands mid-relay
 
     visitors = [meta.new_igsid() for _ in range(VISITORS)]
     for n, igsid in enumerate(visitors):
@@ -119,13 +160,13 @@ def test_kill_9_mid_relay_delivers_every_message_exactly_once_in_order(
         for k in range(PER_VISITOR) for v, igsid in enumerate(visitors)
     ]
 
-    bot = start_bot(config_path, log_path, port)
+    bot = deployment.start()
     try:
         for start in range(0, TOTAL, 10):
             body = {"object": "instagram",
                     "entry": [{"id": DEFAULT_IG_ID, "time": base, "messaging":
                                items[start:start + 10]}]}
-            status, _ = meta.deliver(url, body)
+            status, _ = meta.deliver(deployment.url, body)
             assert status == 200
         deadline = time.monotonic() + 30
         while rocketchat.call_counts().get("livechat/message", 0) < TOTAL // 5:
@@ -136,22 +177,10 @@ def test_kill_9_mid_relay_delivers_every_message_exactly_once_in_order(
         delivered_before = sum(len(m) for m in visitor_messages(rocketchat).values())
         assert delivered_before < TOTAL, "the kill came too late to test anything"
 
-        bot = start_bot(config_path, log_path, port)
-        deadline = time.monotonic() + 60
-        while sum(len(m) for m in visitor_messages(rocketchat).values()) < TOTAL:
-            assert time.monotonic() < deadline, (
-                f"not every message was delivered after restart: "
-                f"{sum(len(m) for m in visitor_messages(rocketchat).values())} of {TOTAL}, "
-                f"{rocketchat.call_counts()}, log: {log_path.read_text()[-3000:]}"
-            )
-            time.sleep(0.1)
-        time.sleep(0.5)  # anything duplicated late would show up now
+        bot = deployment.start()
+        wait_until_delivered(rocketchat, TOTAL, deployment.log_path)
     finally:
-        bot.send_signal(signal.SIGTERM)
-        try:
-            bot.wait(10)
-        except subprocess.TimeoutExpired:
-            bot.kill()
+        stop(bot)
 
     by_visitor = visitor_messages(rocketchat)
     assert len(by_visitor) == VISITORS
@@ -182,20 +211,8 @@ def test_kill_9_during_a_storm_loses_no_acknowledged_webhook(
     """A storm of webhooks is acknowledged from the inbox alone (the intake waits while
     the receiver is busy); SIGKILL right after the last 200: after a restart every
     message is delivered exactly once, in order."""
-    department = setup_rocketchat(rocketchat)
+    deployment = deploy(rocketchat, meta, tmp_path)
     rocketchat.set_setting("API_Enable_Rate_Limiter", False)
-    port = free_port()
-    store_path = str(tmp_path / "data" / "store.json")
-    config_path = write_config(
-        tmp_path / "config.yaml",
-        config_dict(rocketchat.url, meta, store_path, f"127.0.0.1:{port}"),
-    )
-    connect_page(store_path, Page(
-        page_id=DEFAULT_PAGE_ID, name=DEFAULT_PAGE_NAME, instagram_id=DEFAULT_IG_ID,
-        page_token=meta.issue_page_token(DEFAULT_PAGE_ID), department_id=department,
-    ))
-    log_path = tmp_path / "bot.log"
-    url = f"http://127.0.0.1:{port}/webhooks/instagram"
     visitors = [meta.new_igsid() for _ in range(20)]
     base = int(time.time() * 1000) - 600_000
     per_visitor = 20
@@ -206,31 +223,21 @@ def test_kill_9_during_a_storm_loses_no_acknowledged_webhook(
         for k in range(per_visitor) for v, igsid in enumerate(visitors)
     ]
 
-    bot = start_bot(config_path, log_path, port)
+    bot = deployment.start()
     try:
         with ThreadPoolExecutor(16) as pool:  # a storm: far above ReceiverLoad's busy rate
-            statuses = list(pool.map(lambda body: meta.deliver(url, body)[0], bodies))
+            statuses = list(pool.map(lambda body: meta.deliver(deployment.url, body)[0],
+                                     bodies))
         bot.send_signal(signal.SIGKILL)
         bot.wait(10)
         assert statuses == [200] * len(bodies)
-        assert unreleased_inbox_events(store_path) > 0, "the kill came too late to test anything"
+        assert unreleased_inbox_events(deployment.store_path) > 0, (
+            "the kill came too late to test anything")
 
-        bot = start_bot(config_path, log_path, port)
-        total = len(bodies)
-        deadline = time.monotonic() + 60
-        while sum(len(m) for m in visitor_messages(rocketchat).values()) < total:
-            assert time.monotonic() < deadline, (
-                f"{sum(len(m) for m in visitor_messages(rocketchat).values())} of {total} "
-                f"delivered after restart; log: {log_path.read_text()[-3000:]}"
-            )
-            time.sleep(0.1)
-        time.sleep(0.5)  # anything duplicated late would show up now
+        bot = deployment.start()
+        wait_until_delivered(rocketchat, len(bodies), deployment.log_path)
     finally:
-        bot.send_signal(signal.SIGTERM)
-        try:
-            bot.wait(10)
-        except subprocess.TimeoutExpired:
-            bot.kill()
+        stop(bot)
 
     by_visitor = visitor_messages(rocketchat)
     all_ids = [m["_id"] for msgs in by_visitor.values() for m in msgs]
