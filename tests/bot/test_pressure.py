@@ -250,6 +250,41 @@ async def _finish(tasks: list[asyncio.Task[None]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+class InFlight:
+    """``async with InFlight(pacer) as flight``: one call inside the pacer until released."""
+
+    def __init__(self, pacer: Pacer) -> None:
+        self.pacer = pacer
+        self._inside = asyncio.Event()
+        self._release = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _hold(self) -> None:
+        async with self.pacer.call():
+            self._inside.set()
+            await self._release.wait()
+
+    async def __aenter__(self) -> InFlight:
+        self._task = asyncio.create_task(self._hold())
+        await asyncio.wait_for(self._inside.wait(), 1.0)
+        return self
+
+    @property
+    def done(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    async def release(self) -> None:
+        """Let the call finish, and wait until it has."""
+        self._release.set()
+        assert self._task is not None
+        await asyncio.wait_for(self._task, 1.0)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release.set()
+        if self._task is not None:
+            await _finish([self._task])
+
+
 async def test_calm_load_lets_concurrent_calls_all_run_at_once() -> None:
     """While the receiver is calm twenty concurrent calls are all inside the pacer together."""
     load, _ = _controlled_load(busy=False)
@@ -383,28 +418,15 @@ async def test_call_that_waited_patience_passes_at_once_while_busy() -> None:
     _notes(load, 5)
     assert load.busy()
     pacer = Pacer(load, busy_rate=0.1, patience=0.5)
-    release_first = asyncio.Event()
-    first_in = asyncio.Event()
-    first_done = asyncio.Event()
-
-    async def first() -> None:
-        async with pacer.call():
-            first_in.set()
-            await release_first.wait()
-        first_done.set()
-
-    task = asyncio.create_task(first())
     try:
-        await asyncio.wait_for(first_in.wait(), 1.0)
-        for waited in (0.5, 3.0):
-            started = time.monotonic()
-            await _pass(pacer, waited=waited)
-            assert time.monotonic() - started < 0.5  # not held for a single polling step
-            assert load.busy() and not first_done.is_set()
+        async with InFlight(pacer) as first:
+            for waited in (0.5, 3.0):
+                started = time.monotonic()
+                await _pass(pacer, waited=waited)
+                assert time.monotonic() - started < 0.5  # not held for a single polling step
+                assert load.busy() and not first.done
     finally:
-        release_first.set()
         _calm(clock)
-        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 1.0)
 
 
 async def test_zero_patience_never_holds() -> None:
@@ -434,31 +456,23 @@ async def test_held_call_gives_up_waiting_once_its_patience_runs_out() -> None:
     """A call held behind a long one is let through after about patience, though still busy."""
     load, clock = _controlled_load(busy=True)
     pacer = Pacer(load, busy_rate=RATE, patience=0.5)
-    release_first = asyncio.Event()
-    first_in = asyncio.Event()
     second_in = asyncio.Event()
-
-    async def first() -> None:
-        async with pacer.call():
-            first_in.set()
-            await release_first.wait()
 
     async def second() -> None:
         async with pacer.call(waited=0.3):  # 0.2 s of patience left
             second_in.set()
 
-    tasks = [asyncio.create_task(first())]
+    tasks: list[asyncio.Task[None]] = []
     try:
-        await asyncio.wait_for(first_in.wait(), 1.0)
-        started = time.monotonic()
-        tasks.append(asyncio.create_task(second()))
-        await asyncio.sleep(0.05)
-        assert not second_in.is_set()  # still within its patience: held
-        await asyncio.wait_for(second_in.wait(), 2.0)
-        assert time.monotonic() - started >= 0.15
-        assert load.busy() and not release_first.is_set()
+        async with InFlight(pacer) as first:
+            started = time.monotonic()
+            tasks.append(asyncio.create_task(second()))
+            await asyncio.sleep(0.05)
+            assert not second_in.is_set()  # still within its patience: held
+            await asyncio.wait_for(second_in.wait(), 2.0)
+            assert time.monotonic() - started >= 0.15
+            assert load.busy() and not first.done
     finally:
-        release_first.set()
         _calm(clock)
         await _finish(tasks)
 
@@ -467,15 +481,8 @@ async def test_patience_is_real_time_even_when_the_event_loop_lags() -> None:
     """A lagging loop (a storm) stretches every sleep; patience still counts real seconds."""
     load, clock = _controlled_load(busy=True)
     pacer = Pacer(load, busy_rate=RATE, patience=0.2)
-    release_first = asyncio.Event()
-    first_in = asyncio.Event()
     second_in = asyncio.Event()
     lagging = True
-
-    async def first() -> None:
-        async with pacer.call():
-            first_in.set()
-            await release_first.wait()
 
     async def second() -> None:
         async with pacer.call():
@@ -486,16 +493,16 @@ async def test_patience_is_real_time_even_when_the_event_loop_lags() -> None:
             time.sleep(0.03)  # blocks the loop: every 0.01 s sleep of the pacer lasts ~0.03 s
             await asyncio.sleep(0)
 
-    tasks = [asyncio.create_task(first()), asyncio.create_task(lag())]
+    tasks: list[asyncio.Task[None]] = []
     try:
-        await asyncio.wait_for(first_in.wait(), 1.0)
-        started = time.monotonic()
-        tasks.append(asyncio.create_task(second()))
-        await asyncio.wait_for(second_in.wait(), 3.0)
-        assert time.monotonic() - started < 0.6  # summing the sleeps made it ~9× patience
+        async with InFlight(pacer):
+            tasks.append(asyncio.create_task(lag()))
+            started = time.monotonic()
+            tasks.append(asyncio.create_task(second()))
+            await asyncio.wait_for(second_in.wait(), 3.0)
+            assert time.monotonic() - started < 0.6  # summing the sleeps made it ~9× patience
     finally:
         lagging = False
-        release_first.set()
         _calm(clock)
         await _finish(tasks)
 
@@ -554,31 +561,20 @@ async def test_cancelled_held_call_does_not_block_later_ones() -> None:
     """Cancelling a call while it is held leaves no phantom call in flight behind it."""
     load, clock = _controlled_load(busy=True)
     pacer = Pacer(load, busy_rate=RATE, patience=60.0)
-    release_first = asyncio.Event()
-    first_in = asyncio.Event()
-
-    async def first() -> None:
-        async with pacer.call():
-            first_in.set()
-            await release_first.wait()
 
     async def held() -> None:
         async with pacer.call():
             raise AssertionError("a held call ran although it was cancelled")
 
-    tasks = [asyncio.create_task(first())]
     try:
-        await asyncio.wait_for(first_in.wait(), 1.0)
-        victim = asyncio.create_task(held())
-        await asyncio.sleep(0.03)
-        victim.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await victim
-        release_first.set()
-        await asyncio.wait_for(tasks[0], 1.0)
+        async with InFlight(pacer) as first:
+            victim = asyncio.create_task(held())
+            await asyncio.sleep(0.03)
+            victim.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await victim
+            await first.release()
 
-        await _pass(pacer)
+            await _pass(pacer)
     finally:
-        release_first.set()
         _calm(clock)
-        await _finish(tasks)
