@@ -21,16 +21,16 @@ from aiohttp import web
 
 from bot.backoff import BackoffFactory, exponential_backoff
 from bot.config import Config
-from bot.graph import GraphClient, GraphThrottled
+from bot.instagram.graph import GraphClient, GraphThrottled
+from bot.instagram.reauth import mark_needs_reauth
 from bot.metrics import Metrics
-from bot.realtime import IncomingMessage, RealtimeClient
-from bot.reauth import mark_needs_reauth
 from bot.relay.inbound import InboundRelay
 from bot.relay.intake import Intake
 from bot.relay.outbound import OutboundRelay
 from bot.relay.pressure import ReceiverLoad
 from bot.relay.worker import QueueWorker
-from bot.rest import RocketChatREST, Unavailable, random_id
+from bot.rocketchat.realtime import IncomingMessage, RealtimeClient
+from bot.rocketchat.rest import RocketChatREST, Unavailable, random_id
 from bot.web import create_app
 from commands.base import Issuer
 from commands.registry import Registry, default_registry

@@ -64,7 +64,7 @@ async def serve(config: config_module.Config, config_path: str) -> int:
 
     from bot import __version__
     from bot.app import Bot
-    from bot.rest import AuthenticationFailed, RocketChatError
+    from bot.rocketchat.rest import AuthenticationFailed, RocketChatError
     from storage.base import StorageError
 
     log = logging.getLogger("bot")

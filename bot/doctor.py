@@ -31,8 +31,8 @@ import requests
 
 from bot import config as config_module
 from bot.config import Config
-from bot.graph import GraphAuthError, GraphClient, GraphError, GraphRetryable
-from bot.rest import (
+from bot.instagram.graph import GraphAuthError, GraphClient, GraphError, GraphRetryable
+from bot.rocketchat.rest import (
     AuthenticationFailed,
     NotAllowed,
     RocketChatError,

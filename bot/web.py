@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from bot import oauth_routes
 from bot.appkeys import BOT, MAX_BODY
-from bot.webhooks import instagram as instagram_webhook
-from bot.webhooks import rocketchat as rocketchat_webhook
+from bot.instagram import oauth_routes
+from bot.instagram import webhook as instagram_webhook
+from bot.rocketchat import webhook as rocketchat_webhook
 
 if TYPE_CHECKING:
     from bot.app import Bot

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bot import messages
-from bot.oauth import STATE_TTL, start_login
+from bot.instagram.oauth import STATE_TTL, start_login
 from commands.base import Command, CommandContext, UsageError
 
 

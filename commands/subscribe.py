@@ -6,8 +6,8 @@ import logging
 from collections.abc import Sequence
 
 from bot import messages
-from bot.graph import GraphAuthError, GraphError
-from bot.reauth import mark_needs_reauth
+from bot.instagram.graph import GraphAuthError, GraphError
+from bot.instagram.reauth import mark_needs_reauth
 from commands.base import Command, CommandContext, CommandError
 from commands.pageref import one_page_id, require_page
 

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from bot import messages
-from bot.graph import GraphAuthError, GraphError
+from bot.instagram.graph import GraphAuthError, GraphError
 from commands.base import Command, CommandContext, UsageError
 
 log = logging.getLogger("commands")

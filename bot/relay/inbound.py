@@ -19,8 +19,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from bot.graph import GraphClient, GraphError, GraphRetryable
-from bot.instagram_events import (
+from bot.instagram.events import (
     ECHO,
     VISITOR_KINDS,
     agent_text,
@@ -31,10 +30,11 @@ from bot.instagram_events import (
     visitor_name,
     visitor_token,
 )
+from bot.instagram.graph import GraphClient, GraphError, GraphRetryable
 from bot.metrics import Metrics
 from bot.relay.pressure import Pacer, ReceiverLoad
 from bot.relay.worker import Done, Outcome, QueueWorker, Retry, retry_delay
-from bot.rest import (
+from bot.rocketchat.rest import (
     InvalidVisitor,
     NoAgentOnline,
     NotAllowed,

@@ -1,9 +1,9 @@
 """From the inbox to the inbound queue: route, parse, enqueue, release.
 
-The receiver (:mod:`bot.webhooks.instagram`) acknowledges a webhook as soon as its raw
+The receiver (:mod:`bot.instagram.webhook`) acknowledges a webhook as soon as its raw
 body is in the inbox (:mod:`storage.inbox`). Here those bodies become work items, oldest
 first: every entry's Instagram account is routed to its connected, subscribed page,
-every ``messaging``/``standby`` item is parsed (:mod:`bot.instagram_events`, no I/O),
+every ``messaging``/``standby`` item is parsed (:mod:`bot.instagram.events`, no I/O),
 the items of a batch of bodies are stored with one durable ``store.enqueue``, and only
 then does the inbox forget the bodies. A crash in between makes the next start take them
 again; item ids are deterministic, so the store keeps each item once.
@@ -21,7 +21,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from bot.instagram_events import account_ids, parse_webhook
+from bot.instagram.events import account_ids, parse_webhook
 from bot.relay.pressure import ReceiverLoad
 from bot.relay.worker import retry_delay
 from storage.base import Store, WorkItem

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot import messages
-from bot.ddp import parse_date
-from bot.graph import GraphAuthError, GraphError, GraphRetryable, GraphThrottled
+from bot.instagram.graph import GraphAuthError, GraphError, GraphRetryable, GraphThrottled
 from bot.relay.worker import Done, Outcome, Retry, retry_delay
-from bot.rest import NotAllowed, RateLimited, RocketChatError, RoomClosed, Unavailable
+from bot.rocketchat.ddp import parse_date
+from bot.rocketchat.rest import NotAllowed, RateLimited, RocketChatError, RoomClosed, Unavailable
 from storage.base import Conversation, Page, Store, WorkItem
 
 log = logging.getLogger("bot.relay")
@@ -203,7 +203,7 @@ class OutboundRelay:
         self.graph = graph
         self.rest = rest
         self.human_agent_tag = human_agent_tag
-        #: ``bot.reauth.mark_needs_reauth`` bound to the bot: flags the page, DMs admins once.
+        #: ``bot.instagram.reauth.mark_needs_reauth`` bound to the bot: flags the page, DMs admins.
         self.mark_needs_reauth = mark_needs_reauth
         self.metrics = metrics
         self.clock = clock

@@ -33,8 +33,8 @@ from typing import Any
 import aiohttp
 import yaml
 
-from bot.realtime import IncomingMessage, RealtimeClient
-from bot.rest import RocketChatREST
+from bot.rocketchat.realtime import IncomingMessage, RealtimeClient
+from bot.rocketchat.rest import RocketChatREST
 from sandbox.meta import SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
 from tests.scenarios.harness import (

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from bot.app import Bot
 from bot.config import from_dict
-from bot.realtime import IncomingMessage, RealtimeClient
-from bot.rest import RocketChatREST
+from bot.rocketchat.realtime import IncomingMessage, RealtimeClient
+from bot.rocketchat.rest import RocketChatREST
 from sandbox.meta import SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
 from tests.scenarios.harness import BOT_USER, config_dict, in_process, setup_rocketchat

@@ -459,7 +459,7 @@ async def bench_latency(
         await wait_for_messages(env, base + count, timeout=120)
     finally:
         stop(proc)
-    from bot.instagram_events import rc_message_id
+    from bot.instagram.events import rc_message_id
 
     latencies = []
     for mid, sent in sent_at.items():

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from bot.backoff import exponential_backoff
-from bot.realtime import IncomingMessage, RealtimeClient
-from bot.rest import RocketChatREST
+from bot.rocketchat.realtime import IncomingMessage, RealtimeClient
+from bot.rocketchat.rest import RocketChatREST
 from sandbox.rocketchat import SandboxRocketChat
 
 BOT_PASSWORD = "bot-Pa55word+&="

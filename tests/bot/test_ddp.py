@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from bot import ddp
+from bot.rocketchat import ddp
 
 
 def test_connect_frame_offers_version_1():

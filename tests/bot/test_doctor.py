@@ -20,8 +20,8 @@ from cryptography.fernet import Fernet
 
 from bot import config as config_module
 from bot.doctor import FAIL, PASS, WARN, CheckResult, diagnose, run_checks
-from bot.graph import GraphClient
-from bot.oauth import login_url
+from bot.instagram.graph import GraphClient
+from bot.instagram.oauth import login_url
 from sandbox.meta import DEFAULT_IG_ID, DEFAULT_PAGE_ID, DEFAULT_PAGE_NAME, SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
 from storage import Page, open_store

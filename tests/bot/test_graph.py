@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
-from bot.graph import (
+from bot.instagram.graph import (
     GraphAuthError,
     GraphClient,
     GraphPermanent,

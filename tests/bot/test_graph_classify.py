@@ -7,7 +7,7 @@ import hmac
 
 import pytest
 
-from bot.graph import (
+from bot.instagram.graph import (
     GraphAuthError,
     GraphPermanent,
     GraphRetryable,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot import instagram_events as ev
 from bot import messages
+from bot.instagram import events as ev
 
 IGID = "17841400000000001"
 PAGE = "100000000000001"

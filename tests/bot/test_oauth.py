@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
-from bot.reauth import mark_needs_reauth
+from bot.instagram.reauth import mark_needs_reauth
 from sandbox.meta import DEFAULT_IG_USERNAME, DEFAULT_PAGE_ID, DEFAULT_PAGE_NAME
 from tests.scenarios.oauth_harness import (
     SANDBOX_TOKEN,

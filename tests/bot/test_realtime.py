@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bot.realtime import IncomingMessage, RealtimeClient, SeenIds, is_fatal, skip_reason
-from bot.rest import AuthenticationFailed, RocketChatREST
+from bot.rocketchat.realtime import IncomingMessage, RealtimeClient, SeenIds, is_fatal, skip_reason
+from bot.rocketchat.rest import AuthenticationFailed, RocketChatREST
 
 from .conftest import BOT_PASSWORD
 

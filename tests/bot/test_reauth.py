@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.reauth import mark_needs_reauth
+from bot.instagram.reauth import mark_needs_reauth
 from storage import Page, Store, open_store
 
 PAGE_ID = "100000000000001"

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot.rest import (
+from bot.rocketchat.rest import (
     AuthenticationFailed,
     InvalidVisitor,
     NoAgentOnline,

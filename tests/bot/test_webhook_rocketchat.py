@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bot.webhooks.rocketchat import parse_visitor_token, parse_webhook, secret_valid
+from bot.rocketchat.webhook import parse_visitor_token, parse_webhook, secret_valid
 
 BOT_ID = "BotUser000000001"
 TOKEN = "instagram-100000000000001-6543210987654321"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bot.config import from_dict
-from bot.rest import RocketChatREST
+from bot.rocketchat.rest import RocketChatREST
 from commands.base import Issuer
 from commands.registry import default_registry
 from commands.router import dispatch, parse

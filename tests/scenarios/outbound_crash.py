@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 
 from bot.relay.outbound import split_text
-from bot.rest import RocketChatREST
+from bot.rocketchat.rest import RocketChatREST
 from sandbox.meta import DEFAULT_IG_ID, DEFAULT_PAGE_ID, DEFAULT_PAGE_NAME, SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
 from storage import Conversation, Page, open_store

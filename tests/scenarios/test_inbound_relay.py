@@ -9,7 +9,7 @@ import time
 import pytest
 
 from bot import messages
-from bot.instagram_events import rc_message_id
+from bot.instagram.events import rc_message_id
 from sandbox.rocketchat import defaults as rc_defaults
 from tests.scenarios.harness import AGENT, BOT_USER, Bridge, start_bot, stop_bot
 

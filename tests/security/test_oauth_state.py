@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qs, urlsplit
 
-from bot.oauth import STATE_TTL
+from bot.instagram.oauth import STATE_TTL
 from tests.scenarios.oauth_harness import SANDBOX_TOKEN, OAuthBridge, parse_form, two_pages
 
 

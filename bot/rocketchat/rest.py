@@ -30,8 +30,8 @@ from rocketchat_API.APIExceptions.RocketExceptions import (
 )
 from rocketchat_API.rocketchat import RocketChat
 
-from bot.ddp import iso_date
 from bot.http_session import pooled_session
+from bot.rocketchat.ddp import iso_date
 
 log = logging.getLogger("bot.rest")
 

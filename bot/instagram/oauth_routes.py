@@ -1,6 +1,6 @@
 """HTTP side of the OAuth flow: ``GET /oauth/callback`` and ``POST /oauth/select``.
 
-Thin adapters over :class:`bot.oauth.OAuthFlow`; :func:`routes` is included in
+Thin adapters over :class:`bot.instagram.oauth.OAuthFlow`; :func:`routes` is included in
 :func:`bot.web.routes`. Every page is sent with headers that keep the ``code`` and
 ``state`` in the URL out of referrers and caches and forbid framing and any external
 resource.
@@ -16,7 +16,7 @@ from aiohttp import web
 
 from bot import messages
 from bot.appkeys import BOT
-from bot.oauth import SELECT_PATH, OAuthFlow
+from bot.instagram.oauth import SELECT_PATH, OAuthFlow
 
 if TYPE_CHECKING:
     from bot.app import Bot

@@ -1,7 +1,7 @@
 """What to do when Meta answers 190 (token invalid, expired or revoked) for a page.
 
 Meta never announces a dead token; we learn it from a 190 on whatever call comes next
-(protocols §5.6). Any caller that catches :class:`bot.graph.GraphAuthError` for a page
+(protocols §5.6). Any caller that catches :class:`bot.instagram.graph.GraphAuthError` for a page
 awaits :func:`mark_needs_reauth`: the page is flagged and the admins are told once, with
 the ``/instagram authorize`` hint, until a new login clears the flag.
 """

@@ -7,7 +7,7 @@ a subscription can never be stacked on an old one (the classic "every message tw
 after a reconnect" bug). Messages posted while the socket was down are fetched over
 REST once the new subscription is ready, deduplicated with the live stream by ``_id``.
 
-Only bad credentials are fatal (:class:`bot.rest.AuthenticationFailed` out of ``run``);
+Only bad credentials are fatal (:class:`bot.rocketchat.rest.AuthenticationFailed` out of ``run``);
 every network failure is retried forever.
 """
 
@@ -27,9 +27,9 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 
-from bot import ddp
 from bot.backoff import BackoffFactory, default_backoff
-from bot.rest import AuthenticationFailed, RocketChatError, RocketChatREST
+from bot.rocketchat import ddp
+from bot.rocketchat.rest import AuthenticationFailed, RocketChatError, RocketChatREST
 
 log = logging.getLogger("bot.realtime")
 

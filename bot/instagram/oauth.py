@@ -11,7 +11,7 @@ single-use state holding the candidates, so the form itself never carries a toke
 cannot be replayed or forged cross-site.
 
 Everything here is plain async code over a store, a Graph client, the config and a
-``notify(username, text)`` callback; the HTTP layer is :mod:`bot.oauth_routes`.
+``notify(username, text)`` callback; the HTTP layer is :mod:`bot.instagram.oauth_routes`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from urllib.parse import urlencode
 
 from bot import messages
 from bot.config import Config
-from bot.graph import GraphClient, GraphError
+from bot.instagram.graph import GraphClient, GraphError
 from storage.base import LoginState, Page, Store
 
 log = logging.getLogger("bot.oauth")

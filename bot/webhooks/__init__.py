@@ -1,1 +1,0 @@
-"""Webhook receivers: verify, store durably, answer; the relay works in the background."""
