@@ -472,6 +472,25 @@ class State:
                 )
         return out
 
+    def _prevent_mention_all(
+        self, mentions: list[Doc], *, uid: str | None = None, visitor_id: str | None = None
+    ) -> None:
+        """BeforeSavePreventMention (6.5+): ``@all``/``@here`` need mention-all/-here.
+
+        The check is made for the message's author; a visitor holds no roles, so a
+        visitor's ``@all`` is always refused [PM].
+        """
+        for mention, permission in (("all", "mention-all"), ("here", "mention-here")):
+            if not any(m.get("_id") == mention for m in mentions):
+                continue
+            if visitor_id is None and self.has_permission(uid, permission):
+                continue
+            raise RCError(
+                "error-action-not-allowed",
+                f"Notify {mention} in this room not allowed",
+                {"action": f"Notify_{mention}_in_this_room"},
+            )
+
     def execute_send_message(
         self, uid: str, message: Any, *, method: str = "sendMessage", extra: Doc | None = None
     ) -> Doc | None:
@@ -541,6 +560,7 @@ class State:
         if msg_id and msg_id in self.messages:
             log.debug("duplicate message _id=%s ignored", msg_id)
             return None
+        self._prevent_mention_all(self._mentions(text), uid=uid)
         msg: Doc = {
             "_id": msg_id or random_id(),
             "rid": rid,
@@ -871,6 +891,12 @@ class State:
         for room in self.rooms.values():
             if room["t"] == "l" and room.get("open") and room["v"]["token"] == token:
                 return room, False
+        # Livechat.getRoom: a department deleted since registration is dropped from the
+        # visitor, then the room is routed by what the visitor record says [LVR].
+        if visitor.get("department") and visitor["department"] not in self.departments:
+            log.info("visitor %s: department %s is gone; unset", visitor["_id"],
+                     visitor["department"])
+            del visitor["department"]
         department_id = visitor.get("department")
         if not self.online(department_id):
             raise RCError("no-agent-online", "Sorry, no online agents")
@@ -941,6 +967,8 @@ class State:
                 raise PlainError("message-length-exceeds-character-limit")
         if msg_id and msg_id in self.messages:
             return None
+        mentions = self._mentions(text)
+        self._prevent_mention_all(mentions, visitor_id=visitor["_id"])
         now = self.now()
         name = visitor.get("name") or visitor["username"]
         msg: Doc = {
@@ -952,7 +980,7 @@ class State:
             "ts": now,
             "_updatedAt": now,
             "u": {"_id": visitor["_id"], "username": visitor["username"], "name": name},
-            "mentions": [],
+            "mentions": mentions,
             "channels": [],
             "md": [{"type": "PARAGRAPH", "value": [{"type": "PLAIN_TEXT", "value": text}]}],
             "urls": [],
