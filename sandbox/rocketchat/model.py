@@ -80,6 +80,9 @@ class State:
         self.call_counts: dict[str, int] = {}
         self.removed_subscriptions: list[Doc] = []
         self.offline_messages: list[Doc] = []
+        #: An Apps-Engine ``IPreMessageSentPrevent`` app: visitor texts it returns True
+        #: for are not stored (sendMessage returns undefined, as for a duplicate _id).
+        self.prevent_message: Callable[[str], bool] | None = None
         now = self.now()
         self.started_at = now
         for sid, (value, public) in defaults.SETTINGS.items():
@@ -969,6 +972,9 @@ class State:
             return None
         mentions = self._mentions(text)
         self._prevent_mention_all(mentions, visitor_id=visitor["_id"])
+        if self.prevent_message is not None and self.prevent_message(text):
+            log.info("visitor message %s prevented by an app", msg_id)
+            return None
         now = self.now()
         name = visitor.get("name") or visitor["username"]
         msg: Doc = {
