@@ -99,7 +99,10 @@ async def test_every_event_kind_reads_as_agent_text(bridge: Bridge, eventually):
         assert (await bridge.deliver(event))[0] == 200
     await eventually(lambda: len(bridge.texts(igsid)) == 18, timeout=10)
     rid = bridge.rooms(igsid)[0]["_id"]
-    link = f"{bridge.config.rocketchat.url}/live/{rid}?msg={rc_message_id('ig:' + first)}"
+    # Built from Site_Url (quotes need it), not from the address the bot reaches.
+    site_url = bridge.rc.get_setting("Site_Url")
+    assert site_url != bridge.config.rocketchat.url
+    link = f"{site_url}/live/{rid}?msg={rc_message_id('ig:' + first)}"
     earlier = f"[an earlier message]({link})"
     assert bridge.texts(igsid) == [
         "Hello",
