@@ -1076,9 +1076,10 @@ class State:
 
     # ---------------------------------------------------------------- CRM webhooks
     def _after_omnichannel_message(self, room: Doc, msg: Doc, *, from_visitor: bool) -> None:
-        """afterOmnichannelSaveMessage → sendToCRM('Message') [CRM]."""
+        """afterOmnichannelSaveMessage → markRoomResponded, sendToCRM('Message') [CRM]."""
         if room.get("v", {}).get("token") is None:
             return
+        self._mark_room_responded(room, msg)
         if msg.get("token") and not self.setting("Livechat_webhook_on_visitor_message"):
             return
         if not msg.get("token") and not self.setting("Livechat_webhook_on_agent_message"):
@@ -1086,6 +1087,23 @@ class State:
         if msg.get("t"):
             return
         self._send_livechat_webhook("Message", room, None, messages=[msg])
+
+    def _mark_room_responded(self, room: Doc, msg: Doc) -> None:
+        """markRoomResponded: any non-system message not from the visitor is a response.
+
+        The author is not checked against ``servedBy``: a bot's note or echo counts, and
+        the first one becomes ``responseBy`` (first-response time) [MRR].
+        """
+        if msg.get("t") or msg.get("token"):
+            return
+        if room.get("responseBy"):
+            room["responseBy"]["lastMessageTs"] = self.now()
+        if room.get("waitingResponse"):
+            room.setdefault("responseBy", {
+                "_id": msg["u"]["_id"], "username": msg["u"]["username"],
+                "firstResponseTs": msg["ts"], "lastMessageTs": msg["ts"],
+            })
+            room.pop("waitingResponse", None)
 
     def _crm_message(self, room: Doc, msg: Doc) -> Doc:
         out: Doc = {

@@ -292,6 +292,10 @@ def test_manager_note_is_allowed_in_livechat_room(
         headers={"X-User-Id": plain["userId"], "X-Auth-Token": plain["authToken"]},
     )
     assert r.status_code == 400 and r.json()["error"] == "error-not-allowed"
+    # markRoomResponded does not ask who wrote: the bot's note made it the first responder.
+    stored = rc.room(room["_id"])
+    assert stored is not None and "waitingResponse" not in stored
+    assert stored["responseBy"]["_id"] == login["userId"]
     body = {"message": {"_id": "note-2", "rid": room["_id"], "msg": "Echo: hi @all"}}
     r = requests.post(f"{rc.url}/api/v1/chat.sendMessage", json=body, headers=headers)
     assert r.status_code == 400 and r.json()["errorType"] == "error-action-not-allowed"
