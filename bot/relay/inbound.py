@@ -349,8 +349,9 @@ class InboundRelay:
             conv.visitor_registered = False
             conv.room_id = None
             outcome, registered = Retry(self.clock() + 1.0, "invalid visitor"), True
-        except (Unavailable, AuthenticationFailed) as exc:
-            # Rocket.Chat is down or the bot's login is broken: nothing about this item.
+        except (Unavailable, AuthenticationFailed, RoomClosed) as exc:
+            # Rocket.Chat is down, the bot's login is broken, or a new room closed at once
+            # (the next try opens another): nothing about this item, so never set aside.
             delay = retry_delay(item.attempts + 1, base=2.0, cap=300.0)
             log.warning("inbound %s %s: Rocket.Chat %s; retry in %.1f s",
                         item.kind, item.item_id, exc, delay)
