@@ -194,6 +194,7 @@ class Bot:
             self.store, self.rest, self.graph, self.metrics,
             rc_url=rc.url, app_id=ig.app_id, clock=clock,
             notify_outbound=lambda: self.outbound.notify(), load=self.receiver_load,
+            notify_admins=self.notify_admins,
         )
         self.intake = Intake(self.store, self.inbound, self.metrics, self.receiver_load)
         self.web_app = create_app(self)
@@ -276,6 +277,7 @@ class Bot:
             self.metrics.queue_depth.labels(queue).set(await self.store.queue_depth(queue))
         self.metrics.inbox_backlog.set(self.store.inbox.backlog)
         self.metrics.waiting_for_agent.set(len(await self.store.conversations_waiting()))
+        self.metrics.set_aside_items.set(len(await self.store.set_aside_items()))
 
     def _observe_rocketchat(self, route: str, seconds: float) -> None:
         self.metrics.rocketchat_latency.labels(route).observe(seconds)

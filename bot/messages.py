@@ -98,6 +98,8 @@ PAGES_LINE = (
     "• `{page_id}` — {name} — @{username} — department: {department} — subscribed: {subscribed}"
 )
 PAGES_NEEDS_REAUTH = " — *needs re-authorization* (`/instagram authorize`)"
+# Appended to a page's line when Rocket.Chat refused some of its messages for good.
+PAGES_SET_ASIDE = " — *{count} message(s) set aside*, last: {reason}"
 UNKNOWN_PAGE = "I know no connected page with id `{page_id}`. Known page ids: {known}."
 UNKNOWN_PAGE_NONE = (
     "I know no connected page with id `{page_id}`: no page is connected yet "
@@ -286,6 +288,23 @@ IN_STORY_LABEL = "story"
 IN_STORY_MENTION = "📣 Mentioned you in their {link}"
 IN_STORY_REPLY = "↩️ Replied to your {link}:"
 IN_REPLY_TO = "↩️ In reply to {target}:"
+# Inbound refusals. {excerpt} is the visitor's text (clipped, mentions neutralised);
+# {reason} the route and error code (never a token).
+IN_SET_ASIDE_NOTE = (
+    "⚠️ Rocket.Chat refused a message from {visitor} ({reason}), so it is not shown above. "
+    "It is kept by the Instagram bridge (`/instagram pages`). What they wrote: {excerpt}"
+)
+IN_SET_ASIDE_DM = (
+    "Rocket.Chat refused a message from Instagram *@{username}* (page *{name}*, `{page_id}`) "
+    "for good: {reason}. It was set aside (kept, not delivered) and the conversation moved on; "
+    "the agent got a note in the room where there is one. `/instagram pages` counts the "
+    "set-aside messages. I tell you once a day per page and cause."
+)
+IN_DEPARTMENT_GONE_DM = (
+    "The Omnichannel department `{department}` of page *{name}* (`{page_id}`) no longer "
+    "exists, so new Instagram conversations of that page are routed without a department. "
+    "Choose another: `/instagram edit {page_id} department <name>`."
+)
 IN_TARGET_OURS = "a message sent from Rocket.Chat"
 IN_TARGET_LINKED = "[an earlier message]({url})"
 IN_TARGET_UNKNOWN = "an earlier message"

@@ -45,6 +45,13 @@ class Metrics:
             "rcig_conversations_waiting_for_agent", "Conversations waiting for an agent",
             registry=r,
         )
+        self.set_aside = Counter(
+            "rcig_set_aside_total", "Work items set aside after a permanent refusal",
+            ["queue", "reason"], registry=r,
+        )
+        self.set_aside_items = Gauge(
+            "rcig_set_aside_items", "Work items set aside (kept, not delivered)", registry=r
+        )
         self.graph_latency = Histogram(
             "rcig_graph_call_seconds", "Graph API call latency", ["call"],
             buckets=_LATENCY_BUCKETS, registry=r,

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from bot import messages
 from commands.base import Command, CommandContext, UsageError
+from storage.base import SetAsideItem
 
 
 async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
@@ -16,6 +17,9 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
         await ctx.reply(messages.PAGES_NONE)
         return
     lines = [messages.PAGES_HEADER.format(count=len(pages))]
+    set_aside: dict[str, list[SetAsideItem]] = {}
+    for kept in await ctx.store.set_aside_items():
+        set_aside.setdefault(kept.page_id, []).append(kept)
     for page in pages:
         line = messages.PAGES_LINE.format(
             page_id=page.page_id,
@@ -24,7 +28,12 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
             department=page.department_name or page.department_id or "none",
             subscribed="yes" if page.subscribed else "no",
         )
-        lines.append(line + (messages.PAGES_NEEDS_REAUTH if page.needs_reauth else ""))
+        if page.needs_reauth:
+            line += messages.PAGES_NEEDS_REAUTH
+        kept = set_aside.get(page.page_id)
+        if kept:
+            line += messages.PAGES_SET_ASIDE.format(count=len(kept), reason=kept[-1].reason)
+        lines.append(line)
     await ctx.reply("\n".join(lines))
 
 
