@@ -54,7 +54,7 @@ async def test_single_page_login_connects_subscribes_and_dms(oauth: OAuthBridge)
     stored = await oauth.bot.store.page(DEFAULT_PAGE_ID)
     assert stored is not None and stored.subscribed and not stored.needs_reauth
     assert stored.page_token and stored.user_token and stored.owner_id == oauth.admin_id
-    assert oauth.meta.subscription(DEFAULT_PAGE_ID) == ["messages"]
+    assert oauth.meta.subscription(DEFAULT_PAGE_ID) == ["feed"]
 
     dm = (await oauth.wait_dms(2))[-1]
     for part in (DEFAULT_PAGE_NAME, DEFAULT_PAGE_ID, f"@{DEFAULT_IG_USERNAME}",
@@ -106,9 +106,10 @@ async def test_reused_state_gets_400_and_exchanges_once(oauth: OAuthBridge) -> N
     url = await oauth.authorize()
     location = oauth.meta.approve_url(url)
     assert (await oauth.get(location))[0] == 200
+    exchanges = len(oauth.graph_calls("/oauth/access_token"))
     status, _ = await oauth.get(location)
     assert status == 400
-    assert len(oauth.graph_calls("/oauth/access_token")) == 2  # code + long-lived, once
+    assert len(oauth.graph_calls("/oauth/access_token")) == exchanges  # no second exchange
 
 
 async def test_cancelled_login_gets_friendly_page_and_dm(oauth: OAuthBridge) -> None:
@@ -170,7 +171,7 @@ async def test_two_pages_offer_a_choice_and_connect_only_the_chosen(oauth: OAuth
     status, page = await oauth.select(form.hidden["state"], "302")
     assert status == 200 and "shopsouth" in page
     assert [p.page_id for p in await oauth.bot.store.pages()] == ["302"]
-    assert oauth.meta.subscription("302") == ["messages"]
+    assert oauth.meta.subscription("302") == ["feed"]
     assert oauth.meta.subscription("301") is None
     dms = await oauth.wait_dms(3)
     assert "choose one" in dms[-2] and "/instagram edit 302" in dms[-1]
