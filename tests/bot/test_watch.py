@@ -96,5 +96,5 @@ async def test_standing_watch_waits_a_jittered_interval_between_rounds(bridge: B
     watch.run_once = run_once  # type: ignore[method-assign]
     with pytest.raises(asyncio.CancelledError):
         await watch.run()
-    assert waits[:3] == [100 * (1 - JITTER), 100 * (1 + JITTER), 100.0]
+    assert waits[:3] == pytest.approx([100 * (1 - JITTER), 100 * (1 + JITTER), 100.0])
     assert len(rounds) == 3
