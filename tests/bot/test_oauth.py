@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from html.parser import HTMLParser
-from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
 from bot.instagram.oauth import SCOPES
 from bot.instagram.reauth import mark_needs_reauth
-from sandbox.meta import DEFAULT_IG_USERNAME, DEFAULT_PAGE_ID, DEFAULT_PAGE_NAME, SandboxMeta
-from sandbox.rocketchat import SandboxRocketChat
+from sandbox.meta import DEFAULT_IG_USERNAME, DEFAULT_PAGE_ID, DEFAULT_PAGE_NAME
 from tests.scenarios.oauth_harness import (
+    CONFIG_ID,
     LINK,
     SANDBOX_TOKEN,
     OAuthBridge,
     parse_form,
-    running_unconnected,
     two_pages,
 )
 
@@ -437,24 +434,6 @@ async def test_asset_picker_page_missing_from_accounts_is_connected(oauth: OAuth
     assert status == 200 and "Instagram connected" in page and "shopnorth" in page
     assert [p.page_id for p in await oauth.bot.store.pages()] == ["301"]
     assert oauth.meta.subscription("301") == ["feed"]
-
-
-CONFIG_ID = "424242424242"
-
-
-@pytest.fixture
-async def business_oauth(
-    rocketchat: SandboxRocketChat, meta: SandboxMeta, tmp_path: Path
-) -> AsyncIterator[OAuthBridge]:
-    """The bot configured for a Business-type app (instagram.login_config_id set)."""
-    meta.set_app_type("business")
-    meta.add_login_configuration(CONFIG_ID, SCOPES)
-
-    def configure(raw: dict) -> None:
-        raw["instagram"]["login_config_id"] = CONFIG_ID
-
-    async with running_unconnected(rocketchat, meta, tmp_path, configure=configure) as running:
-        yield running
 
 
 async def test_business_app_login_uses_config_id(business_oauth: OAuthBridge) -> None:
