@@ -86,6 +86,14 @@ OAUTH_DM_RECONNECTED = (
     "Re-authorized Instagram *@{username}* (Facebook Page *{name}*, page id `{page_id}`): "
     "its tokens were renewed and its settings kept. `/instagram edit {page_id}` shows them."
 )
+OAUTH_DM_SUBSCRIPTION_LISTED = (
+    "Meta lists the bot as installed on the Page (Page field {fields}); Instagram events "
+    "reach it through the app's Instagram webhook."
+)
+OAUTH_DM_SUBSCRIPTION_UNCONFIRMED = (
+    "Meta accepted the installation on the Page but could not be asked to confirm it just "
+    "now; `rc-instagram doctor` and the bot's standing watch check it again."
+)
 OAUTH_DM_SUBSCRIBE_FAILED = (
     "Saved the Facebook Page *{name}* (`{page_id}`, @{username}), but installing the bot "
     "on it at Meta failed ({reason}), so its messages are not bridged yet. "

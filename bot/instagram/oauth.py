@@ -293,13 +293,16 @@ class OAuthFlow:
     # -- connecting ----------------------------------------------------------------------
     async def connect_page(
         self, candidate: Candidate, user_token: str, owner_id: str
-    ) -> tuple[Page, bool, GraphError | None]:
+    ) -> tuple[Page, bool, GraphError | list[str] | None]:
         """Store the page's tokens, install the app on it, mark it subscribed.
 
-        Returns (page, reconnected, error): ``reconnected`` when the page was already
-        known (its settings are kept, its tokens replaced, ``needs_reauth`` cleared);
-        ``error`` when Meta refused the installation (a new page is then saved with
-        ``subscribed=False``; ``/instagram subscribe`` retries).
+        Returns (page, reconnected, outcome): ``reconnected`` when the page was already
+        known (its settings are kept, its tokens replaced, ``needs_reauth`` cleared).
+        ``outcome`` is the list of Page fields Meta lists after the installation, None
+        when that read-back failed (installed but unconfirmed), or the error when Meta
+        refused or does not list the app (a new page is then saved with
+        ``subscribed=False``, a re-authorized one keeps the flag only while Meta still
+        lists an earlier installation; ``/instagram subscribe`` retries).
         """
         existing = await self.store.page(candidate.page_id)
         if existing is not None:
@@ -350,7 +353,7 @@ class OAuthFlow:
             page.page_id, page.username, page.instagram_id,
             "re-authorized" if existing else "connected",
         )
-        return page, existing is not None, None
+        return page, existing is not None, fields
 
     async def _connect(
         self,
@@ -359,18 +362,23 @@ class OAuthFlow:
         user_token: str,
         skipped: list[tuple[str, str]],
     ) -> tuple[int, str]:
-        page, reconnected, error = await self.connect_page(candidate, user_token, login.user_id)
+        page, reconnected, outcome = await self.connect_page(candidate, user_token, login.user_id)
         fmt = dict(name=page.name, page_id=page.page_id, username=page.username)
-        if error is not None:
-            text = messages.OAUTH_DM_SUBSCRIBE_FAILED.format(reason=str(error), **fmt)
+        if isinstance(outcome, GraphError):
+            text = messages.OAUTH_DM_SUBSCRIBE_FAILED.format(reason=str(outcome), **fmt)
             if page.subscribed:
                 text += " " + messages.SUBSCRIBE_EARLIER_KEPT
             await self._dm(login.username, text)
             return 502, messages.oauth_subscribe_failed_page(
-                page.name, page.page_id, str(error)
+                page.name, page.page_id, str(outcome)
             )
         text = (messages.OAUTH_DM_RECONNECTED if reconnected else messages.OAUTH_DM_CONNECTED)
         lines = [text.format(**fmt)]
+        if outcome is None:
+            lines.append(messages.OAUTH_DM_SUBSCRIPTION_UNCONFIRMED)
+        else:
+            fields = ", ".join(f"`{f}`" for f in outcome) or "no field"
+            lines.append(messages.OAUTH_DM_SUBSCRIPTION_LISTED.format(fields=fields))
         lines += [messages.OAUTH_DM_SKIPPED.format(page_id=p, name=n) for p, n in skipped]
         await self._dm(login.username, "\n".join(lines))
         return 200, messages.oauth_connected_page(page.name, page.username, page.page_id, skipped)

@@ -384,7 +384,8 @@ async def test_subscription_uses_permitted_fields(oauth: OAuthBridge) -> None:
     assert calls == [("POST", 200), ("GET", 200)]  # installed, then read back
     stored = await oauth.bot.store.page(DEFAULT_PAGE_ID)
     assert stored is not None and stored.subscribed
-    assert "Connected Instagram" in (await oauth.wait_dms(2))[-1]
+    dm = (await oauth.wait_dms(2))[-1]
+    assert "Connected Instagram" in dm and "Page field `feed`" in dm
 
 
 async def test_refused_subscription_is_reported_not_connected(oauth: OAuthBridge) -> None:
