@@ -23,6 +23,7 @@ from bot.backoff import BackoffFactory, exponential_backoff
 from bot.config import Config
 from bot.instagram.graph import GraphClient, GraphThrottled
 from bot.instagram.reauth import mark_needs_reauth
+from bot.instagram.watch import DEFAULT_INTERVAL, MetaWatch, WatchRound
 from bot.metrics import Metrics
 from bot.relay.inbound import InboundRelay
 from bot.relay.intake import Intake
@@ -130,6 +131,7 @@ class Bot:
         clock: Callable[[], float] = time.time,
         backoff: Callable[[], Iterator[float]] | None = None,
         registry: Registry | None = None,
+        watch_interval: float = DEFAULT_INTERVAL,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -197,6 +199,12 @@ class Bot:
             notify_admins=self.notify_admins,
         )
         self.intake = Intake(self.store, self.inbound, self.metrics, self.receiver_load)
+        # Standing watch: token and Page subscription of every bridged page, periodically.
+        self.meta_watch = MetaWatch(
+            self.store, self.graph, self.notify_admins,
+            lambda page_id: mark_needs_reauth(self.store, self.notify_admins, page_id),
+            clock=clock, interval=watch_interval, on_round=self._watch_round,
+        )
         self.web_app = create_app(self)
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -220,6 +228,7 @@ class Bot:
         self._tasks.append(asyncio.create_task(self.outbound.run(), name="outbound"))
         self._tasks.append(asyncio.create_task(self.inbound.run(), name="inbound"))
         self._tasks.append(asyncio.create_task(self.intake.run(), name="intake"))
+        self._tasks.append(asyncio.create_task(self.meta_watch.run(), name="meta-watch"))
 
     async def run(self) -> None:
         """The whole process lifetime; raises AuthenticationFailed on bad credentials."""
@@ -278,6 +287,11 @@ class Bot:
         self.metrics.inbox_backlog.set(self.store.inbox.backlog)
         self.metrics.waiting_for_agent.set(len(await self.store.conversations_waiting()))
         self.metrics.set_aside_items.set(len(await self.store.set_aside_items()))
+
+    def _watch_round(self, result: WatchRound) -> None:
+        self.metrics.meta_watch_last_round.set(result.at)
+        for outcome, count in result.counts.items():
+            self.metrics.meta_watch_pages.labels(outcome).set(count)
 
     def _observe_rocketchat(self, route: str, seconds: float) -> None:
         self.metrics.rocketchat_latency.labels(route).observe(seconds)

@@ -66,6 +66,17 @@ class Metrics:
         self.realtime_reconnects = Counter(
             "rcig_realtime_reconnects_total", "Realtime reconnections", registry=r
         )
+        self.meta_watch_last_round = Gauge(
+            "rcig_meta_watch_last_round_timestamp_seconds",
+            "When the standing watch last checked every page's token and subscription",
+            registry=r,
+        )
+        self.meta_watch_pages = Gauge(
+            "rcig_meta_watch_pages",
+            "Pages per outcome of the standing watch's last round (ok, resubscribed, "
+            "resubscribe_failed, reauth, unknown)",
+            ["outcome"], registry=r,
+        )
         self.commands = Counter(
             "rcig_commands_total", "Commands handled", ["command"], registry=r
         )
