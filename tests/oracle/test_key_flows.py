@@ -41,6 +41,7 @@ async def test_key_flows_send_only_requests_the_published_schemas_accept(bridge:
     """Commands, inbound, outbound, close, catch-up and doctor: every request validates."""
     rc = bridge.rc
     enable_omnichannel_webhooks(bridge)
+    await bridge.bot.realtime.wait_connected(10)  # subscribed: a DM now arrives live
 
     rc.send_dm(ADMIN, BOT_USER, "instagram pages")  # an admin command: roles are checked
     await wait_for(lambda: _answers(bridge, ADMIN))
@@ -58,7 +59,7 @@ async def test_key_flows_send_only_requests_the_published_schemas_accept(bridge:
     rc.drop_all_sockets()
     rc.send_dm(ADMIN, BOT_USER, "instagram pages")
     rc.block_connections(False)
-    await wait_for(lambda: len(_answers(bridge, ADMIN)) > answered, timeout=15.0)
+    await wait_for(lambda: len(_answers(bridge, ADMIN)) > answered, timeout=30.0)
 
     await run_checks(bridge.config, probe_listener=False, timeout=2.0)
 
