@@ -43,6 +43,17 @@ class Call:
     url_param: str | None = None
 
 
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One incoming ``/api/...`` request as the client sent it (see ``RestAPI.recorded``)."""
+
+    method: str
+    path: str  # after ``/api/``: ``"info"``, ``"v1/chat.sendMessage"``, ``"v1/settings/Site_Url"``
+    query: tuple[tuple[str, str], ...]  # in order, repeated keys kept
+    content_type: str
+    body: bytes
+
+
 @dataclass
 class Route:
     """A route: action, auth requirement and permissions (any-of)."""
@@ -93,12 +104,25 @@ class RestAPI:
         self.failure: Failure | None = None
         self.duplicate_send_fails = duplicate_send_fails
         self.routes: dict[tuple[str, str], Route] = {}
+        # Every request in arrival order when set to a list (tests/oracle checks them
+        # against Rocket.Chat's published schemas); None keeps a long-running sandbox lean.
+        self.recorded: list[RecordedRequest] | None = None
         self._register()
 
     # ------------------------------------------------------------------ pipeline
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Entry point for every ``/api/...`` request."""
         path = request.match_info.get("tail", "")
+        if self.recorded is not None:
+            self.recorded.append(
+                RecordedRequest(
+                    request.method,
+                    path,
+                    tuple(request.query.items()),
+                    request.content_type,
+                    await request.read(),
+                )
+            )
         if path == "info":
             route_name = "info"
         elif path.startswith("v1/"):
