@@ -279,6 +279,8 @@ IN_ATTACHMENT_LABELS = {
     "ig_reel": "Reel",
     "reel": "Reel",
     "animated_image": "GIF",
+    "ig_post": "Instagram post",
+    "ig_story": "Story",
 }
 IN_ATTACHMENT_DEFAULT_LABEL = "Attachment"
 IN_NO_LINK = "{label} (no link; open Instagram to view it)"
@@ -292,8 +294,10 @@ IN_TARGET_UNKNOWN = "an earlier message"
 IN_REACTION = "Reacted {emoji} to {target}"
 IN_SOME_REACTION = "with a reaction"
 IN_UNREACTION = "Removed their reaction from {target}"
-IN_UNSEND = "🗑 Unsent {target} (deleted on Instagram)"
+#: Replaces an unsent message's text where the server does not allow deleting it.
+IN_UNSENT_NOTICE = "🗑 (the visitor unsent this message on Instagram)"
 IN_UNSUPPORTED = "This content can't be shown here; open Instagram to view it."
+IN_UNSUPPORTED_LINK = "This content can't be shown here; [open it on Instagram]({url})."
 IN_EMPTY = "(an empty message; open Instagram to view it)"
 IN_POSTBACK = "Tapped the button “{title}”"
 IN_QUICK_REPLY = "(quick reply `{payload}`)"
@@ -301,8 +305,13 @@ IN_AD_REFERRAL = "ℹ️ Came from the ad “{title}”"
 IN_UNTITLED_AD = "untitled"
 IN_AD_ID = " (ad id {ad_id})"
 IN_LINK_REFERRAL = "ℹ️ Opened the chat from an ig.me link"
+IN_PRODUCT_REFERRAL = "ℹ️ Asked about a product in your Instagram shop (product id {product_id})"
 IN_REF = " (ref `{ref}`)"
 IN_ECHO = "📱 Sent by the business from the Instagram app (not from Rocket.Chat):\n{text}"
+IN_ECHO_OTHER_APP = (
+    "📱 Sent by the business through another app (Meta app id {app_id}), not from "
+    "Rocket.Chat:\n{text}"
+)
 IN_UNKNOWN_VISITOR = "Instagram user {igsid}"
 
 # --- Outbound (agent replies → Instagram; notes posted into the livechat room) ----------

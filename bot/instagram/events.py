@@ -29,6 +29,8 @@ ECHO_LANE = "#echo"
 #: Kinds that are the visitor speaking (they open/extend the messaging window).
 VISITOR_KINDS = frozenset({MESSAGE, POSTBACK})
 
+#: Timestamps below this are seconds, not ms (1e11 ms is March 1973, 1e11 s is year 5138).
+SECONDS_BELOW = 100_000_000_000
 #: ``changes[].field`` values of dashboard test payloads that carry a messaging item.
 _CHANGE_FIELDS = frozenset({
     "messages", "message_reactions", "messaging_postbacks", "messaging_referral",
@@ -48,6 +50,21 @@ class Parsed:
     items: list[WorkItem] = field(default_factory=list)
     #: (reason, detail) for every messaging item deliberately not relayed.
     dropped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def flag(value: Any) -> bool:
+    """A webhook boolean: ``true``, or the string ``"true"`` Meta's own examples send.
+
+    Plain truthiness would read the string ``"false"`` as set.
+    """
+    if isinstance(value, str):
+        return value.strip().lower() == "true"
+    return value is True or (isinstance(value, int) and not isinstance(value, bool) and value == 1)
+
+
+def unsend_item_id(mid: str) -> str:
+    """The inbound item id of the unsend of message ``mid`` (remembered when enqueued)."""
+    return f"ig-unsend:{mid}"
 
 
 def rc_message_id(item_id: str) -> str:
@@ -75,7 +92,7 @@ def account_ids(body: Any) -> set[str]:
             ids.add(str(entry["id"]))
         for _, event in _events(entry):
             message = event.get("message")
-            echo = isinstance(message, dict) and bool(message.get("is_echo"))
+            echo = isinstance(message, dict) and flag(message.get("is_echo"))
             party = event.get("sender" if echo else "recipient")
             if isinstance(party, dict) and isinstance(party.get("id"), str | int):
                 ids.add(str(party["id"]))
@@ -146,11 +163,11 @@ def _kind_and_key(event: dict[str, Any], sender: str, timestamp: int) -> tuple[s
         mid = message.get("mid")
         if not isinstance(mid, str) or not mid:
             raise ValueError("message without mid")
-        if message.get("is_echo"):
+        if flag(message.get("is_echo")):
             return ECHO, f"ig-echo:{mid}"
-        if message.get("is_deleted"):
+        if flag(message.get("is_deleted")):
             # The deletion carries the mid of the original message: its own key.
-            return UNSEND, f"ig-unsend:{mid}"
+            return UNSEND, unsend_item_id(mid)
         return MESSAGE, f"ig:{mid}"
     reaction = event.get("reaction")
     if isinstance(reaction, dict):
@@ -195,6 +212,10 @@ def _parse_event(
     if isinstance(raw_ts, bool) or not isinstance(raw_ts, int | float):
         raise ValueError("missing timestamp")
     timestamp = int(raw_ts)
+    if 0 < timestamp < SECONDS_BELOW:
+        # Dashboard test payloads send seconds ("1527459824"); read as ms that is 1970
+        # and would close the messaging window of the conversation.
+        timestamp *= 1000
     decided = _kind_and_key(event, sender, timestamp)
     if isinstance(decided, str):
         # Read receipts and deliveries tell an agent nothing; other types are new to us.
@@ -296,6 +317,10 @@ def _emoji(reaction: dict[str, Any]) -> str:
 def _referral_line(referral: Any) -> str | None:
     if not isinstance(referral, dict):
         return None
+    product = referral.get("product")
+    if isinstance(product, dict) and isinstance(product.get("id"), str | int):
+        # An Instagram Shop product page's "Message" button (referral.product.id).
+        return messages.IN_PRODUCT_REFERRAL.format(product_id=product["id"])
     ads = referral.get("ads_context_data")
     title = ads.get("ad_title") if isinstance(ads, dict) else None
     ad_id = referral.get("ad_id")
@@ -319,7 +344,12 @@ def _attachment_line(attachment: Any) -> str | None:
     url = payload.get("url")
     if kind == "story_mention":
         return messages.IN_STORY_MENTION.format(link=_link(messages.IN_STORY_LABEL, url))
-    if kind in ("template", "unsupported_type", "fallback") and not url:
+    if kind == "ig_story":
+        # Undocumented: a shared story carries its link as story_media_url, no url.
+        url = url or payload.get("story_media_url")
+    if kind in ("template", "unsupported_type", "fallback"):
+        if isinstance(url, str) and url.strip():
+            return messages.IN_UNSUPPORTED_LINK.format(url=_safe_url(url.strip()))
         return messages.IN_UNSUPPORTED
     label = messages.IN_ATTACHMENT_LABELS.get(
         kind if isinstance(kind, str) else "", messages.IN_ATTACHMENT_DEFAULT_LABEL
@@ -332,7 +362,8 @@ def _attachment_line(attachment: Any) -> str | None:
 
 
 def agent_text(kind: str, event: dict[str, Any], target: str = "") -> str:
-    """The Rocket.Chat text an agent reads for one inbound item.
+    """The Rocket.Chat text an agent reads for one inbound item (not unsends: they post
+    nothing, see :meth:`bot.relay.inbound.InboundRelay._unsend`).
 
     ``target`` names the message the event points at (see :func:`target_phrase`).
     """
@@ -351,8 +382,6 @@ def agent_text(kind: str, event: dict[str, Any], target: str = "") -> str:
     if kind == REFERRAL:
         return _referral_line(event.get("referral")) or messages.IN_LINK_REFERRAL
     message = event.get("message") or {}
-    if kind == UNSEND:
-        return messages.IN_UNSEND.format(target=target or messages.IN_TARGET_UNKNOWN)
     lines: list[str] = []
     referral = _referral_line(message.get("referral"))
     if referral:
@@ -371,14 +400,23 @@ def agent_text(kind: str, event: dict[str, Any], target: str = "") -> str:
     quick_reply = message.get("quick_reply")
     if isinstance(quick_reply, dict) and quick_reply.get("payload"):
         lines.append(messages.IN_QUICK_REPLY.format(payload=quick_reply["payload"]))
-    for attachment in _list(message.get("attachments")):
+    attachments = _list(message.get("attachments"))
+    if any(isinstance(a, dict) and a.get("type") == "ig_post" for a in attachments):
+        # Meta's share→ig_post transition (Nov 2025 – Feb 2026) sends one post as both.
+        attachments = [a for a in attachments if not (isinstance(a, dict)
+                                                      and a.get("type") == "share")]
+    for attachment in attachments:
         line = _attachment_line(attachment)
         if line:
             lines.append(line)
-    if message.get("is_unsupported") and not (text or message.get("attachments")):
+    if flag(message.get("is_unsupported")) and not (text or message.get("attachments")):
         lines.append(messages.IN_UNSUPPORTED)
     body = "\n".join(lines) if lines else messages.IN_EMPTY
     if kind == ECHO:
+        app_id = message.get("app_id")
+        if app_id is not None and not isinstance(app_id, bool):
+            # Our own sends never get here (dropped as own echoes): another app sent it.
+            return messages.IN_ECHO_OTHER_APP.format(app_id=app_id, text=body)
         return messages.IN_ECHO.format(text=body)
     return body
 
