@@ -126,6 +126,15 @@ UNAUTHORIZE_FAILURES = (
     "These calls to Meta failed (the pages were forgotten here anyway; you can remove the "
     "app in Facebook Settings > Business integrations):\n{failures}"
 )
+#: To the admins, once per problem kind and page a day: a permission/app-setup refusal.
+META_CONFIG_PROBLEM = (
+    "Meta refused to deliver a reply from Instagram account *@{username}* (Facebook Page "
+    "*{name}*, page id `{page_id}`) because of the Meta app's configuration or "
+    "permissions: {error}. Typical causes: the app lacks Advanced Access to "
+    "`instagram_manage_messages` (App Review), the Human Agent feature is not approved, or "
+    "another app owns the conversation (handover). Agents see a short note; fix it in "
+    "the Meta App Dashboard, then `/instagram doctor` shows the result."
+)
 REAUTH_NEEDED = (
     "Instagram account *@{username}* (Facebook Page *{name}*, page id `{page_id}`) lost its "
     "authorization at Meta: the token expired or was revoked. Replies to its visitors "
@@ -342,6 +351,10 @@ OUTBOUND_USER_UNAVAILABLE = (
 OUTBOUND_ACCOUNT_UNAVAILABLE = (
     "⚠️ Not delivered to Instagram: messaging is not available for this Instagram account, "
     "so an administrator must check it in Meta's settings{partial}."
+)
+OUTBOUND_META_CONFIG = (
+    "⚠️ Not delivered to Instagram: Meta refused it because of how the bridge's Meta app "
+    "or Page is set up, not because of {visitor}; the admins have been told{partial}."
 )
 OUTBOUND_REFUSED = (
     "⚠️ Not delivered to Instagram: Instagram refused the message ({error}){partial}."
