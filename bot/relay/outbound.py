@@ -51,8 +51,10 @@ from storage.base import Conversation, Page, Store, WorkItem
 
 log = logging.getLogger("bot.relay")
 
-#: Meta's limit on one text message (protocols/instagram.md §3.2).
-MAX_TEXT_BYTES = 1000
+#: Meta's limit on one text message (protocols/instagram.md §3.2): the send-message page
+#: says "1000 bytes or less" and, under Limitations, "less than 1000 characters"; 999
+#: bytes satisfies both readings (audit row 43).
+MAX_TEXT_BYTES = 999
 #: The standard messaging window after the visitor's last message.
 RESPONSE_WINDOW = 24 * 3600.0
 #: How long a human agent may still answer with the HUMAN_AGENT tag.

@@ -82,3 +82,12 @@ async def test_meta_unsupported_request_storm_keeps_page_connected(live: Bridge)
         "rcig_retries_total", {"queue": "outbound", "reason": "meta_incident"})
     assert retries and retries >= 6
 
+
+
+async def test_reply_of_exactly_1000_characters_is_delivered(live: Bridge):
+    """A 1000-character reply meets Meta's "less than 1000 characters": sent in parts."""
+    igsid, rid = await visitor_with_room(live)
+    text = "y" * 1000
+    reply(live, rid, text)
+    await wait_for(lambda: "".join(sent_texts(live, igsid)) == text)
+    assert sends(live, igsid, ok=False) == [] and notes(live, rid) == []
