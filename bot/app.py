@@ -195,6 +195,7 @@ class Bot:
             self.store, self.rest, self.graph, self.metrics,
             rc_url=rc.url, app_id=ig.app_id, clock=clock,
             notify_outbound=lambda: self.outbound.notify(), load=self.receiver_load,
+            notify_admins=self.notify_admins,
         )
         self.intake = Intake(self.store, self.inbound, self.metrics, self.receiver_load)
         self.web_app = create_app(self)

@@ -126,6 +126,12 @@ UNAUTHORIZE_FAILURES = (
     "These calls to Meta failed (the pages were forgotten here anyway; you can remove the "
     "app in Facebook Settings > Business integrations):\n{failures}"
 )
+#: To the admins: Meta's messaging_policy_enforcement (action block/unblock) for a page.
+META_POLICY_ENFORCEMENT = (
+    "Meta sent a policy enforcement notice (action: *{action}*) for Facebook Page *{name}* "
+    "(page id `{page_id}`): {reason}. While blocked, replies to Instagram cannot be sent; "
+    "see the app's alerts in the Meta App Dashboard."
+)
 #: To the admins, once per problem kind and page a day: a permission/app-setup refusal.
 META_CONFIG_PROBLEM = (
     "Meta refused to deliver a reply from Instagram account *@{username}* (Facebook Page "

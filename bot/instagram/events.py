@@ -21,9 +21,12 @@ from storage.base import WorkItem, conversation_key
 log = logging.getLogger("bot.web")
 
 #: Item kinds on the "inbound" queue.
-MESSAGE, UNSEND, ECHO, REACTION, POSTBACK, REFERRAL = (
-    "message", "unsend", "echo", "reaction", "postback", "referral",
+MESSAGE, UNSEND, ECHO, REACTION, POSTBACK, REFERRAL, POLICY = (
+    "message", "unsend", "echo", "reaction", "postback", "referral", "policy",
 )
+#: The pseudo-visitor id a page's policy-enforcement items are ordered under.
+POLICY_LANE = "#policy"
+_POLICY_KEYS = ("policy-enforcement", "policy_enforcement")
 #: Suffix of the conversation key echoes are ordered under (see :func:`parse_webhook`).
 ECHO_LANE = "#echo"
 #: Kinds that are the visitor speaking (they open/extend the messaging window).
@@ -204,6 +207,9 @@ def _parse_event(
     parsed: Parsed,
     seen: set[str],
 ) -> None:
+    if any(isinstance(event.get(key), dict) for key in _POLICY_KEYS):
+        _parse_policy(entry_id, event, pages, parsed)
+        return
     sender = _party(event, "sender")
     recipient = _party(event, "recipient")
     raw_ts = event.get("timestamp")
@@ -258,6 +264,40 @@ def _parse_event(
             payload={"page_id": page_id, "igsid": igsid, "source": source, "event": event},
             order_ts=timestamp / 1000.0,
         )
+    )
+
+
+def _parse_policy(
+    entry_id: str, event: dict[str, Any], pages: Mapping[str, str], parsed: Parsed
+) -> None:
+    """Meta blocked (or unblocked) the app on this page for a policy violation: there is
+    no sender, and it is for the admins, not a room (messaging_policy_enforcement)."""
+    recipient = _party(event, "recipient")
+    page_id = pages.get(recipient) or pages.get(entry_id)
+    if page_id is None:
+        parsed.dropped.append(("unknown_account", recipient))
+        return
+    policy = next(event[k] for k in _POLICY_KEYS if isinstance(event.get(k), dict))
+    raw_ts = event.get("timestamp")
+    order_ts = raw_ts / 1000.0 if isinstance(raw_ts, int) and not isinstance(raw_ts, bool) else 0.0
+    key = _digest(page_id, raw_ts, policy.get("action"), policy.get("reason"))
+    parsed.items.append(WorkItem(
+        item_id=f"ig-policy:{key}",
+        queue="inbound",
+        conversation=conversation_key(page_id, POLICY_LANE),
+        kind=POLICY,
+        payload={"page_id": page_id, "igsid": POLICY_LANE, "source": "messaging",
+                 "event": event},
+        order_ts=order_ts,
+    ))
+
+
+def policy_text(event: dict[str, Any], page_name: str, page_id: str) -> str:
+    """The admins' DM for a policy-enforcement item."""
+    policy = next((event[k] for k in _POLICY_KEYS if isinstance(event.get(k), dict)), {})
+    return messages.META_POLICY_ENFORCEMENT.format(
+        action=str(policy.get("action") or "unknown"), name=page_name, page_id=page_id,
+        reason=str(policy.get("reason") or "no reason given"),
     )
 
 

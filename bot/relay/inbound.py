@@ -15,7 +15,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -23,11 +23,13 @@ from bot import messages
 from bot.instagram.events import (
     ECHO,
     MESSAGE,
+    POLICY,
     REACTION,
     UNSEND,
     VISITOR_KINDS,
     agent_text,
     message_link,
+    policy_text,
     rc_message_id,
     target_mid,
     target_phrase,
@@ -159,6 +161,7 @@ class InboundRelay:
         gate: AgentGate | None = None,
         echo_grace: float = ECHO_GRACE,
         load: ReceiverLoad | None = None,
+        notify_admins: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.rest = rest
@@ -169,6 +172,8 @@ class InboundRelay:
         self.clock = clock
         self.gate = gate or AgentGate()
         self.echo_grace = echo_grace
+        #: DMs every admin (``Bot.notify_admins``): Meta's policy-enforcement notices.
+        self.notify_admins = notify_admins
         self._notify_outbound = notify_outbound or (lambda: None)
         self._wakers: set[asyncio.Task[None]] = set()
         self._routes: dict[str, tuple[str, float]] = {}
@@ -278,6 +283,12 @@ class InboundRelay:
             return await self._echo(item, page, igsid, event)
         if item.kind == UNSEND:
             return await self._unsend(item, page, igsid, event)
+        if item.kind == POLICY:
+            log.warning("page %s: Meta policy enforcement notice %s", page_id, event)
+            if self.notify_admins is not None:
+                await self.notify_admins(policy_text(event, page.name, page_id))
+            self.metrics.relayed.labels("inbound", POLICY).inc()
+            return Done()
         if item.kind == MESSAGE and await self.store.seen(
             unsend_item_id(str((event.get("message") or {}).get("mid", "")))
         ):

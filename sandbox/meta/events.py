@@ -158,6 +158,21 @@ class EventsMixin:
             ig_id, igsid, ts, message={"mid": mid or self.new_mid(), "attachments": atts}
         )
 
+    def policy_enforcement_event(
+        self, ig_id: str, action: str = "block", reason: str | None = None,
+        ts: float | None = None,
+    ) -> dict[str, Any]:
+        """Meta blocked/unblocked the app for a policy violation (messaging_policy_enforcement;
+        restfb ``messaging-policy-callback-*.json``): no sender, only the recipient."""
+        item = {
+            "recipient": {"id": ig_id},
+            "timestamp": _ms(ts, self.now()),
+            "policy-enforcement": {"action": action, "reason": reason or (
+                "The bot violated our Platform Policies "
+                "(https://developers.facebook.com/policy/#messengerplatform).")},
+        }
+        return self._event(ig_id, item)
+
     def product_referral_event(
         self, ig_id: str, igsid: str, product_id: str, ts: float | None = None
     ) -> dict[str, Any]:

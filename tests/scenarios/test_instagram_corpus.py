@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.scenarios.harness import BOT_USER, Bridge
+from tests.scenarios.harness import ADMIN, BOT_USER, Bridge
 
 CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "instagram"
 FIXTURES = sorted(CORPUS.glob("*.json"))
@@ -122,6 +122,9 @@ async def test_every_corpus_body_is_answered_200_shown_and_stalls_nothing(
         else:
             assert texts[0] == opener and texts[-1] == trailer, (path.name, texts)
             between = texts[1:-1]
+        if expect.get("admin_dm"):
+            await eventually(lambda expect=expect: any(
+                expect["admin_dm"] in m["msg"] for m in bridge.rc.dm_messages(BOT_USER, ADMIN)))
         if expect.get("shows") is None:
             assert between == [], (path.name, texts)
             continue

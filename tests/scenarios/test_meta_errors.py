@@ -91,3 +91,12 @@ async def test_reply_of_exactly_1000_characters_is_delivered(live: Bridge):
     reply(live, rid, text)
     await wait_for(lambda: "".join(sent_texts(live, igsid)) == text)
     assert sends(live, igsid, ok=False) == [] and notes(live, rid) == []
+
+
+async def test_policy_enforcement_block_reaches_admins(live: Bridge):
+    """Meta's policy block (no sender) is not dropped as malformed: the admins get a DM."""
+    status, _ = await live.deliver(live.meta.policy_enforcement_event(live.ig_id, "block"))
+    assert status == 200
+    [dm] = await wait_for(lambda: admin_dms(live))
+    assert "action: *block*" in dm and live.page_id in dm
+    assert live.rc.livechat_rooms() == []
