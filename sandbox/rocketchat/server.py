@@ -360,6 +360,11 @@ class SandboxRocketChat:
             msg = self._state.messages.get(msg_id)
             return None if msg is None else rest_json(self._state.message_for_client(msg))
 
+    def deleted_messages(self) -> list[str]:
+        """``_id``s visitors deleted through ``DELETE livechat/message/:_id``, in order."""
+        with self._state.lock:
+            return list(self._state.deleted_messages)
+
     def room(self, rid: str) -> Doc | None:
         """One room document."""
         with self._state.lock:
