@@ -596,7 +596,7 @@ class RestAPI:
 
     def _settings_page(self, call: Call, docs: list[dict[str, Any]]) -> dict[str, Any]:
         offset = int(call.query.get("offset") or 0)
-        count = int(call.query.get("count") or 50)
+        count = min(int(call.query.get("count") or 50), 100)  # API_Upper_Count_Limit
         page = docs[offset : offset + count] if count else docs[offset:]
         return {
             "settings": page,

@@ -502,10 +502,13 @@ class SandboxRocketChat:
             return rest_json(self._state.offline_messages)
 
     # ------------------------------------------------------------------ control: settings
-    def set_setting(self, setting_id: str, value: Any) -> None:
-        """Change a setting (e.g. ``API_Enable_Rate_Limiter``)."""
+    def set_setting(self, setting_id: str, value: Any, *, public: bool | None = None) -> None:
+        """Change a setting (e.g. ``API_Enable_Rate_Limiter``); ``public`` also sets whether
+        ``settings.public`` lists it (new settings are private)."""
         with self._state.lock:
             self._state.set_setting(setting_id, value)
+            if public is not None:
+                self._state.settings[setting_id]["public"] = public
 
     def get_setting(self, setting_id: str) -> Any:
         """A setting's current value."""

@@ -11,7 +11,15 @@ import pytest
 from bot import messages
 from bot.instagram.events import rc_message_id
 from bot.relay import inbound as inbound_module
-from tests.scenarios.harness import ADMIN, AGENT, BOT_USER, Bridge, start_bot, stop_bot
+from tests.scenarios.harness import (
+    ADMIN,
+    AGENT,
+    BOT_USER,
+    Bridge,
+    every_rc_version,
+    start_bot,
+    stop_bot,
+)
 
 CDN = "https://lookaside.fbsbx.com/ig_messaging_cdn/?asset_id={n}&signature=sbx"
 
@@ -27,6 +35,7 @@ def visitor(bridge: Bridge, name: str | None = "Ana Souza", username: str | None
     return igsid
 
 
+@every_rc_version
 async def test_text_message_registers_visitor_and_opens_room(bridge: Bridge, eventually):
     """The first DM registers the visitor (token, profile name, department) and opens a room."""
     igsid = visitor(bridge)
