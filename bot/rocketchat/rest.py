@@ -14,7 +14,7 @@ import secrets
 import string
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
@@ -40,8 +40,8 @@ T = TypeVar("T")
 ROLES_CACHE_SECONDS = 30.0
 #: Who holds the (never public) ``bot`` role changes rarely; listing it pages users.list.
 BOT_ACCOUNTS_CACHE_SECONDS = 300.0
-#: users.list page size: the server clamps ``count`` at API_Upper_Count_Limit (100).
-USERS_PAGE = 100
+#: Page size for paged routes: the server clamps ``count`` at API_Upper_Count_Limit (100).
+PAGE_SIZE = 100
 _ID_ALPHABET = string.ascii_letters + string.digits
 
 
@@ -360,6 +360,22 @@ class RocketChatREST:
             return await self._call(route, fn)
 
     @staticmethod
+    async def _paged(key: str, fetch: Callable[[int], Awaitable[Any]]) -> AsyncIterator[list[dict]]:
+        """Each page ``data[key]`` of a paginated route (``offset``/``total``) in turn.
+
+        ``fetch(offset)`` makes one awaited call; paging stops at ``total`` or an empty page.
+        """
+        offset = 0
+        while True:
+            data = await fetch(offset)
+            page = [d for d in (data.get(key) or []) if isinstance(d, dict)]
+            yield page
+            offset += len(page)
+            total = data.get("total")
+            if not page or total is None or offset >= int(total):
+                return
+
+    @staticmethod
     def _q(value: object) -> str:
         """URL-encode one query value (the library concatenates ``k=v`` verbatim)."""
         return quote(str(value), safe="")
@@ -434,24 +450,16 @@ class RocketChatREST:
                 raise
         # Newer 7.x filters by _id; up to 7.0 the filter is ignored and the list comes back
         # paged, sorted by _id (audit R6): page through it until the setting shows up.
-        offset = 0
-        while True:
-            data = await self._call(
-                "settings.public",
-                lambda o=offset: self._api.call_api_get(
-                    "settings.public", _id=sid, offset=o, count=USERS_PAGE
-                ),
-            )
-            page = data.get("settings") or []
+        def fetch(offset: int) -> Awaitable[Any]:
+            return self._call("settings.public", lambda: self._api.call_api_get(
+                "settings.public", _id=sid, offset=offset, count=PAGE_SIZE
+            ))
+
+        async for page in self._paged("settings", fetch):
             for item in page:
-                if isinstance(item, dict) and item.get("_id") == setting_id:
+                if item.get("_id") == setting_id:
                     return item.get("value")
-            offset += len(page)
-            total = data.get("total")
-            if not page or total is None or offset >= int(total):
-                raise NotAllowed(
-                    f"settings: {setting_id} is not readable", error_type="error-not-allowed"
-                )
+        raise NotAllowed(f"settings: {setting_id} is not readable", error_type="error-not-allowed")
 
     async def _public_roles(self) -> dict[str, tuple[str | None, set[str]]]:
         """``user_id -> (username, roles)`` for holders of public roles, cached ~30 s.
@@ -513,24 +521,15 @@ class RocketChatREST:
         """
         async with self._bots_lock:
             if self._clock() - self._bots_at > BOT_ACCOUNTS_CACHE_SECONDS:
+                def fetch(offset: int) -> Awaitable[Any]:
+                    return self._authed("users.list", lambda: self._api.call_api_get(
+                        "users.list", offset=offset, count=PAGE_SIZE
+                    ))
+
                 found: set[str] = set()
-                offset = 0
-                while True:
-                    data = await self._authed(
-                        "users.list",
-                        lambda o=offset: self._api.call_api_get(
-                            "users.list", offset=o, count=USERS_PAGE
-                        ),
-                    )
-                    page = data.get("users") or []
-                    found.update(
-                        u["_id"] for u in page
-                        if isinstance(u, dict) and u.get("_id") and "bot" in (u.get("roles") or [])
-                    )
-                    offset += len(page)
-                    total = data.get("total")
-                    if not page or total is None or offset >= int(total):
-                        break
+                async for page in self._paged("users", fetch):
+                    found.update(u["_id"] for u in page
+                                 if u.get("_id") and "bot" in (u.get("roles") or []))
                 self._bots = found
                 self._bots_at = self._clock()
             return set(self._bots)
