@@ -15,7 +15,8 @@ from protocols/rocketchat-audit.md §3 (the server source read at the commits ci
 - Omnichannel webhooks: 6.0–6.1 Meteor ``HTTP.post`` (any status < 400 succeeds, 10 tries
   10 s apart, ``Livechat.js:767-790`` @72f6b2a); 6.2–7.0 fetch, only 200 succeeds, 10 tries
   ``4 × Livechat_http_timeout`` apart (``LivechatTyped.ts:828-872``, @3ff0e64); newer 7.x
-  5 tries, retried only on a network error, 429 or >= 500 (``lib/webhooks.ts`` @028b96f).
+  5 tries ``4 × Livechat_http_timeout`` apart, only 200 succeeds, and only a network error,
+  429 or >= 500 is retried (``lib/webhooks.ts`` @028b96f, ``isRetryable``).
 - ``settings.public?_id=a,b`` filters only in newer 7.x (``parsedQueryId``); up to 7.0 the
   ``_id`` is ignored and the first page (50, sorted by ``_id``) comes back
   (``v1/settings.ts:44-68``).
@@ -58,8 +59,8 @@ class WebhookRules:
     max_attempts: int
     #: ``None`` = ``4 × Livechat_http_timeout`` (6.2+); otherwise fixed seconds.
     fixed_delay: float | None
-    #: "lt400": any status below 400 succeeds; "200": only 200; "transient": stop on
-    #: anything but a network error, 429 or >= 500.
+    #: "lt400": any status below 400 succeeds; "200": only 200, anything else is retried;
+    #: "transient": only 200 succeeds, and only a network error, 429 or >= 500 is retried.
     success: str
 
     def delivered(self, status: int | None) -> bool:
@@ -68,9 +69,7 @@ class WebhookRules:
             return False
         if self.success == "lt400":
             return status < 400
-        if self.success == "200":
-            return status == 200
-        return status < 400
+        return status == 200
 
     def retry(self, status: int | None) -> bool:
         """Whether this (failed) answer is tried again."""

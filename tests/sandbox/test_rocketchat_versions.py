@@ -145,7 +145,7 @@ def test_integration_settings_need_view_livechat_manager(rc: SandboxRocketChat, 
     [
         ("6.0.0", [500, 204], [500, 204]),  # HTTP.post: anything below 400 is delivered
         ("6.13.0", [500, 204, 200], [500, 204, 200]),  # fetch: only 200 is delivered
-        ("7.4.0", [500, 204], [500, 204]),  # newer 7.x: a 2xx ends it
+        ("7.4.0", [500, 204], [500, 204]),  # newer 7.x: a 204 is not retried (isRetryable)
         ("7.4.0", [500, 400], [500, 400]),  # ... and a 4xx (not 429) is dropped, not retried
         ("6.13.0", [400, 200], [400, 200]),  # 6.x retries a 4xx
     ],
