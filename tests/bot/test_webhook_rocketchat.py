@@ -84,7 +84,8 @@ def test_file_message_carries_upload_url_and_caption() -> None:
                                  "type": "image/png", "size": 10})
     [item] = parse_webhook(_body(messages=[message]), bot_user_id=BOT_ID, now=1).items
     assert item.payload["files"] == [
-        {"url": "https://rc/file-upload/f/p.png?token=j", "type": "image/png", "name": "p.png"}
+        {"url": "https://rc/file-upload/f/p.png?token=j", "type": "image/png", "name": "p.png",
+         "size": 10}
     ]
     assert item.payload["text"] == "our catalogue"
 
