@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import aiohttp
 import pytest
 
 from tests.scenarios.harness import AGENT, WEBHOOK_SECRET, Bridge
@@ -128,7 +129,7 @@ async def test_non_pdf_document_refused_with_note(live: Bridge) -> None:
                             "officedocument.wordprocessingml.document", docx)
     [note] = await wait_for(lambda: notes(live, rid))
     assert "offer.docx" in note and "PDF" in note
-    assert live.meta.uploads() == []
+    assert live.meta.uploads() == [] and sends(live, igsid, ok=None) == []
 
 
 async def test_non_ascii_file_name_is_delivered(live: Bridge) -> None:
@@ -169,3 +170,17 @@ async def test_large_close_body_still_sends_finished_text(live: Bridge) -> None:
     status = await post_webhook(live, body, {"X-RocketChat-Livechat-Token": WEBHOOK_SECRET})
     assert status == 200
     await wait_for(lambda: sent_texts(live, igsid) == ["Thanks, see you soon!"])
+
+
+async def test_close_body_over_the_cap_is_refused_not_read_forever(live: Bridge) -> None:
+    """A chunked body past the 32 MiB cap (no Content-Length) is cut off with 413."""
+    async def chunks():
+        for _ in range(33):
+            yield b" " * (1024 * 1024)
+
+    url = f"http://127.0.0.1:{live.bot.port}/webhooks/rocketchat"
+    async with aiohttp.ClientSession() as session, session.post(
+        url, data=chunks(), headers={"X-RocketChat-Livechat-Token": WEBHOOK_SECRET,
+                                     "Content-Type": "application/json"},
+    ) as resp:
+        assert resp.status == 413
