@@ -119,11 +119,11 @@ def attachment_kind(fmt: str, mime: str) -> str:
 
 def ascii_name(name: str, fmt: str) -> str:
     """A file name Meta accepts (ASCII only) ending in the extension of ``fmt``."""
-    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    stem = re.sub(r"[^A-Za-z0-9._ -]+", "_", folded).strip(" ._") or "file"
-    stem = stem.rsplit(".", 1)[0] if "." in stem else stem
-    ext = {"jpeg": "jpg"}.get(fmt, fmt)
-    return f"{stem[:80] or 'file'}.{ext}"
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    folded = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
+    stem = re.sub(r"[^A-Za-z0-9._ -]+", "_", folded).strip(" ._")[:80] or "file"
+    ext = "jpg" if fmt == "jpeg" else fmt
+    return f"{stem}.{ext}"
 
 
 _MIMES = {"png": "image/png", "jpeg": "image/jpeg", "gif": "image/gif", "pdf": "application/pdf",
