@@ -82,6 +82,9 @@ CONFIG_ALERT_INTERVAL = 24 * 3600.0
 
 #: How long one file download from Rocket.Chat may wait per read (25 MB on a slow link).
 DOWNLOAD_TIMEOUT = 120.0
+#: Files held in memory at once (each up to 25 MB, plus a converted copy), whatever the
+#: number of conversations sending in parallel.
+MEDIA_SLOTS = 4
 
 
 # --- pure helpers ---------------------------------------------------------------------
@@ -241,6 +244,7 @@ class OutboundRelay:
         self.retry_cap = retry_cap
         #: How long items of a page waiting for re-authorization sleep between looks.
         self.hold_interval = hold_interval
+        self._media_slots = asyncio.Semaphore(MEDIA_SLOTS)
         # page_id -> conversations whose head is held for re-authorization (in memory:
         # after a restart held items are found again within hold_interval).
         self._held: dict[str, set[str]] = {}
@@ -395,6 +399,13 @@ class OutboundRelay:
         declared = file.get("size")
         if isinstance(declared, int) and declared > MAX_FETCH:
             raise MediaRefused("size", messages.MEDIA_FETCH_TOO_LARGE)
+        async with self._media_slots:
+            return await self._transfer(page, file, path, name)
+
+    async def _transfer(
+        self, page: Page, file: dict[str, Any], path: str, name: str
+    ) -> dict[str, Any]:
+        """Download, prepare and upload one file (see ``_media_message``)."""
         try:
             data, served_mime = await self.rest.download(
                 path, max_bytes=MAX_FETCH, timeout=DOWNLOAD_TIMEOUT)
