@@ -12,7 +12,8 @@ Our reading of the real server (RocketChat/Rocket.Chat, read for issue 12 item 9
   ``FileUpload_Restrict_to_room_members`` (default on: a subscription to the room) or
   ``FileUpload_Restrict_to_users_who_can_access_room`` (default off: canAccessRoom, which
   admits livechat staff to livechat rooms); with both off any user passes, with both on
-  nobody does.
+  nobody does. (The first setting exists since 5.4.4, RocketChat/Rocket.Chat#28319; the
+  second since 2024, #32329. The sandbox has both in every version profile.)
 - ``utils/server/lib/JWTHelper.ts``: the JWT is HS256 and lives one hour.
 - ``normalizeMessageFileUpload.ts``: the webhook's ``publicFilePath`` is
   ``Site_Url`` + ``/file-upload/<id>/<encodeURI(name)>`` + ``?token=<jwt>`` when JWTs are on.
