@@ -479,6 +479,43 @@ OUTBOUND_PAGE_NOT_CONNECTED = (
     "connected to the bridge, so an administrator must connect it again{partial}."
 )
 OUTBOUND_PARTIAL = " (only the first {sent} of {total} parts were delivered)"
+# A file the bridge could not send; {name} is its file name, {error} one of MEDIA_* below.
+# The rest of the message (its caption, other files) is still sent.
+OUTBOUND_FILE_REFUSED = (
+    "⚠️ The file “{name}” was not delivered to Instagram: {error}. The rest of the "
+    "message was sent."
+)
+MEDIA_IMAGE_FORMAT = (
+    "Instagram accepts images only as PNG, JPEG or GIF (this one is {format}); send it "
+    "in one of those formats"
+)
+MEDIA_VIDEO_FORMAT = (
+    "Instagram accepts videos only as MP4, MOV, AVI, WebM or OGG (this one is {format})"
+)
+MEDIA_FILE_FORMAT = (
+    "Instagram accepts documents only as PDF; export the document as a PDF and send it "
+    "again"
+)
+MEDIA_TOO_LARGE = (
+    "it is {size:.1f} MB and Instagram accepts {kind} files of at most {limit} MB"
+)
+MEDIA_NOT_AUDIO = "it holds no sound the bridge could convert for Instagram"
+MEDIA_CONVERSION_FAILED = (
+    "Instagram does not accept its format and the bridge could not convert it"
+)
+MEDIA_CONVERSION_UNAVAILABLE = (
+    "Instagram does not accept its format and this bridge cannot convert it (PyAV is "
+    "not installed)"
+)
+MEDIA_FETCH_REFUSED = (
+    "the bridge may not download it from Rocket.Chat (HTTP {status}). Its link expires "
+    "after an hour; for older files an administrator must let the bridge's user read "
+    "room files (File Upload > \"Restrict file access to users who can access room\")"
+)
+MEDIA_FETCH_MISSING = "it no longer exists in Rocket.Chat"
+MEDIA_FETCH_TOO_LARGE = "it is larger than the 25 MB Instagram accepts for any file"
+MEDIA_NOT_ROCKETCHAT = "its link does not point to a Rocket.Chat upload"
+MEDIA_META_REFUSED = "Instagram refused it ({error})"
 
 # --- commands: edit -----------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from json import dumps as json_dumps
 from typing import Any
 from urllib.parse import quote
 
@@ -94,6 +95,10 @@ _CONFIG_TEXTS = ("advanced access", "thread owner", "standby")
 SUBSCRIBED_FIELDS: tuple[str, ...] = ("feed",)
 PAGE_FIELDS = "id,name,access_token,instagram_business_account{id,username}"
 PROFILE_FIELDS = "name,username,profile_pic"
+#: Seconds an attachment upload may wait for Meta's answer: a 25 MB file on a slow uplink
+#: plus Meta's processing. Uploads are safe to retry (an unused attachment id is harmless),
+#: and the send that follows names the stored attachment, so it stays small and quick.
+MEDIA_TIMEOUT = 180.0
 
 
 class GraphError(Exception):
@@ -267,6 +272,7 @@ class GraphClient:
         app_secret: str,
         *,
         timeout: float = 10.0,
+        media_timeout: float = MEDIA_TIMEOUT,
         max_workers: int = 8,
         retries: int = 2,
         backoff: Callable[[int], float] = default_backoff,
@@ -277,6 +283,8 @@ class GraphClient:
         self.app_id = app_id
         self._secret = app_secret
         self.timeout = timeout
+        #: Per-read timeout of attachment uploads: Meta stores up to 25 MB before answering.
+        self.media_timeout = media_timeout
         self.retries = retries
         self._backoff = backoff
         self._observe = observe  # (call, seconds) per HTTP request, for the latency metric
@@ -457,6 +465,36 @@ class GraphClient:
             raise GraphPermanent("response without message_id", call=f"POST /{page_id}/messages")
         return str(mid)
 
+    async def upload_attachment(
+        self,
+        page_id: str,
+        page_token: str,
+        kind: str,
+        data: bytes,
+        filename: str,
+        mime: str,
+    ) -> str:
+        """Attachment Upload API: store ``data`` at Meta for Instagram; return its id.
+
+        ``POST /{page}/message_attachments`` with ``platform=instagram`` and the file as
+        multipart ``filedata``; a send then names ``payload.attachment_id``. Meta never
+        fetches a Rocket.Chat link, so private servers and expired links do not matter.
+        """
+        message = {"attachment": {"type": kind, "payload": {"is_reusable": False}}}
+        body = await self._call(
+            "POST",
+            f"/{page_id}/message_attachments",
+            token=page_token,
+            form={"platform": "instagram", "message": json_dumps(message)},
+            files={"filedata": (filename, data, mime)},
+            timeout=self.media_timeout,
+        )
+        attachment_id = body.get("attachment_id") if isinstance(body, dict) else None
+        if not attachment_id:
+            raise GraphPermanent("response without attachment_id",
+                                 call=f"POST /{page_id}/message_attachments")
+        return str(attachment_id)
+
     async def close(self) -> None:
         """Release the thread pool and the HTTP connections."""
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -472,6 +510,8 @@ class GraphClient:
         params: dict[str, str] | None = None,
         form: dict[str, str] | None = None,
         json: dict | None = None,
+        files: dict[str, tuple[str, bytes, str]] | None = None,
+        timeout: float | None = None,
         label: str | None = None,
         idempotent: bool = True,
         secrets: tuple[str, ...] = (),
@@ -489,7 +529,8 @@ class GraphClient:
             query["appsecret_proof"] = appsecret_proof(token, self._secret)
         call = f"{method} {label or path}"
         scrub = (*secrets, token or "", self._secret)
-        request = {"params": query, "headers": headers, "data": form, "json": json}
+        request = {"params": query, "headers": headers, "data": form, "json": json,
+                   "files": files, "timeout": timeout or self.timeout}
         attempt = 0
         while True:
             try:
@@ -522,7 +563,7 @@ class GraphClient:
         try:
             resp = await loop.run_in_executor(
                 self._pool,
-                lambda: self._session.request(method, url, timeout=self.timeout, **request),
+                lambda: self._session.request(method, url, **request),
             )
         except requests.Timeout:
             # requests' own message contains the URL, hence the token: never chain it.

@@ -27,12 +27,14 @@ so at most one part per conversation in flight can be duplicated.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from bot import messages
 from bot.instagram.graph import (
@@ -44,9 +46,17 @@ from bot.instagram.graph import (
     GraphThrottled,
     GraphWindowClosed,
 )
+from bot.relay.media import MAX_FETCH, MediaRefused, prepare
 from bot.relay.worker import Done, Outcome, Retry, retry_delay
 from bot.rocketchat.ddp import parse_date
-from bot.rocketchat.rest import NotAllowed, RateLimited, RocketChatError, RoomClosed, Unavailable
+from bot.rocketchat.rest import (
+    FileRefused,
+    NotAllowed,
+    RateLimited,
+    RocketChatError,
+    RoomClosed,
+    Unavailable,
+)
 from storage.base import Conversation, Page, Store, WorkItem
 
 log = logging.getLogger("bot.relay")
@@ -70,7 +80,11 @@ ACCOUNT_UNAVAILABLE_CODES = frozenset({36103})
 #: Admins hear about one configuration problem kind per page at most this often.
 CONFIG_ALERT_INTERVAL = 24 * 3600.0
 
-_ATTACHMENT_TYPES = ("image", "video", "audio")
+#: How long one file download from Rocket.Chat may wait per read (25 MB on a slow link).
+DOWNLOAD_TIMEOUT = 120.0
+#: Files held in memory at once (each up to 25 MB, plus a converted copy), whatever the
+#: number of conversations sending in parallel.
+MEDIA_SLOTS = 4
 
 
 # --- pure helpers ---------------------------------------------------------------------
@@ -110,27 +124,30 @@ def _break_point(window: str) -> int:
     return len(window)
 
 
-def attachment_type(mime: str | None) -> str:
-    """The Send API attachment type for a MIME type: image, video, audio or file."""
-    major = (mime or "").split("/", 1)[0].lower()
-    return major if major in _ATTACHMENT_TYPES else "file"
-
-
 def build_parts(text: str, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The Send API ``message`` objects for one item, in sending order.
+    """The parts of one item, in sending order: ``{"file": …}`` then Send API texts.
 
-    Files first (each its own call, by URL), then the text (the caption) split into
-    parts. Whitespace-only parts are dropped: Meta refuses empty texts.
+    Files first (each its own upload and send), then the text (the caption) split into
+    parts. Whitespace-only parts are dropped: Meta refuses empty texts. A file part is
+    turned into a Send API message only when it is sent (see ``_media_message``).
     """
-    parts: list[dict[str, Any]] = []
-    for file in files:
-        url = file.get("url")
-        if url:
-            parts.append(
-                {"attachment": {"type": attachment_type(file.get("type")), "payload": {"url": url}}}
-            )
+    parts: list[dict[str, Any]] = [{"file": file} for file in files if file.get("url")]
     parts.extend({"text": chunk} for chunk in split_text(text or "") if chunk.strip())
     return parts
+
+
+def upload_path(url: str) -> str | None:
+    """The ``/file-upload/…`` path and query of a Rocket.Chat file link, or None.
+
+    ``publicFilePath`` is built on ``Site_Url``, which may be a name the bridge cannot
+    reach (or one Meta cannot): only the path is kept, and fetched from
+    ``rocketchat.url`` with the bot's credentials. The query keeps the link's JWT.
+    """
+    parts = urlsplit(url)
+    at = parts.path.find("/file-upload/")
+    if at < 0:
+        return None
+    return parts.path[at:] + (f"?{parts.query}" if parts.query else "")
 
 
 @dataclass(frozen=True)
@@ -227,6 +244,7 @@ class OutboundRelay:
         self.retry_cap = retry_cap
         #: How long items of a page waiting for re-authorization sleep between looks.
         self.hold_interval = hold_interval
+        self._media_slots = asyncio.Semaphore(MEDIA_SLOTS)
         # page_id -> conversations whose head is held for re-authorization (in memory:
         # after a restart held items are found again within hold_interval).
         self._held: dict[str, set[str]] = {}
@@ -313,14 +331,30 @@ class OutboundRelay:
     ) -> Outcome:
         for index in range(item.progress, len(parts)):
             try:
+                message = parts[index]
+                if "file" in message:
+                    message = await self._media_message(page, message["file"])
                 mid = await self.graph.send_message(
                     page.page_id,
                     page.page_token,
                     igsid,
-                    parts[index],
+                    message,
                     messaging_type=decision.messaging_type,
                     tag=decision.tag,
                 )
+            except MediaRefused as exc:
+                # This file cannot go; the agent is told why and the rest still goes.
+                await self._file_refused(item, index, parts[index]["file"], exc)
+                if index + 1 == len(parts):
+                    return Done()
+                item.progress = index + 1
+                await self.store.update_item(item)
+                continue
+            except (Unavailable, RateLimited) as exc:  # downloading from Rocket.Chat
+                delay = retry_delay(item.attempts + 1, base=self.retry_base, cap=self.retry_cap)
+                log.warning("outbound item %s part %d/%d: file download failed (%s); "
+                            "retry in %.1f s", item.item_id, index + 1, len(parts), exc, delay)
+                return Retry(self.clock() + delay, f"file download: {exc}")
             except GraphAuthError as exc:
                 log.warning("outbound item %s: page %s token rejected (%s)",
                             item.item_id, page.page_id, exc)
@@ -351,6 +385,58 @@ class OutboundRelay:
             await self.store.update_item(item)
             await self.store.remember(echo)
         return Done()
+
+    async def _media_message(self, page: Page, file: dict[str, Any]) -> dict[str, Any]:
+        """Download one agent file, check/convert it, upload it to Meta: the Send API message.
+
+        Raises MediaRefused for anything the agent must hear about; Unavailable and
+        RateLimited (Rocket.Chat) and GraphRetryable/GraphAuthError (Meta) to retry or hold.
+        """
+        name = str(file.get("name") or "file")
+        path = upload_path(str(file.get("url") or ""))
+        if path is None:
+            raise MediaRefused("fetch", messages.MEDIA_NOT_ROCKETCHAT)
+        declared = file.get("size")
+        if isinstance(declared, int) and declared > MAX_FETCH:
+            raise MediaRefused("size", messages.MEDIA_FETCH_TOO_LARGE)
+        async with self._media_slots:
+            return await self._transfer(page, file, path, name)
+
+    async def _transfer(
+        self, page: Page, file: dict[str, Any], path: str, name: str
+    ) -> dict[str, Any]:
+        """Download, prepare and upload one file (see ``_media_message``)."""
+        try:
+            data, served_mime = await self.rest.download(
+                path, max_bytes=MAX_FETCH, timeout=DOWNLOAD_TIMEOUT)
+        except FileRefused as exc:
+            if exc.status == 413:
+                raise MediaRefused("size", messages.MEDIA_FETCH_TOO_LARGE) from None
+            if exc.status == 404:
+                raise MediaRefused("fetch", messages.MEDIA_FETCH_MISSING) from None
+            raise MediaRefused(
+                "fetch", messages.MEDIA_FETCH_REFUSED.format(status=exc.status)) from None
+        media = await asyncio.to_thread(prepare, data, str(file.get("type") or served_mime), name)
+        if media.converted_from:
+            log.info("file %s converted from %s for Instagram (%d bytes)",
+                     media.filename, media.converted_from, len(media.data))
+        try:
+            attachment_id = await self.graph.upload_attachment(
+                page.page_id, page.page_token, media.kind, media.data, media.filename, media.mime)
+        except (GraphAuthError, GraphRetryable, GraphWindowClosed, GraphConfigError):
+            raise  # about the page or the conversation, not this file: handled as for sends
+        except GraphError as exc:
+            raise MediaRefused("meta", messages.MEDIA_META_REFUSED.format(error=exc)) from None
+        return {"attachment": {"type": media.kind, "payload": {"attachment_id": attachment_id}}}
+
+    async def _file_refused(
+        self, item: WorkItem, index: int, file: dict[str, Any], exc: MediaRefused
+    ) -> None:
+        log.warning("outbound item %s part %d: file not sent (%s): %s",
+                    item.item_id, index + 1, exc.key, exc.reason)
+        await self._tell_agent(item, messages.OUTBOUND_FILE_REFUSED, error=exc.reason,
+                               name=str(file.get("name") or "file"), key=f"{item.item_id}:{index}")
+        self._dropped(f"media_{exc.key}")
 
     async def _refused(
         self, item: WorkItem, page: Page, exc: GraphError, index: int, total: int
@@ -458,8 +544,13 @@ class OutboundRelay:
         error: str = "",
         sent: int = 0,
         total: int = 0,
+        name: str = "",
+        key: str | None = None,
     ) -> None:
-        """Queue a note into the item's room (agents' messages only; others are logged)."""
+        """Queue a note into the item's room (agents' messages only; others are logged).
+
+        ``key`` tells apart several notes about one item (one per refused file).
+        """
         room_id = item.payload.get("room_id")
         if item.kind != "agent_message" or not room_id:
             return
@@ -468,9 +559,9 @@ class OutboundRelay:
             conversation = await self.store.conversation(page_id, igsid)
         visitor = (conversation.visitor_name if conversation else "") or "the visitor"
         partial = messages.OUTBOUND_PARTIAL.format(sent=sent, total=total) if sent else ""
-        text = template.format(visitor=visitor, error=error, partial=partial)
+        text = template.format(visitor=visitor, error=error, partial=partial, name=name)
         note = WorkItem(
-            item_id=f"note:{item.item_id}",
+            item_id=f"note:{key or item.item_id}",
             queue="outbound",
             conversation=f"note:{room_id}",
             kind="note",

@@ -21,6 +21,7 @@ from sandbox.meta.events import EventsMixin
 from sandbox.meta.graph import GraphMixin
 from sandbox.meta.login import LoginMixin
 from sandbox.meta.send import SendMixin
+from sandbox.meta.upload import _FILES, FILE_FIELD, MAX_REQUEST, UploadMixin
 from sandbox.meta.webhooks import WebhookMixin
 from sandbox.meta.wire import (
     _JSON,
@@ -44,7 +45,9 @@ from sandbox.meta.wire import (
 log = logging.getLogger("sandbox.meta")
 
 
-class SandboxMeta(LoginMixin, GraphMixin, SendMixin, WebhookMixin, EventsMixin):
+class SandboxMeta(
+    LoginMixin, GraphMixin, SendMixin, UploadMixin, WebhookMixin, EventsMixin
+):
     """Facebook Login + Graph API + Instagram webhooks on a loopback port."""
 
     def __init__(
@@ -87,6 +90,9 @@ class SandboxMeta(LoginMixin, GraphMixin, SendMixin, WebhookMixin, EventsMixin):
         self._endpoint_errors: dict[str, list[ErrorSpec]] = {}
         self._calls: list[dict[str, Any]] = []
         self._sent: list[dict[str, Any]] = []
+        self._attachments: dict[str, dict[str, Any]] = {}  # attachment_id -> upload record
+        self._private_hosts: set[str] = set()
+        self._upload_latency = 0.0
         self._deliveries: list[dict[str, Any]] = []
         self._webhook_url: str | None = None
         self._echoes = True
@@ -177,7 +183,7 @@ class SandboxMeta(LoginMixin, GraphMixin, SendMixin, WebhookMixin, EventsMixin):
         return f"http://127.0.0.1:{self._port}"
 
     async def _astart(self) -> None:
-        app = web.Application(middlewares=[self._middleware])
+        app = web.Application(middlewares=[self._middleware], client_max_size=MAX_REQUEST)
         app.router.add_route("*", "/dialog/oauth", self._dialog)
         app.router.add_route("*", r"/{version:v\d+\.\d+}/dialog/oauth", self._dialog)
         app.router.add_route("*", "/{tail:.*}", self._graph)
@@ -419,7 +425,16 @@ class SandboxMeta(LoginMixin, GraphMixin, SendMixin, WebhookMixin, EventsMixin):
 
     async def _params(self, request: web.Request) -> dict[str, str]:
         params = dict(request.query)
-        if request.can_read_body:
+        if request.content_type == "multipart/form-data":
+            files: list[tuple[str, bytes]] = []
+            for key, value in (await request.post()).items():
+                if isinstance(value, web.FileField):
+                    if key == FILE_FIELD:
+                        files.append((value.filename, value.file.read()))
+                else:
+                    params[key] = str(value)
+            request[_FILES] = files
+        elif request.can_read_body:
             raw = await request.read()
             ctype = request.content_type
             if ctype == "application/x-www-form-urlencoded":
