@@ -13,7 +13,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -29,10 +29,11 @@ from bot.relay.intake import Intake
 from bot.relay.outbound import OutboundRelay
 from bot.relay.pressure import ReceiverLoad
 from bot.relay.worker import QueueWorker
+from bot.rocketchat.actions import button_attachments
 from bot.rocketchat.realtime import IncomingMessage, RealtimeClient
 from bot.rocketchat.rest import RocketChatREST, Unavailable, random_id
 from bot.web import create_app
-from commands.base import Issuer
+from commands.base import ButtonRow, Issuer
 from commands.registry import Registry, default_registry
 from commands.router import dispatch, parse
 from storage import open_store
@@ -86,11 +87,14 @@ class CommandContext:
     def config(self) -> Config:
         return self.bot.config
 
-    async def reply(self, text: str) -> None:
+    async def reply(self, text: str, rows: Sequence[ButtonRow] = ()) -> None:
         msg_id = random_id()  # the same _id on every attempt: a retry never posts twice
+        attachments = button_attachments(rows) or None
         await self._patiently(
             f"reply to {self.issuer.username}",
-            lambda: self.bot.rest.send_dm(self.issuer.username, clip_reply(text), msg_id),
+            lambda: self.bot.rest.send_dm(
+                self.issuer.username, clip_reply(text), msg_id, attachments
+            ),
         )
 
     async def issuer_is_admin(self) -> bool:

@@ -239,6 +239,14 @@ class Demo:
         reply = wait_for(f"the bot's DM answer to {text!r}",
                          lambda: self.bot_dms()[seen:], alive=self.alive)[0]
         self.t.say("bot", f"-> {ADMIN} (DM): {short(reply['msg'])}")
+        buttons = self.rc.buttons(reply["_id"])
+        if buttons:
+            shown = ", ".join(
+                f"[{b['text']}] " + (f"opens {short(b['url'])}" if b.get("url")
+                                     else f"posts \"{b.get('msg')}\"")
+                for b in buttons
+            )
+            self.t.say("bot", f"   buttons under it: {shown}")
         return str(reply["msg"])
 
     def authorize(self) -> None:
@@ -419,6 +427,9 @@ class Demo:
         """Print the URLs and block until Ctrl-C / SIGTERM."""
         reply = self.command("/instagram authorize")
         link = next((u for u in _URL.findall(reply) if "/dialog/oauth" in u), "(none)")
+        self.command("/instagram pages")
+        edit = self.command(f"/instagram edit {SHOP['id']}")
+        form = next((u for u in _URL.findall(edit) if "/settings/" in u), "(none)")
         lines = [
             "",
             "Everything is still running. Poke at it (Ctrl-C to stop):",
@@ -427,6 +438,11 @@ class Demo:
             f"  OAuth login   {link}",
             "                (a fresh single-use link: open it in a browser to walk the sandbox",
             "                 Facebook Login -> /oauth/callback -> page choice)",
+            f"  settings form {form}",
+            f"                (the page's settings form, single use, 10 minutes; a fresh one:"
+            f" instagram edit {SHOP['id']})",
+            "  buttons       shown under each DM above (the sandbox Rocket.Chat has no web",
+            "                client to click them in; a click posts the command shown)",
             f"  Rocket.Chat   {self.rc.url}  (REST /api/v1, DDP /websocket; users {ADMIN} / "
             f"{ADMIN_PASSWORD}, {AGENT} / {AGENT_PASSWORD})",
             f"  Meta Graph    {self.meta.graph_url}/{self.meta.api_version}",

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from bot import messages
 from bot.instagram.oauth import STATE_TTL, start_login
-from commands.base import Command, CommandContext, UsageError
+from commands.base import Button, ButtonRow, Command, CommandContext, UsageError
 
 
 async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
@@ -16,7 +16,9 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
     text = messages.AUTHORIZE_LINK.format(url=url, minutes=int(STATE_TTL // 60))
     if ctx.issuer.room_type != "d":
         text += "\n" + messages.AUTHORIZE_LINK_FROM_CHANNEL
-    await ctx.reply(text)  # always a DM: the link must never be posted in a room
+    # Always a DM: the link must never be posted in a room. The button opens the same link
+    # (the text keeps it for clients that show no buttons).
+    await ctx.reply(text, [ButtonRow((Button(messages.AUTHORIZE_BUTTON, url=url),))])
 
 
 command = Command(

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bot import messages
-from commands.base import Command, CommandContext, UsageError
+from commands.base import Button, ButtonRow, Command, CommandContext, UsageError
+from storage.base import Page
 
 
 async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
@@ -16,6 +17,7 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
         await ctx.reply(messages.PAGES_NONE)
         return
     lines = [messages.PAGES_HEADER.format(count=len(pages))]
+    rows = [page_buttons(page) for page in pages]
     for page in pages:
         line = messages.PAGES_LINE.format(
             page_id=page.page_id,
@@ -25,7 +27,20 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
             subscribed="yes" if page.subscribed else "no",
         )
         lines.append(line + (messages.PAGES_NEEDS_REAUTH if page.needs_reauth else ""))
-    await ctx.reply("\n".join(lines))
+    await ctx.reply("\n".join(lines), rows)
+
+
+def page_buttons(page: Page) -> ButtonRow:
+    """Edit, and Subscribe or Unsubscribe, for one page (a click posts the command)."""
+    if page.subscribed:
+        toggle = Button(messages.PAGES_BUTTON_UNSUBSCRIBE,
+                        command=f"instagram unsubscribe {page.page_id}")
+    else:
+        toggle = Button(messages.PAGES_BUTTON_SUBSCRIBE,
+                        command=f"instagram subscribe {page.page_id}")
+    edit = Button(messages.PAGES_BUTTON_EDIT, command=f"instagram edit {page.page_id}")
+    username = f" (@{page.username})" if page.username else ""
+    return ButtonRow((edit, toggle), title=f"{page.name}{username}")
 
 
 command = Command(

@@ -61,14 +61,16 @@ class LoginState:
 
     ``kind`` is ``"login"`` for the Facebook Login redirect and ``"select"`` for the
     page-choice form; a select state carries the candidate pages (with their tokens)
-    in ``data`` so the form itself never holds a token.
+    in ``data`` so the form itself never holds a token. ``"settings"`` is the link to a
+    page's settings form that ``/instagram edit <pageId>`` DMs, ``"settings_form"`` the
+    form it opens; both carry ``{"page_id": …}`` in ``data``.
     """
 
     state: str
     user_id: str
     username: str
     expires_at: float
-    kind: Literal["login", "select"] = "login"
+    kind: Literal["login", "select", "settings", "settings_form"] = "login"
     data: dict[str, Any] = field(default_factory=dict)
 
 

@@ -63,7 +63,7 @@ async def oauth_callback(request: web.Request) -> web.Response:
     return html_response(status, page)
 
 
-def _same_origin(request: web.Request, public_url: str) -> bool:
+def same_origin(request: web.Request, public_url: str) -> bool:
     """False for a cross-site POST (an Origin, or "null", that is neither ours nor public_url's)."""
     origin = request.headers.get("Origin")
     if origin is None:
@@ -76,7 +76,7 @@ def _same_origin(request: web.Request, public_url: str) -> bool:
 async def oauth_select(request: web.Request) -> web.Response:
     """The page-choice form's target."""
     bot = _bot(request)
-    if not _same_origin(request, bot.config.server.public_url):
+    if not same_origin(request, bot.config.server.public_url):
         log.warning("page choice refused: cross-origin POST from %s", request.headers["Origin"])
         return html_response(403, messages.oauth_invalid_state_page())
     if request.content_length is not None and request.content_length > MAX_FORM:
