@@ -21,6 +21,7 @@ from aiohttp import web
 
 from bot.backoff import BackoffFactory, exponential_backoff
 from bot.config import Config
+from bot.contacts import month_start
 from bot.instagram.graph import GraphClient, GraphThrottled
 from bot.instagram.reauth import mark_needs_reauth
 from bot.metrics import Metrics
@@ -280,6 +281,8 @@ class Bot:
             self.metrics.queue_depth.labels(queue).set(await self.store.queue_depth(queue))
         self.metrics.inbox_backlog.set(self.store.inbox.backlog)
         self.metrics.waiting_for_agent.set(len(await self.store.conversations_waiting()))
+        visitors = await self.store.visitors_since(month_start(self.clock()))
+        self.metrics.monthly_visitors.set(sum(visitors.values()))
 
     def _observe_rocketchat(self, route: str, seconds: float) -> None:
         self.metrics.rocketchat_latency.labels(route).observe(seconds)

@@ -31,6 +31,7 @@ import requests
 
 from bot import config as config_module
 from bot.config import Config
+from bot.contacts import INCLUDED_CONTACTS, month_start
 from bot.instagram.graph import GraphAuthError, GraphClient, GraphError, GraphRetryable
 from bot.rocketchat.rest import (
     AuthenticationFailed,
@@ -682,6 +683,21 @@ def check_storage_key(c: Checkup) -> CheckResult:
     return CheckResult(name, PASS, "tokens are encrypted at rest")
 
 
+def check_monthly_contacts(visitors: int) -> CheckResult:
+    """This month's Instagram visitors against the contacts a Starter/Pro plan includes."""
+    name = "omnichannel.monthly_contacts"
+    found = (f"{visitors} Instagram visitor(s) wrote this month; Rocket.Chat counts each one "
+             "answered as a monthly active contact")
+    if visitors >= INCLUDED_CONTACTS * 0.8:
+        return CheckResult(
+            name, WARN, f"{found}, near or over the {INCLUDED_CONTACTS} that Starter and Pro "
+            "include (across all channels)",
+            "check Administration > Workspace > Subscription; going over may interrupt "
+            "Omnichannel until the month ends or the plan changes",
+        )
+    return CheckResult(name, PASS, found)
+
+
 async def check_store_and_pages(c: Checkup, now: float) -> list[CheckResult]:
     """Open the store (wrong key, corruption, lock) and check every connected page."""
     from storage import open_store
@@ -719,6 +735,9 @@ async def check_store_and_pages(c: Checkup, now: float) -> list[CheckResult]:
                                        "in Rocket.Chat, as an admin: /instagram authorize"))
         for page in pages:
             results.extend(await check_page(c, page, now))
+        if pages:
+            results.append(check_monthly_contacts(sum(
+                (await store.visitors_since(month_start(now))).values())))
         return results
     finally:
         with contextlib.suppress(Exception):

@@ -98,6 +98,11 @@ PAGES_HEADER = "*Connected Instagram accounts* ({count})"
 PAGES_LINE = (
     "• `{page_id}` — {name} — @{username} — department: {department} — subscribed: {subscribed}"
 )
+PAGES_VISITORS = " — visitors this month: {count}"
+PAGES_CONTACTS = (
+    "{total} Instagram visitor(s) wrote this month. Rocket.Chat counts each one it answers "
+    "as a monthly active contact (Starter and Pro include {included} across all channels)."
+)
 PAGES_NEEDS_REAUTH = " — *needs re-authorization* (`/instagram authorize`)"
 UNKNOWN_PAGE = "I know no connected page with id `{page_id}`. Known page ids: {known}."
 UNKNOWN_PAGE_NONE = (

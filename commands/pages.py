@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from bot import messages
+from bot.contacts import INCLUDED_CONTACTS, month_start
 from commands.base import Button, ButtonRow, Command, CommandContext, UsageError
 from storage.base import Page
 
@@ -18,6 +20,7 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
         return
     lines = [messages.PAGES_HEADER.format(count=len(pages))]
     rows = [page_buttons(page) for page in pages]
+    visitors = await ctx.store.visitors_since(month_start(time.time()))
     for page in pages:
         line = messages.PAGES_LINE.format(
             page_id=page.page_id,
@@ -26,7 +29,10 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
             department=page.department_name or page.department_id or "none",
             subscribed="yes" if page.subscribed else "no",
         )
+        line += messages.PAGES_VISITORS.format(count=visitors.get(page.page_id, 0))
         lines.append(line + (messages.PAGES_NEEDS_REAUTH if page.needs_reauth else ""))
+    total = sum(visitors.values())
+    lines.append(messages.PAGES_CONTACTS.format(total=total, included=INCLUDED_CONTACTS))
     await ctx.reply("\n".join(lines), rows)
 
 

@@ -186,6 +186,10 @@ class Store(abc.ABC):
     async def conversations_waiting(self) -> list[Conversation]:
         """Conversations inside an offline spell (waiting for an agent)."""
 
+    @abc.abstractmethod
+    async def visitors_since(self, since: float) -> dict[str, int]:
+        """Per page id: how many of its visitors last wrote at or after ``since`` (epoch s)."""
+
     # -- work queues -------------------------------------------------------------
     @abc.abstractmethod
     async def enqueue(

@@ -19,7 +19,7 @@ from aiohttp import web
 from cryptography.fernet import Fernet
 
 from bot import config as config_module
-from bot.doctor import FAIL, PASS, WARN, CheckResult, diagnose, run_checks
+from bot.doctor import FAIL, PASS, WARN, CheckResult, check_monthly_contacts, diagnose, run_checks
 from bot.instagram.graph import GraphClient
 from bot.instagram.oauth import login_url
 from sandbox.meta import DEFAULT_IG_ID, DEFAULT_PAGE_ID, DEFAULT_PAGE_NAME, SandboxMeta
@@ -145,7 +145,8 @@ async def test_all_green_sandbox_passes(setup: Setup) -> None:
                  "omnichannel.departments", "rocketchat.slash_commands", "omnichannel.enabled",
                  "omnichannel.webhook", "rocketchat.rate_limiter", "meta.app", "storage.files",
                  "storage.encryption_key", "storage.open", f"page {DEFAULT_PAGE_ID} token",
-                 f"page {DEFAULT_PAGE_ID} subscribed", f"page {DEFAULT_PAGE_ID} instagram"):
+                 f"page {DEFAULT_PAGE_ID} subscribed", f"page {DEFAULT_PAGE_ID} instagram",
+                 "omnichannel.monthly_contacts"):
         assert results[name].status == PASS, (name, results[name].detail)
     assert "Rocket.Chat 7" in results["rocketchat.reachable"].detail
     assert "but the bot is not running" in results["public_url.reachable"].detail
@@ -399,3 +400,11 @@ async def test_wrong_key_fails_opening_the_store(setup: Setup) -> None:
     results = await setup.check()
     r = results["storage.open"]
     assert r.status == FAIL and "not the key" in r.detail
+
+
+@pytest.mark.parametrize(("visitors", "status"), [(0, PASS), (79, PASS), (80, WARN), (250, WARN)])
+def test_monthly_contacts_near_the_plan_limit_warns(visitors: int, status: str) -> None:
+    """This month's visitors near or over the 100 contacts of Starter/Pro are a WARN."""
+    result = check_monthly_contacts(visitors)
+    assert result.status == status
+    assert f"{visitors} Instagram visitor(s)" in result.detail
