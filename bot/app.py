@@ -22,7 +22,9 @@ from aiohttp import web
 from bot.backoff import BackoffFactory, exponential_backoff
 from bot.config import Config
 from bot.contacts import month_start
+from bot.instagram.accounts import GraphRoutes
 from bot.instagram.graph import GraphClient, GraphThrottled
+from bot.instagram.instagram_login import InstagramLoginClient, TokenRefresher
 from bot.instagram.reauth import mark_needs_reauth
 from bot.metrics import Metrics
 from bot.relay.inbound import InboundRelay
@@ -38,7 +40,7 @@ from commands.base import ButtonRow, Issuer
 from commands.registry import Registry, default_registry
 from commands.router import dispatch, parse
 from storage import open_store
-from storage.base import Store
+from storage.base import Page, Store
 
 log = logging.getLogger("bot")
 
@@ -79,6 +81,10 @@ class CommandContext:
     @property
     def graph(self) -> GraphClient:
         return self.bot.graph
+
+    @property
+    def graphs(self) -> GraphRoutes:
+        return self.bot.graphs
 
     @property
     def rest(self) -> RocketChatREST:
@@ -160,6 +166,12 @@ class Bot:
             ig.graph_url, ig.api_version, ig.app_id, ig.app_secret.reveal(),
             observe=self._observe_graph, on_retry=self._graph_retried,
         )
+        # Accounts connected with Instagram Login (no Page) are served by graph.instagram.com.
+        self.ig_graph: InstagramLoginClient | None = None
+        if ig.instagram_login.enabled:
+            self.ig_graph = InstagramLoginClient(
+                config, observe=self._observe_graph, on_retry=self._graph_retried)
+        self.graphs = GraphRoutes(self.graph, self.ig_graph)
         realtime_options: dict[str, Any] = {"backoff": backoff} if backoff else {}
         self.realtime = RealtimeClient(
             rc.url,
@@ -176,7 +188,7 @@ class Bot:
         # Outbound relay: agents' replies and the page texts to Instagram, notes to agents.
         self.outbound_relay = OutboundRelay(
             store=self.store,
-            graph=self.graph,
+            graphs=self.graphs,
             rest=self.rest,
             human_agent_tag=ig.human_agent_tag,
             mark_needs_reauth=lambda page_id: mark_needs_reauth(
@@ -196,11 +208,15 @@ class Bot:
         # work items, the relay posts those into Omnichannel rooms.
         self.receiver_load = ReceiverLoad()
         self.inbound = InboundRelay(
-            self.store, self.rest, self.graph, self.metrics,
+            self.store, self.rest, self.graphs, self.metrics,
             rc_url=rc.url, app_id=ig.app_id, clock=clock,
             notify_outbound=lambda: self.outbound.notify(), load=self.receiver_load,
         )
         self.intake = Intake(self.store, self.inbound, self.metrics, self.receiver_load)
+        self.token_refresher = (
+            TokenRefresher(self.store, self.ig_graph, self._reauth_page, clock=clock)
+            if self.ig_graph is not None else None
+        )
         self.web_app = create_app(self)
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -224,6 +240,9 @@ class Bot:
         self._tasks.append(asyncio.create_task(self.outbound.run(), name="outbound"))
         self._tasks.append(asyncio.create_task(self.inbound.run(), name="inbound"))
         self._tasks.append(asyncio.create_task(self.intake.run(), name="intake"))
+        if self.token_refresher is not None:
+            self._tasks.append(asyncio.create_task(self.token_refresher.run(),
+                                                   name="instagram-tokens"))
 
     async def run(self) -> None:
         """The whole process lifetime; raises AuthenticationFailed on bad credentials."""
@@ -254,10 +273,13 @@ class Bot:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
-        await self.graph.close()
+        await self.graphs.close()
         await self.rest.close()
         await self.store.close()
         log.info("stopped")
+
+    async def _reauth_page(self, page: Page) -> None:
+        await mark_needs_reauth(self.store, self.notify_admins, page.page_id)
 
     async def on_page_reauthorized(self, page_id: str) -> None:
         """A page was (re)connected: route its webhooks afresh and deliver held replies now."""

@@ -51,6 +51,15 @@ AUTHORIZE_LINK = (
     "account that manages the Facebook Page linked to it (the link works once, for "
     "{minutes} minutes):\n{url}"
 )
+AUTHORIZE_LINKS = (
+    "To connect an Instagram business account, choose how (each link works once, for "
+    "{minutes} minutes):\n"
+    "• *Log in with Facebook* — the account is linked to a Facebook Page you manage:\n{url}\n"
+    "• *Log in with Instagram* — no Facebook Page needed, log in with the Instagram "
+    "account itself:\n{instagram_url}"
+)
+AUTHORIZE_BUTTON_FACEBOOK = "Log in with Facebook"
+AUTHORIZE_BUTTON_INSTAGRAM = "Log in with Instagram"
 AUTHORIZE_LINK_FROM_CHANNEL = (
     "(You typed `/instagram authorize` in a room; the login link is only ever sent here, "
     "in this direct message.)"
@@ -87,6 +96,17 @@ OAUTH_DM_RECONNECTED = (
     "Re-authorized Instagram *@{username}* (Facebook Page *{name}*, page id `{page_id}`): "
     "its tokens were renewed and its settings kept. `/instagram edit {page_id}` shows them."
 )
+IG_LOGIN_DM_CONNECTED = (
+    "Connected Instagram *@{username}* through Instagram Login (no Facebook Page; account "
+    "id `{page_id}`). Its direct messages now open Omnichannel conversations; its token "
+    "lasts 60 days and the bot renews it on its own.\n"
+    "Next steps: `/instagram edit {page_id}` to choose the department and the welcome, "
+    "finished and offline texts; `/instagram pages` lists every connected account."
+)
+IG_LOGIN_DM_RECONNECTED = (
+    "Re-authorized Instagram *@{username}* (Instagram Login, account id `{page_id}`): its "
+    "token was renewed and its settings kept. `/instagram edit {page_id}` shows them."
+)
 OAUTH_DM_SUBSCRIBE_FAILED = (
     "Saved the Facebook Page *{name}* (`{page_id}`, @{username}), but installing the bot "
     "on it at Meta failed ({reason}), so its messages are not bridged yet. "
@@ -103,6 +123,7 @@ PAGES_CONTACTS = (
     "{total} Instagram visitor(s) wrote this month. Rocket.Chat counts each one it answers "
     "as a monthly active contact (Starter and Pro include {included} across all channels)."
 )
+PAGES_ROUTE_INSTAGRAM = " — via Instagram Login, token until {until}"
 PAGES_NEEDS_REAUTH = " — *needs re-authorization* (`/instagram authorize`)"
 UNKNOWN_PAGE = "I know no connected page with id `{page_id}`. Known page ids: {known}."
 UNKNOWN_PAGE_NONE = (
@@ -263,6 +284,15 @@ def oauth_connected_page(
         "Rocket.Chat. The next steps are in your Rocket.Chat direct messages; you can close "
         "this window.",
         raw=_skipped_html(skipped),
+    )
+
+
+def ig_login_connected_page(username: str, ig_id: str) -> str:
+    return html_page(
+        "Instagram connected",
+        f"@{username} (Instagram account id {ig_id}, connected with Instagram Login) is now "
+        "bridged with Rocket.Chat. The next steps are in your Rocket.Chat direct messages; "
+        "you can close this window.",
     )
 
 

@@ -59,7 +59,8 @@ class CommandContext(Protocol):
 
     issuer: Issuer
     store: Store
-    graph: Any  # bot.graph.GraphClient
+    graph: Any  # bot.instagram.graph.GraphClient (Facebook Login's)
+    graphs: Any  # bot.instagram.accounts.GraphRoutes: the client of each page's route
     rest: Any  # bot.rest.RocketChatREST
     config: Any  # bot.config.Config
 

@@ -29,6 +29,9 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
             department=page.department_name or page.department_id or "none",
             subscribed="yes" if page.subscribed else "no",
         )
+        if page.route == "instagram":
+            until = time.strftime("%Y-%m-%d", time.gmtime(page.token_expires_at))
+            line += messages.PAGES_ROUTE_INSTAGRAM.format(until=until)
         line += messages.PAGES_VISITORS.format(count=visitors.get(page.page_id, 0))
         lines.append(line + (messages.PAGES_NEEDS_REAUTH if page.needs_reauth else ""))
     total = sum(visitors.values())

@@ -17,7 +17,7 @@ log = logging.getLogger("commands")
 async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
     page = await require_page(ctx.store, one_page_id(args))
     try:
-        await ctx.graph.subscribe_page(page.page_id, page.page_token)
+        await ctx.graphs.for_page(page).subscribe_page(page.page_id, page.page_token)
     except GraphError as exc:
         reason = messages.SUBSCRIBE_FAILED.format(page_id=page.page_id, reason=exc)
         if isinstance(exc, GraphAuthError):

@@ -53,6 +53,13 @@ class Page:
     needs_reauth: bool = False
     reauth_notified: bool = False
     connected_at: float = 0.0
+    #: How the account was connected: "facebook" (Facebook Login, through its Page) or
+    #: "instagram" (Instagram Login, no Page: ``page_id`` is the Instagram account id).
+    route: str = "facebook"
+    #: Instagram Login tokens expire (60 days) and are refreshed: when the current one
+    #: was issued and when it ends (epoch seconds; 0 for Page tokens, which do not).
+    token_issued_at: float = 0.0
+    token_expires_at: float = 0.0
 
 
 @dataclass
@@ -70,7 +77,7 @@ class LoginState:
     user_id: str
     username: str
     expires_at: float
-    kind: Literal["login", "select", "settings", "settings_form"] = "login"
+    kind: Literal["login", "select", "settings", "settings_form", "instagram_login"] = "login"
     data: dict[str, Any] = field(default_factory=dict)
 
 

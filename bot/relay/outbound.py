@@ -188,7 +188,7 @@ class OutboundRelay:
         self,
         *,
         store: Store,
-        graph: Any,  # bot.graph.GraphClient
+        graphs: Any,  # bot.instagram.accounts.GraphRoutes
         rest: Any,  # bot.rest.RocketChatREST
         human_agent_tag: bool,
         mark_needs_reauth: Callable[[str], Awaitable[Any]],
@@ -200,7 +200,7 @@ class OutboundRelay:
         hold_interval: float = 300.0,
     ) -> None:
         self.store = store
-        self.graph = graph
+        self.graphs = graphs
         self.rest = rest
         self.human_agent_tag = human_agent_tag
         #: ``bot.instagram.reauth.mark_needs_reauth`` bound to the bot: flags the page, DMs admins.
@@ -294,7 +294,7 @@ class OutboundRelay:
     ) -> Outcome:
         for index in range(item.progress, len(parts)):
             try:
-                mid = await self.graph.send_message(
+                mid = await self.graphs.for_page(page).send_message(
                     page.page_id,
                     page.page_token,
                     igsid,

@@ -88,7 +88,7 @@ class SendMixin:
     def _send_checked(
         self, node: str, tok: _Token, body: Any, rec: dict[str, Any]
     ) -> dict[str, Any]:
-        if tok.kind != "page":
+        if tok.kind not in ("page", "ig_user"):  # ig_user: the Instagram Login route
             raise _GraphFail(
                 210, "(#210) A page access token is required to request this resource."
             )
