@@ -26,6 +26,7 @@ from bot.instagram.accounts import GraphRoutes
 from bot.instagram.graph import GraphClient, GraphThrottled
 from bot.instagram.instagram_login import InstagramLoginClient, TokenRefresher
 from bot.instagram.reauth import mark_needs_reauth
+from bot.instagram.watch import DEFAULT_INTERVAL, MetaWatch, WatchRound
 from bot.metrics import Metrics
 from bot.relay.inbound import InboundRelay
 from bot.relay.intake import Intake
@@ -141,6 +142,7 @@ class Bot:
         clock: Callable[[], float] = time.time,
         backoff: Callable[[], Iterator[float]] | None = None,
         registry: Registry | None = None,
+        watch_interval: float = DEFAULT_INTERVAL,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -211,11 +213,18 @@ class Bot:
             self.store, self.rest, self.graphs, self.metrics,
             rc_url=rc.url, app_id=ig.app_id, clock=clock,
             notify_outbound=lambda: self.outbound.notify(), load=self.receiver_load,
+            notify_admins=self.notify_admins,
         )
         self.intake = Intake(self.store, self.inbound, self.metrics, self.receiver_load)
         self.token_refresher = (
             TokenRefresher(self.store, self.ig_graph, self._reauth_page, clock=clock)
             if self.ig_graph is not None else None
+        )
+        # Standing watch: token and Page subscription of every bridged page, periodically.
+        self.meta_watch = MetaWatch(
+            self.store, self.graphs, self.notify_admins,
+            lambda page_id: mark_needs_reauth(self.store, self.notify_admins, page_id),
+            clock=clock, interval=watch_interval, on_round=self._watch_round,
         )
         self.web_app = create_app(self)
         self._runner: web.AppRunner | None = None
@@ -243,6 +252,7 @@ class Bot:
         if self.token_refresher is not None:
             self._tasks.append(asyncio.create_task(self.token_refresher.run(),
                                                    name="instagram-tokens"))
+        self._tasks.append(asyncio.create_task(self.meta_watch.run(), name="meta-watch"))
 
     async def run(self) -> None:
         """The whole process lifetime; raises AuthenticationFailed on bad credentials."""
@@ -305,6 +315,12 @@ class Bot:
         self.metrics.waiting_for_agent.set(len(await self.store.conversations_waiting()))
         visitors = await self.store.visitors_since(month_start(self.clock()))
         self.metrics.monthly_visitors.set(sum(visitors.values()))
+        self.metrics.set_aside_items.set(len(await self.store.set_aside_items()))
+
+    def _watch_round(self, result: WatchRound) -> None:
+        self.metrics.meta_watch_last_round.set(result.at)
+        for outcome, count in result.counts.items():
+            self.metrics.meta_watch_pages.labels(outcome).set(count)
 
     def _observe_rocketchat(self, route: str, seconds: float) -> None:
         self.metrics.rocketchat_latency.labels(route).observe(seconds)

@@ -88,7 +88,10 @@ class InstagramConfig:
     verify_token: Secret
     graph_url: str = "https://graph.facebook.com"
     dialog_url: str = "https://www.facebook.com"
-    api_version: str = "v21.0"
+    api_version: str = "v24.0"  # available until 18 February 2028 (bot/instagram/versions.py)
+    #: Facebook Login for Business configuration id; set, the dialog carries config_id
+    #: instead of scope (Business-type Meta apps require it).
+    login_config_id: str = ""
     human_agent_tag: bool = False
     instagram_login: InstagramLoginConfig = field(default_factory=InstagramLoginConfig)
 
@@ -275,7 +278,9 @@ def _convert(key: str, value: Any, env: dict[str, str]) -> Any:
     ):
         raise ConfigError(key, "must be the numeric Instagram app id (or empty: route off)")
     if key == "instagram.api_version" and not re.fullmatch(r"v\d+\.\d+", text):
-        raise ConfigError(key, "must look like v21.0")
+        raise ConfigError(key, "must look like v24.0")
+    if key == "instagram.login_config_id" and text and not (text.isascii() and text.isdigit()):
+        raise ConfigError(key, "must be the numeric id of a Login for Business configuration")
     return text
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import ipaddress
 import os
 import secrets
@@ -32,9 +33,11 @@ import requests
 from bot import config as config_module
 from bot.config import Config
 from bot.contacts import INCLUDED_CONTACTS, month_start
+from bot.instagram import versions
 from bot.instagram.accounts import INSTAGRAM_ROUTE
 from bot.instagram.graph import GraphAuthError, GraphClient, GraphError, GraphRetryable
 from bot.instagram.instagram_login import InstagramLoginClient
+from bot.instagram.oauth import REQUIRED_SCOPES
 from bot.rocketchat.rest import (
     AuthenticationFailed,
     NotAllowed,
@@ -61,7 +64,6 @@ PERMISSION_ALTERNATIVES: dict[str, tuple[str, ...]] = {
 #: The roles the README tells the admin to give the bot account.
 EXPECTED_ROLES = ("bot", "livechat-manager")
 #: Graph scopes without which the bridge cannot receive or send Instagram DMs.
-REQUIRED_SCOPES = ("instagram_basic", "instagram_manage_messages", "pages_manage_metadata")
 #: Default per-route limits of the public livechat routes (protocols §4.6), per client IP.
 LIVECHAT_ROUTE_LIMITS = {"livechat/visitor": 5, "livechat/room": 10, "livechat/message": 10}
 LIVECHAT_LIMIT_WINDOW = 60
@@ -609,6 +611,28 @@ async def check_instagram_account(c: Checkup, page: Any, now: float) -> list[Che
     return results
 
 
+def check_graph_version(c: Checkup, now: float) -> CheckResult:
+    """The configured Graph API version is not past, or within 90 days of, its end."""
+    name = "meta.api_version"
+    version = c.config.instagram.api_version
+    fix = (f"set instagram.api_version to a newer version (v24.0 is available until "
+           f"{versions.END_DATES['v24.0']:%d %B %Y}) and run doctor again")
+    end = versions.end_date(version)
+    if end is None:
+        if versions.is_newer_than_table(version):
+            return CheckResult(name, PASS, f"{version}: no end date announced yet")
+        return CheckResult(name, WARN, f"{version}: not in the bridge's table of Graph "
+                           "versions (too old?)", fix)
+    today = dt.datetime.fromtimestamp(now, dt.UTC).date()
+    days = (end - today).days
+    if days < 0:
+        return CheckResult(name, FAIL, f"{version} stopped working on {end:%d %B %Y}", fix)
+    if days <= versions.WARN_DAYS:
+        return CheckResult(name, WARN, f"{version} stops working on {end:%d %B %Y} "
+                           f"(in {days} days)", fix)
+    return CheckResult(name, PASS, f"{version}: available until {end:%d %B %Y}")
+
+
 async def check_page(c: Checkup, page: Any, now: float) -> list[CheckResult]:
     """One connected page: token valid, app subscribed, Instagram account still linked."""
     prefix = f"page {page.page_id}"
@@ -686,6 +710,11 @@ async def check_page(c: Checkup, page: Any, now: float) -> list[CheckResult]:
         results.append(CheckResult(name, FAIL, f"{label}: /me/accounts: {exc}", reauth))
         return results
     match = next((p for p in pages if str(p.get("id")) == page.page_id), None)
+    if match is None:
+        # Pages granted in the Login for Business asset picker can be missing from
+        # /me/accounts yet readable by id (audit row 6).
+        with contextlib.suppress(GraphError):
+            match = await c.graph.page(page.page_id, page.user_token) or None
     ig = (match or {}).get("instagram_business_account") or {}
     if match is None:
         results.append(CheckResult(name, FAIL,
@@ -873,6 +902,7 @@ async def run_checks(
             except (Unavailable, RocketChatError, GraphError) as exc:
                 name = check.__name__.removeprefix("check_").replace("_", ".", 1)
                 add(CheckResult(name, FAIL, f"unexpected error: {exc}", "see the detail"))
+        add(check_graph_version(c, clock()))
         add(check_storage_files(c))
         add(check_storage_key(c))
         add(await check_store_and_pages(c, clock()))

@@ -107,10 +107,76 @@ IG_LOGIN_DM_RECONNECTED = (
     "Re-authorized Instagram *@{username}* (Instagram Login, account id `{page_id}`): its "
     "token was renewed and its settings kept. `/instagram edit {page_id}` shows them."
 )
+OAUTH_DM_SUBSCRIPTION_LISTED = (
+    "Meta lists the bot as installed on the Page (Page field {fields}); Instagram events "
+    "reach it through the app's Instagram webhook."
+)
+OAUTH_DM_SUBSCRIPTION_UNCONFIRMED = (
+    "Meta accepted the installation on the Page but could not be asked to confirm it just "
+    "now; `rc-instagram doctor` and the bot's standing watch check it again."
+)
 OAUTH_DM_SUBSCRIBE_FAILED = (
     "Saved the Facebook Page *{name}* (`{page_id}`, @{username}), but installing the bot "
     "on it at Meta failed ({reason}), so its messages are not bridged yet. "
     "Type `/instagram subscribe {page_id}` to try again."
+)
+
+#: Why the bridge asks for each Facebook permission (DMs, the missing-permission page
+#: and the README's permission list say the same).
+PERMISSION_REASONS = {
+    "instagram_basic": "read the Instagram account linked to the Page (its id and @username)",
+    "instagram_manage_messages": "receive and answer the account's Instagram Direct messages",
+    "pages_manage_metadata": "install the bot on the Page, which Meta needs to deliver webhooks",
+    "pages_show_list": "list the Facebook Pages you manage, to pick the one to connect",
+    "pages_read_engagement": "read the Page and the visitors' names and @usernames",
+    "business_management": "see Pages owned by a Business portfolio (optional)",
+}
+OAUTH_DM_MISSING_PERMISSIONS = (
+    "The Facebook login did not grant every permission the bridge needs, so nothing was "
+    "connected. Missing:\n{missing}\n{fix}\nThis fresh link asks for them again (it works "
+    "once, for {minutes} minutes):\n{url}"
+)
+OAUTH_MISSING_FIX_SCOPE = "In the Facebook dialog, keep every permission ticked."
+OAUTH_MISSING_FIX_CONFIG = (
+    "The bridge logs in with the Facebook Login for Business configuration `{config_id}`: "
+    "add the missing permissions to it (App Dashboard > Facebook Login for Business > "
+    "Configurations), then open the link."
+)
+
+
+def _missing_lines(missing: Sequence[str]) -> list[tuple[str, str]]:
+    return [(name, PERMISSION_REASONS.get(name, "required")) for name in missing]
+
+
+def oauth_missing_permissions_dm(
+    missing: Sequence[str], config_id: str, url: str, minutes: int
+) -> str:
+    """The DM after a login that lacks required permissions, with a re-asking link."""
+    lines = "\n".join(f"• `{name}` — {why}" for name, why in _missing_lines(missing))
+    fix = (
+        OAUTH_MISSING_FIX_CONFIG.format(config_id=config_id) if config_id
+        else OAUTH_MISSING_FIX_SCOPE
+    )
+    return OAUTH_DM_MISSING_PERMISSIONS.format(missing=lines, fix=fix, url=url, minutes=minutes)
+
+
+SUBSCRIBE_EARLIER_KEPT = (
+    "Meta still lists the bot's earlier installation on the page, so its messages keep "
+    "being bridged meanwhile."
+)
+SUBSCRIBE_NOW_OFF = (
+    "Meta lists no installation of the bot on the page, so bridging is off for it until "
+    "this is fixed"
+)
+WATCH_RESUBSCRIBED = (
+    "Meta had removed the bot from the Facebook Page *{name}* (`{page_id}`, @{username}), "
+    "so its Instagram messages had stopped arriving (Meta does this after webhooks failed "
+    "for a while). The bot installed itself again; Meta now lists it with {fields}."
+)
+WATCH_RESUBSCRIBE_FAILED = (
+    "Meta removed the bot from the Facebook Page *{name}* (`{page_id}`, @{username}), so "
+    "its Instagram messages do not arrive, and installing it again failed ({reason}). "
+    "`/instagram subscribe {page_id}` retries; `/instagram authorize` renews the login."
 )
 
 PAGES_NONE = "No Instagram account is connected yet. Type `/instagram authorize` to connect one."
@@ -125,6 +191,8 @@ PAGES_CONTACTS = (
 )
 PAGES_ROUTE_INSTAGRAM = " — via Instagram Login, token until {until}"
 PAGES_NEEDS_REAUTH = " — *needs re-authorization* (`/instagram authorize`)"
+# Appended to a page's line when Rocket.Chat refused some of its messages for good.
+PAGES_SET_ASIDE = " — *{count} message(s) set aside*, last: {reason}"
 UNKNOWN_PAGE = "I know no connected page with id `{page_id}`. Known page ids: {known}."
 UNKNOWN_PAGE_NONE = (
     "I know no connected page with id `{page_id}`: no page is connected yet "
@@ -296,6 +364,25 @@ def ig_login_connected_page(username: str, ig_id: str) -> str:
     )
 
 
+def oauth_missing_permissions_page(missing: Sequence[str], config_id: str) -> str:
+    items = "\n".join(
+        f"<li><code>{html.escape(name)}</code> — {html.escape(why)}</li>"
+        for name, why in _missing_lines(missing)
+    )
+    fix = (
+        OAUTH_MISSING_FIX_CONFIG.format(config_id=config_id).replace("`", "") if config_id
+        else OAUTH_MISSING_FIX_SCOPE
+    )
+    return html_page(
+        "Permissions missing",
+        "The Facebook login did not grant every permission the bridge needs, so nothing "
+        "was connected.",
+        fix,
+        "A fresh link that asks for them again is in your Rocket.Chat direct messages.",
+        raw=f"<h2>Missing permissions</h2>\n<ul>\n{items}\n</ul>\n",
+    )
+
+
 def oauth_subscribe_failed_page(name: str, page_id: str, reason: str) -> str:
     return html_page(
         "Connected, but not yet bridged",
@@ -322,6 +409,23 @@ IN_STORY_LABEL = "story"
 IN_STORY_MENTION = "📣 Mentioned you in their {link}"
 IN_STORY_REPLY = "↩️ Replied to your {link}:"
 IN_REPLY_TO = "↩️ In reply to {target}:"
+# Inbound refusals. {excerpt} is the visitor's text (clipped, mentions neutralised);
+# {reason} the route and error code (never a token).
+IN_SET_ASIDE_NOTE = (
+    "⚠️ Rocket.Chat refused a message from {visitor} ({reason}), so it is not shown above. "
+    "It is kept by the Instagram bridge (`/instagram pages`). What they wrote: {excerpt}"
+)
+IN_SET_ASIDE_DM = (
+    "Rocket.Chat refused a message from Instagram *@{username}* (page *{name}*, `{page_id}`) "
+    "for good: {reason}. It was set aside (kept, not delivered) and the conversation moved on; "
+    "the agent got a note in the room where there is one. `/instagram pages` counts the "
+    "set-aside messages. I tell you once a day per page and cause."
+)
+IN_DEPARTMENT_GONE_DM = (
+    "The Omnichannel department `{department}` of page *{name}* (`{page_id}`) no longer "
+    "exists, so new Instagram conversations of that page are routed without a department. "
+    "Choose another: `/instagram edit {page_id} department <name>`."
+)
 IN_TARGET_OURS = "a message sent from Rocket.Chat"
 IN_TARGET_LINKED = "[an earlier message]({url})"
 IN_TARGET_UNKNOWN = "an earlier message"

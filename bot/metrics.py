@@ -51,6 +51,13 @@ class Metrics:
             "one answered as a monthly active contact (per page: /instagram pages)",
             registry=r,
         )
+        self.set_aside = Counter(
+            "rcig_set_aside_total", "Work items set aside after a permanent refusal",
+            ["queue", "reason"], registry=r,
+        )
+        self.set_aside_items = Gauge(
+            "rcig_set_aside_items", "Work items set aside (kept, not delivered)", registry=r
+        )
         self.graph_latency = Histogram(
             "rcig_graph_call_seconds", "Graph API call latency", ["call"],
             buckets=_LATENCY_BUCKETS, registry=r,
@@ -64,6 +71,17 @@ class Metrics:
         )
         self.realtime_reconnects = Counter(
             "rcig_realtime_reconnects_total", "Realtime reconnections", registry=r
+        )
+        self.meta_watch_last_round = Gauge(
+            "rcig_meta_watch_last_round_timestamp_seconds",
+            "When the standing watch last checked every page's token and subscription",
+            registry=r,
+        )
+        self.meta_watch_pages = Gauge(
+            "rcig_meta_watch_pages",
+            "Pages per outcome of the standing watch's last round (ok, resubscribed, "
+            "resubscribe_failed, reauth, unknown)",
+            ["outcome"], registry=r,
         )
         self.commands = Counter(
             "rcig_commands_total", "Commands handled", ["command"], registry=r

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from bot import messages
 from bot.contacts import INCLUDED_CONTACTS, month_start
 from commands.base import Button, ButtonRow, Command, CommandContext, UsageError
-from storage.base import Page
+from storage.base import Page, SetAsideItem
 
 
 async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
@@ -21,6 +21,9 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
     lines = [messages.PAGES_HEADER.format(count=len(pages))]
     rows = [page_buttons(page) for page in pages]
     visitors = await ctx.store.visitors_since(month_start(time.time()))
+    set_aside: dict[str, list[SetAsideItem]] = {}
+    for kept in await ctx.store.set_aside_items():
+        set_aside.setdefault(kept.page_id, []).append(kept)
     for page in pages:
         line = messages.PAGES_LINE.format(
             page_id=page.page_id,
@@ -33,7 +36,12 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
             until = time.strftime("%Y-%m-%d", time.gmtime(page.token_expires_at))
             line += messages.PAGES_ROUTE_INSTAGRAM.format(until=until)
         line += messages.PAGES_VISITORS.format(count=visitors.get(page.page_id, 0))
-        lines.append(line + (messages.PAGES_NEEDS_REAUTH if page.needs_reauth else ""))
+        if page.needs_reauth:
+            line += messages.PAGES_NEEDS_REAUTH
+        kept = set_aside.get(page.page_id)
+        if kept:
+            line += messages.PAGES_SET_ASIDE.format(count=len(kept), reason=kept[-1].reason)
+        lines.append(line)
     total = sum(visitors.values())
     lines.append(messages.PAGES_CONTACTS.format(total=total, included=INCLUDED_CONTACTS))
     await ctx.reply("\n".join(lines), rows)

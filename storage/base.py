@@ -94,6 +94,10 @@ class Conversation:
     last_inbound_at: float | None = None  # epoch seconds of the visitor's last message
     waiting_for_agent: bool = False  # inside an offline spell (offline text already sent)
     updated_at: float = 0.0
+    #: The department last sent with ``livechat/visitor`` (None: none, or registered
+    #: before this was recorded). Rocket.Chat routes a new room by the department stored
+    #: on the visitor, so the relay registers again when the page's differs.
+    visitor_department: str | None = None
 
     @property
     def key(self) -> str:
@@ -128,6 +132,24 @@ class WorkItem:
     created_at: float = 0.0
     last_error: str | None = None
     progress: int = 0  # parts already done, for multi-part effects (split texts)
+
+
+@dataclass
+class SetAsideItem:
+    """A work item the relay gave up on: out of its queue, kept for the admins to see.
+
+    ``reason`` is the refusal as logged (route and error code, never a secret);
+    ``set_aside_at`` is epoch seconds.
+    """
+
+    item: WorkItem
+    reason: str
+    set_aside_at: float
+
+    @property
+    def page_id(self) -> str:
+        """The page the item belongs to (inbound and outbound items both carry it)."""
+        return str(self.item.payload.get("page_id") or self.item.conversation.split(":", 1)[0])
 
 
 class Store(abc.ABC):
@@ -256,6 +278,19 @@ class Store(abc.ABC):
     # -- additions (non-abstract, so existing implementations keep working) -------------
     async def pending_items(self, queue: QueueName, conversation: str) -> list[WorkItem]:
         """Every pending item of one conversation, in processing order."""
+        raise NotImplementedError
+
+    async def set_aside(self, item: WorkItem, reason: str) -> None:
+        """Move ``item`` out of its queue into the set-aside list, in one durable write.
+
+        The conversation's next item becomes its head at once. Setting aside an item that
+        is no longer pending does nothing. Nothing set aside ever expires: an admin reads
+        the list (``/instagram pages``) and the item stays as evidence.
+        """
+        raise NotImplementedError
+
+    async def set_aside_items(self) -> list[SetAsideItem]:
+        """Every set-aside item, oldest first."""
         raise NotImplementedError
 
     async def stats(self) -> dict[str, int]:

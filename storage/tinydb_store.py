@@ -8,7 +8,7 @@ optional; siblings are derived from the path without it):
                                  ``login_states``, ``conversations``, ``_meta``
 ``data/rc-instagram.journal``    cold family journal (changes since the snapshot)
 ``data/rc-instagram.queues.json`` hot family snapshot: ``inbound``, ``outbound``,
-                                 ``dedupe``
+                                 ``dedupe``, ``set_aside``
 ``data/rc-instagram.queues.journal`` hot family journal
 ``data/rc-instagram.inbox.*``    acknowledged webhook bodies not yet queued
                                  (:mod:`storage.inbox`; none left after a clean close)
@@ -59,6 +59,7 @@ from storage.base import (
     LoginState,
     Page,
     QueueName,
+    SetAsideItem,
     StorageError,
     Store,
     WorkItem,
@@ -265,6 +266,8 @@ class TinyDBStore(Store):
         self._meta_t = self._cold_db.table("_meta")
         self._items_t = {q: self._hot_db.table(q) for q in QUEUES}
         self._dedupe_t = self._hot_db.table("dedupe")
+        # Same family as the queues: moving an item here is one append, one fsync.
+        self._set_aside_t = self._hot_db.table("set_aside")
         self._reset_indexes()
         self._check_key()
         for doc in self._pages_t:
@@ -634,6 +637,34 @@ class TinyDBStore(Store):
         )
         index.reschedule(item.item_id, item.next_try_at)
 
+    async def set_aside(self, item: WorkItem, reason: str) -> None:
+        await self._write(self._set_aside, item, reason)
+
+    def _set_aside(self, item: WorkItem, reason: str) -> None:
+        if not self._queues[item.queue].remove(item.item_id):
+            return
+        doc = self._items_t[item.queue].get(doc_id=item.item_id)
+        self._items_t[item.queue].remove(doc_ids=[item.item_id])
+        if doc is None:
+            return
+        record = dict(doc)
+        record.update(attempts=item.attempts, last_error=item.last_error, progress=item.progress)
+        _put(
+            self._set_aside_t,
+            f"{item.queue}:{item.item_id}",
+            {"item": record, "reason": reason, "set_aside_at": self.clock()},
+        )
+
+    async def set_aside_items(self) -> list[SetAsideItem]:
+        def collect() -> list[SetAsideItem]:
+            found = [
+                SetAsideItem(self._item_record(d["item"]), d["reason"], d["set_aside_at"])
+                for d in self._set_aside_t
+            ]
+            return sorted(found, key=lambda s: (s.set_aside_at, s.item.seq))
+
+        return await self._read(collect)
+
     async def queue_depth(self, queue: QueueName) -> int:
         return await self._read(lambda: len(self._queues[queue]))
 
@@ -710,6 +741,7 @@ class TinyDBStore(Store):
                 "inbound": len(self._queues["inbound"]),
                 "outbound": len(self._queues["outbound"]),
                 "dedupe_keys": len(self._dedupe_t),
+                "set_aside": len(self._set_aside_t),
                 "conversations": len(self._convs_t),
                 "pages": len(self._pages_t),
                 "login_states": len(self._logins_t),

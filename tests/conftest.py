@@ -13,7 +13,7 @@ import pytest
 from sandbox.meta import SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
 from tests.scenarios.harness import APP_SECRET, Bridge, running_bridge
-from tests.scenarios.oauth_harness import OAuthBridge, running_unconnected
+from tests.scenarios.oauth_harness import OAuthBridge, running_business_app, running_unconnected
 
 
 @pytest.fixture
@@ -53,6 +53,15 @@ async def oauth(
 ) -> AsyncIterator[OAuthBridge]:
     """A running bot with no page connected (public_url is its own loopback address)."""
     async with running_unconnected(rocketchat, meta, tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+async def business_oauth(
+    rocketchat: SandboxRocketChat, meta: SandboxMeta, tmp_path: Path
+) -> AsyncIterator[OAuthBridge]:
+    """Like ``oauth``, for a Business-type Meta app (Facebook Login for Business)."""
+    async with running_business_app(rocketchat, meta, tmp_path) as running:
         yield running
 
 

@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import logging
 import random
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,13 +41,37 @@ from bot.http_session import pooled_session
 
 log = logging.getLogger("bot.graph")
 
+
+class _InputTokenScrubber(logging.Filter):
+    """Mask ``input_token=`` in urllib3's request lines.
+
+    Meta documents ``debug_token`` only as a GET whose ``input_token`` is a query
+    argument, and urllib3 logs request lines with their query at DEBUG: without this,
+    the token under inspection would reach a debug log.
+    """
+
+    _PATTERN = re.compile(r"input_token=[^&\s\"]+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "input_token=" in message:
+            record.msg, record.args = self._PATTERN.sub("input_token=***", message), None
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_InputTokenScrubber())
+
 THROTTLE_CODES = frozenset({4, 17, 32, 613} | set(range(80000, 80015)))
 TRANSIENT_CODES = frozenset({1, 2, 1200})
 AUTH_CODES = frozenset({190})
 
-# Page field that installs the app on the Page; Instagram fields themselves come from the
-# app-level Instagram subscription (protocols §1.5, §5.5): any Page field suffices.
-SUBSCRIBED_FIELDS = "messages"
+#: Page fields that install the app on the Page. Instagram events come from the app-level
+#: Instagram subscription (App Dashboard); the Page only needs the app installed with
+#: *any* field (webhooks-for-instagram: "subscribing to any Page field ...
+#: subscribed_fields=feed"). ``feed`` needs only ``pages_manage_metadata``; the Page field
+#: ``messages`` needs ``pages_messaging``, which the login does not ask for, and Meta
+#: refuses the whole call over it (audit §2 item 1).
+SUBSCRIBED_FIELDS: tuple[str, ...] = ("feed",)
 PAGE_FIELDS = "id,name,access_token,instagram_business_account{id,username}"
 PROFILE_FIELDS = "name,username,profile_pic"
 
@@ -196,6 +221,11 @@ class GraphClient:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="graph")
         self._app_token: str | None = None
 
+    def for_page(self, page: Any) -> GraphClient:
+        """The client serving ``page``: this one (see ``bot.instagram.accounts``, which
+        picks per route)."""
+        return self
+
     def __repr__(self) -> str:  # never show the secret
         return f"GraphClient({self.base_url!r}, app_id={self.app_id!r})"
 
@@ -286,15 +316,33 @@ class GraphClient:
                 break
         return out
 
-    async def subscribe_page(self, page_id: str, page_token: str) -> None:
-        """Install the app on the Page (``POST /{page}/subscribed_apps``)."""
+    async def page(self, page_id: str, user_token: str) -> dict:
+        """One Page by id, with the fields of :meth:`pages` (for Pages missing from the list)."""
+        segment = quote(page_id, safe="").replace(".", "%2E")
+        body = await self._call(
+            "GET", f"/{segment}", token=user_token, params={"fields": PAGE_FIELDS}
+        )
+        return body if isinstance(body, dict) else {}
+
+    async def subscribe_page(
+        self, page_id: str, page_token: str, fields: tuple[str, ...] = SUBSCRIBED_FIELDS
+    ) -> None:
+        """Install the app on the Page (``POST /{page}/subscribed_apps``) with ``fields``."""
         body = await self._call(
             "POST",
             f"/{page_id}/subscribed_apps",
             token=page_token,
-            params={"subscribed_fields": SUBSCRIBED_FIELDS},
+            params={"subscribed_fields": ",".join(fields)},
         )
         self._expect_success(body, f"POST /{page_id}/subscribed_apps")
+
+    async def app_subscription(self, page_id: str, page_token: str) -> list[str] | None:
+        """The Page fields this app is subscribed to on the Page; None when not installed."""
+        for app in await self.subscribed_apps(page_id, page_token):
+            if str(app.get("id")) == self.app_id:
+                fields = app.get("subscribed_fields")
+                return [str(f) for f in fields] if isinstance(fields, list) else []
+        return None
 
     async def unsubscribe_page(self, page_id: str, page_token: str) -> None:
         """Uninstall the app from the Page (``DELETE /{page}/subscribed_apps``)."""

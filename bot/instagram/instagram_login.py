@@ -30,13 +30,14 @@ from bot import messages
 from bot.config import Config
 from bot.instagram.graph import GraphAuthError, GraphClient, GraphError, GraphPermanent
 from bot.instagram.oauth import STATE_TTL, new_state, state_ref
+from bot.instagram.subscription import install
 from storage.base import LoginState, Page, Store
 
 log = logging.getLogger("bot.instagram.oauth")
 
 SCOPES = ("instagram_business_basic", "instagram_business_manage_messages")
 #: Webhook fields turned on for an Instagram-Login account (Instagram object fields).
-SUBSCRIBED_FIELDS = "messages,messaging_postbacks,message_reactions,messaging_seen"
+SUBSCRIBED_FIELDS = ("messages", "messaging_postbacks", "message_reactions", "messaging_seen")
 CALLBACK_PATH = "/oauth/instagram/callback"
 ROUTE = "instagram"
 
@@ -105,10 +106,12 @@ class InstagramLoginClient(GraphClient):
                                 params={"fields": "user_id,username,name"})
         return body if isinstance(body, dict) else {}
 
-    async def subscribe_page(self, page_id: str, page_token: str) -> None:
+    async def subscribe_page(
+        self, page_id: str, page_token: str, fields: tuple[str, ...] = SUBSCRIBED_FIELDS
+    ) -> None:
         """Turn the account's webhooks on (``POST me/subscribed_apps``)."""
         body = await self._call("POST", "/me/subscribed_apps", token=page_token,
-                                params={"subscribed_fields": SUBSCRIBED_FIELDS})
+                                params={"subscribed_fields": ",".join(fields)})
         self._expect_success(body, "POST /me/subscribed_apps")
 
     async def unsubscribe_page(self, page_id: str, page_token: str) -> None:
@@ -235,9 +238,8 @@ class InstagramLoginFlow:
         page.needs_reauth = page.reauth_notified = False
         await self.store.save_page(page)
         try:
-            await self.client.subscribe_page(page.page_id, token)
-            fields = await self.client.subscribed_apps(page.page_id, token)
-            if not any("messages" in (a.get("subscribed_fields") or []) for a in fields):
+            fields = await install(self.client, page.page_id, token)
+            if fields is not None and "messages" not in fields:
                 raise GraphPermanent("the subscription did not take (read back without "
                                      "messages)", call="GET /me/subscribed_apps")
         except GraphError as exc:

@@ -28,22 +28,30 @@ from urllib.parse import urlencode
 from bot import messages
 from bot.config import Config
 from bot.instagram.graph import GraphClient, GraphError
+from bot.instagram.subscription import install, still_installed
 from storage.base import LoginState, Page, Store
 
 log = logging.getLogger("bot.oauth")
 
-#: protocols §5.2: what the bridge needs for Instagram DMs through a Page. No
-#: ``pages_messaging`` (that is for Messenger, which we do not bridge).
-#: ``business_management`` is included because Pages owned by a Business portfolio are
-#: otherwise missing from ``/me/accounts`` for many accounts (Chatwoot asks for it too).
-SCOPES = (
+#: What a login must grant before a page counts as connected (each one's reason is in
+#: ``messages.PERMISSION_REASONS``). No ``pages_messaging``: that is Messenger, which we
+#: do not bridge, and the Page subscription uses ``feed`` (bot.instagram.graph).
+REQUIRED_SCOPES = (
     "instagram_basic",
     "instagram_manage_messages",
     "pages_manage_metadata",
     "pages_show_list",
     "pages_read_engagement",
-    "business_management",
 )
+#: The classic dialog's ``scope``: the required ones plus ``business_management``, without
+#: which Pages owned by a Business portfolio are missing from ``/me/accounts`` for many
+#: accounts (Chatwoot asks for it too). A Login for Business configuration should hold
+#: the same set.
+SCOPES = (*REQUIRED_SCOPES, "business_management")
+#: Pages granted through the Login for Business asset picker can be missing from
+#: ``/me/accounts`` (audit row 6); ``debug_token`` names them, and at most this many are
+#: read by id per login.
+MAX_UNLISTED_PAGES = 50
 STATE_TTL = 600.0  # seconds a login link (and a choice form) stays usable
 STATE_BYTES = 32  # 256 random bits (the brief asks for at least 128)
 SELECT_PATH = "/oauth/select"
@@ -61,23 +69,39 @@ def state_ref(state: str) -> str:
     return hashlib.sha256(state.encode()).hexdigest()[:10]
 
 
-def login_url(config: Config, state: str) -> str:
-    """The Facebook Login dialog URL for ``state`` (protocols §5.1)."""
+def login_url(config: Config, state: str, *, rerequest: bool = False) -> str:
+    """The Facebook Login dialog URL for ``state`` (protocols §5.1).
+
+    With ``instagram.login_config_id`` it is a Facebook Login for Business link:
+    ``config_id`` names the dashboard configuration (its permissions replace ``scope``)
+    and ``override_default_response_type=true`` keeps ``response_type=code`` (restfb
+    ``getBusinessLoginDialogUrl``). ``rerequest`` adds ``auth_type=rerequest``, without
+    which Meta does not ask again for permissions the user declined before.
+    """
     ig = config.instagram
-    query = urlencode(
-        {
-            "client_id": ig.app_id,
-            "redirect_uri": config.redirect_uri,
-            "state": state,
-            "scope": ",".join(SCOPES),
-            "response_type": "code",
-        }
-    )
-    return f"{ig.dialog_url.rstrip('/')}/{ig.api_version}/dialog/oauth?{query}"
+    params = {
+        "client_id": ig.app_id,
+        "redirect_uri": config.redirect_uri,
+        "state": state,
+        "response_type": "code",
+    }
+    if ig.login_config_id:
+        params.update(config_id=ig.login_config_id, override_default_response_type="true")
+    else:
+        params["scope"] = ",".join(SCOPES)
+    if rerequest:
+        params["auth_type"] = "rerequest"
+    return f"{ig.dialog_url.rstrip('/')}/{ig.api_version}/dialog/oauth?{urlencode(params)}"
 
 
 async def start_login(
-    store: Store, config: Config, user_id: str, username: str, *, now: float | None = None
+    store: Store,
+    config: Config,
+    user_id: str,
+    username: str,
+    *,
+    now: float | None = None,
+    rerequest: bool = False,
 ) -> str:
     """Store a fresh login state bound to the admin and return the dialog URL."""
     state = new_state()
@@ -86,7 +110,25 @@ async def start_login(
         LoginState(state=state, user_id=user_id, username=username, expires_at=now + STATE_TTL)
     )
     log.info("login link issued to %s (state %s)", username, state_ref(state))
-    return login_url(config, state)
+    return login_url(config, state, rerequest=rerequest)
+
+
+def missing_scopes(token_info: Mapping[str, Any]) -> list[str]:
+    """The :data:`REQUIRED_SCOPES` a ``debug_token`` answer does not list as granted."""
+    granted = {str(s) for s in token_info.get("scopes") or []}
+    return [s for s in REQUIRED_SCOPES if s not in granted]
+
+
+def granted_page_ids(token_info: Mapping[str, Any]) -> list[str]:
+    """Page ids named by a ``debug_token`` answer's ``pages_*`` granular scopes."""
+    ids: list[str] = []
+    for entry in token_info.get("granular_scopes") or []:
+        if not isinstance(entry, Mapping) or not str(entry.get("scope", "")).startswith("pages_"):
+            continue
+        for target in entry.get("target_ids") or []:
+            if str(target) not in ids:
+                ids.append(str(target))
+    return ids
 
 
 @dataclass
@@ -155,7 +197,12 @@ class OAuthFlow:
         try:
             short = await self.graph.exchange_code(code, self.config.redirect_uri)
             user_token = await self.graph.long_lived_user_token(short)
+            token_info = await self.graph.debug_token(user_token)
+            missing = missing_scopes(token_info)
+            if missing:
+                return await self._missing_permissions(login, missing)
             raw_pages = await self.graph.pages(user_token)
+            raw_pages += await self._unlisted_pages(ref, token_info, raw_pages, user_token)
         except GraphError as exc:
             log.warning("login %s by %s failed at Meta: %s", ref, login.username, exc)
             await self._dm(login.username, messages.OAUTH_DM_FAILED.format(reason=exc))
@@ -178,6 +225,47 @@ class OAuthFlow:
         if len(candidates) == 1:
             return await self._connect(login, candidates[0], user_token, skipped)
         return await self._offer_choice(login, candidates, user_token, skipped)
+
+    async def _missing_permissions(
+        self, login: LoginState, missing: list[str]
+    ) -> tuple[int, str]:
+        """Connect nothing; tell the admin what is missing and DM a re-asking link."""
+        config_id = self.config.instagram.login_config_id
+        log.warning(
+            "login by %s lacks %s; nothing connected", login.username, ", ".join(missing)
+        )
+        url = await start_login(
+            self.store, self.config, login.user_id, login.username,
+            now=self.clock(), rerequest=True,
+        )
+        await self._dm(
+            login.username,
+            messages.oauth_missing_permissions_dm(
+                missing, config_id, url, int(STATE_TTL // 60)
+            ),
+        )
+        return 200, messages.oauth_missing_permissions_page(missing, config_id)
+
+    async def _unlisted_pages(
+        self,
+        ref: str,
+        token_info: Mapping[str, Any],
+        listed: list[dict],
+        user_token: str,
+    ) -> list[dict]:
+        """Granted Pages that ``/me/accounts`` left out, read one by one by id."""
+        known = {str(p.get("id")) for p in listed}
+        extra: list[dict] = []
+        for page_id in granted_page_ids(token_info)[:MAX_UNLISTED_PAGES]:
+            if page_id in known:
+                continue
+            try:
+                extra.append(await self.graph.page(page_id, user_token))
+            except GraphError as exc:
+                log.warning("login %s: granted page %s cannot be read: %s", ref, page_id, exc)
+        if extra:
+            log.info("login %s: %d granted page(s) missing from /me/accounts", ref, len(extra))
+        return extra
 
     # -- POST /oauth/select --------------------------------------------------------------
     async def handle_select(self, form: Mapping[str, str]) -> tuple[int, str]:
@@ -205,13 +293,16 @@ class OAuthFlow:
     # -- connecting ----------------------------------------------------------------------
     async def connect_page(
         self, candidate: Candidate, user_token: str, owner_id: str
-    ) -> tuple[Page, bool, GraphError | None]:
+    ) -> tuple[Page, bool, GraphError | list[str] | None]:
         """Store the page's tokens, install the app on it, mark it subscribed.
 
-        Returns (page, reconnected, error): ``reconnected`` when the page was already
-        known (its settings are kept, its tokens replaced, ``needs_reauth`` cleared);
-        ``error`` when Meta refused the installation (a new page is then saved with
-        ``subscribed=False``; ``/instagram subscribe`` retries).
+        Returns (page, reconnected, outcome): ``reconnected`` when the page was already
+        known (its settings are kept, its tokens replaced, ``needs_reauth`` cleared).
+        ``outcome`` is the list of Page fields Meta lists after the installation, None
+        when that read-back failed (installed but unconfirmed), or the error when Meta
+        refused or does not list the app (a new page is then saved with
+        ``subscribed=False``, a re-authorized one keeps the flag only while Meta still
+        lists an earlier installation; ``/instagram subscribe`` retries).
         """
         existing = await self.store.page(candidate.page_id)
         if existing is not None:
@@ -241,10 +332,18 @@ class OAuthFlow:
         # messages is dropped while Meta answers.
         await self.store.save_page(page)
         try:
-            await self.graph.subscribe_page(page.page_id, page.page_token)
+            fields = await install(self.graph, page.page_id, page.page_token)
         except GraphError as exc:
             log.warning("installing the app on page %s failed: %s", page.page_id, exc)
+            # A re-authorized page keeps its flag only while Meta still lists an earlier
+            # installation (or cannot say); otherwise nothing is bridged, and it says so.
+            if page.subscribed and (
+                await still_installed(self.graph, page.page_id, page.page_token) is False
+            ):
+                page.subscribed = False
+                await self.store.save_page(page)
             return page, existing is not None, exc
+        log.info("page %s: Meta lists the fields %s", page.page_id, fields)
         page.subscribed = True
         await self.store.save_page(page)
         if self.on_connected is not None:
@@ -254,7 +353,7 @@ class OAuthFlow:
             page.page_id, page.username, page.instagram_id,
             "re-authorized" if existing else "connected",
         )
-        return page, existing is not None, None
+        return page, existing is not None, fields
 
     async def _connect(
         self,
@@ -263,18 +362,23 @@ class OAuthFlow:
         user_token: str,
         skipped: list[tuple[str, str]],
     ) -> tuple[int, str]:
-        page, reconnected, error = await self.connect_page(candidate, user_token, login.user_id)
+        page, reconnected, outcome = await self.connect_page(candidate, user_token, login.user_id)
         fmt = dict(name=page.name, page_id=page.page_id, username=page.username)
-        if error is not None:
-            await self._dm(
-                login.username,
-                messages.OAUTH_DM_SUBSCRIBE_FAILED.format(reason=str(error), **fmt),
-            )
+        if isinstance(outcome, GraphError):
+            text = messages.OAUTH_DM_SUBSCRIBE_FAILED.format(reason=str(outcome), **fmt)
+            if page.subscribed:
+                text += " " + messages.SUBSCRIBE_EARLIER_KEPT
+            await self._dm(login.username, text)
             return 502, messages.oauth_subscribe_failed_page(
-                page.name, page.page_id, str(error)
+                page.name, page.page_id, str(outcome)
             )
         text = (messages.OAUTH_DM_RECONNECTED if reconnected else messages.OAUTH_DM_CONNECTED)
         lines = [text.format(**fmt)]
+        if outcome is None:
+            lines.append(messages.OAUTH_DM_SUBSCRIPTION_UNCONFIRMED)
+        else:
+            fields = ", ".join(f"`{f}`" for f in outcome) or "no field"
+            lines.append(messages.OAUTH_DM_SUBSCRIPTION_LISTED.format(fields=fields))
         lines += [messages.OAUTH_DM_SKIPPED.format(page_id=p, name=n) for p, n in skipped]
         await self._dm(login.username, "\n".join(lines))
         return 200, messages.oauth_connected_page(page.name, page.username, page.page_id, skipped)

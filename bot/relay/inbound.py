@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+from bot import messages
 from bot.instagram.accounts import GraphRoutes
 from bot.instagram.events import (
     ECHO,
@@ -33,16 +35,21 @@ from bot.instagram.events import (
 )
 from bot.instagram.graph import GraphError, GraphRetryable
 from bot.metrics import Metrics
+from bot.relay.outbound import split_text
 from bot.relay.pressure import Pacer, ReceiverLoad
-from bot.relay.worker import Done, Outcome, QueueWorker, Retry, retry_delay
+from bot.relay.worker import Done, Outcome, QueueWorker, Retry, SetAside, retry_delay
 from bot.rocketchat.rest import (
+    AuthenticationFailed,
+    InvalidDepartment,
     InvalidVisitor,
+    MessageTooLong,
     NoAgentOnline,
     NotAllowed,
     RateLimited,
     RocketChatError,
     RocketChatREST,
     RoomClosed,
+    Unavailable,
 )
 from storage.base import Conversation, Page, Store, WorkItem
 
@@ -74,6 +81,52 @@ BUSY_CALLS_PER_S = 20.0
 PATIENCE = 10.0
 #: Profile look-ups retried this many times on Graph throttling before the fallback name.
 PROFILE_ATTEMPTS = 3
+#: A refusal Rocket.Chat gives for reasons the relay does not know is tried this many
+#: times (backoff REFUSAL_BASE·2ⁿ, ≤ REFUSAL_CAP: about two minutes in all), then the
+#: item is set aside so the visitor's later messages are not held behind it forever.
+REFUSAL_ATTEMPTS = 5
+REFUSAL_BASE = 5.0
+REFUSAL_CAP = 60.0
+#: The refusal count rides in the item's persisted ``last_error`` (survives restarts).
+_REFUSALS = re.compile(r"\[refusal (\d+)\]$")
+#: Admins hear about set-aside items once per page and cause in this many seconds.
+SET_ASIDE_DM_TTL = 24 * 3600.0
+#: "Department is gone" DMs are remembered this long (per page and department).
+DEPARTMENT_GONE_TTL = 365 * 24 * 3600.0
+#: Visitor text quoted in a set-aside note is clipped to this many characters.
+NOTE_EXCERPT = 300
+#: Used when ``Livechat_message_character_limit`` cannot be read (the bot may read only
+#: public settings, and 6.x's settings.public ignores ``_id``).
+FALLBACK_CHARACTER_LIMIT = 250
+#: Site_Url (quote links must contain it) is read again after this many seconds.
+SITE_URL_TTL = 600.0
+
+#: ``@all``/``@here`` as Rocket.Chat's mention parser sees them: not after a name
+#: character, not followed by one (Mentions.ts; name pattern ``[0-9a-zA-Z-_.]``).
+_MENTION_ALL = re.compile(r"(?<![0-9A-Za-z_.@-])@(all|here)(?![0-9A-Za-z_-])")
+#: FULLWIDTH COMMERCIAL AT: reads as "@" but is no mention to any parser.
+FULLWIDTH_AT = "\uff20"
+
+
+def neutralise_mentions(text: str) -> str:
+    """``@all``/``@here`` → ``＠all``/``＠here``, so a visitor's text notifies nobody.
+
+    Rocket.Chat refuses a visitor's ``@all``/``@here`` (6.5+: ``error-action-not-allowed``
+    from BeforeSavePreventMention; 6.0–6.4 fail in ``filterATAllTag``), and the bot lacks
+    ``mention-all`` for echoes. Everything else, including user mentions, stays as is.
+    """
+    return _MENTION_ALL.sub(lambda m: FULLWIDTH_AT + m.group(1), text)
+
+
+def part_id(msg_id: str, index: int) -> str:
+    """The ``_id`` of part ``index`` of a split visitor text (part 0 keeps ``msg_id``)."""
+    return msg_id if index == 0 else rc_message_id(f"{msg_id}#part{index}")
+
+
+def refusals(item: WorkItem) -> int:
+    """How many permanent-looking refusals ``item`` met in a row so far."""
+    found = _REFUSALS.search(item.last_error or "")
+    return int(found.group(1)) if found else 0
 
 
 class AgentGate:
@@ -155,6 +208,7 @@ class InboundRelay:
         gate: AgentGate | None = None,
         echo_grace: float = ECHO_GRACE,
         load: ReceiverLoad | None = None,
+        notify_admins: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.rest = rest
@@ -166,6 +220,11 @@ class InboundRelay:
         self.gate = gate or AgentGate()
         self.echo_grace = echo_grace
         self._notify_outbound = notify_outbound or (lambda: None)
+        self._notify_admins = notify_admins
+        #: Departments ``livechat/visitor`` refused as unknown (this process): not sent again.
+        self._gone_departments: set[str] = set()
+        self._site_url: tuple[str, float] | None = None
+        self._character_limit: int | None = None
         self._wakers: set[asyncio.Task[None]] = set()
         self._routes: dict[str, tuple[str, float]] = {}
         self.notify_delay = NOTIFY_DELAY
@@ -291,58 +350,161 @@ class InboundRelay:
             conv.visitor_registered = False
             conv.room_id = None
             outcome, registered = Retry(self.clock() + 1.0, "invalid visitor"), True
-        except RocketChatError as exc:
+        except (Unavailable, AuthenticationFailed, RoomClosed) as exc:
+            # Rocket.Chat is down, the bot's login is broken, or a new room closed at once
+            # (the next try opens another): nothing about this item, so never set aside.
             delay = retry_delay(item.attempts + 1, base=2.0, cap=300.0)
             log.warning("inbound %s %s: Rocket.Chat %s; retry in %.1f s",
                         item.kind, item.item_id, exc, delay)
             reason = f"rocketchat {type(exc).__name__}"
             outcome, registered = Retry(self.clock() + delay, reason), False
+        except RocketChatError as exc:
+            outcome, registered = await self._refused(item, page, conv, exc), False
         if changed or registered:
             await self.store.save_conversation(conv)
         if isinstance(outcome, Done):
             self.metrics.relayed.labels("inbound", item.kind).inc()
         return outcome
 
+    async def _refused(
+        self, item: WorkItem, page: Page, conv: Conversation, exc: RocketChatError
+    ) -> Outcome:
+        """A refusal the relay has no answer for: a few retries, then set the item aside.
+
+        Setting aside keeps the item in the store (``/instagram pages``, a metric), posts
+        a note with the visitor's text to the agent when there is a room, DMs the admins
+        (once per page and cause a day), and lets the conversation's next item go.
+        """
+        count = refusals(item) + 1
+        if count < REFUSAL_ATTEMPTS:
+            delay = retry_delay(count, base=REFUSAL_BASE, cap=REFUSAL_CAP)
+            log.warning("inbound %s %s: Rocket.Chat refused (%s); try %d of %d in %.1f s",
+                        item.kind, item.item_id, exc, count, REFUSAL_ATTEMPTS, delay)
+            return Retry(self.clock() + delay, f"refused: {exc} [refusal {count}]")
+        reason = str(exc)
+        log.error("inbound %s %s of %s: Rocket.Chat refused it %d times (%s); setting it aside",
+                  item.kind, item.item_id, conv.key, count, reason)
+        if conv.room_id:
+            excerpt = neutralise_mentions(await self._text(item, conv.room_id,
+                                                           item.payload.get("event") or {}))
+            if len(excerpt) > NOTE_EXCERPT:
+                excerpt = excerpt[: NOTE_EXCERPT - 1] + "…"
+            text = messages.IN_SET_ASIDE_NOTE.format(
+                visitor=conv.visitor_name or "the visitor", reason=reason, excerpt=excerpt
+            )
+            await self._queue_outbound(f"setaside:{item.item_id}", "note", text, conv,
+                                       conv.room_id, note=True)
+        code = exc.error_type or type(exc).__name__
+        if await self.store.remember(f"set-aside-dm:{page.page_id}:{code}", SET_ASIDE_DM_TTL):
+            await self._tell_admins(messages.IN_SET_ASIDE_DM.format(
+                username=page.username or page.instagram_id, name=page.name,
+                page_id=page.page_id, reason=reason,
+            ))
+        self.metrics.set_aside.labels("inbound", code).inc()
+        return SetAside(reason)
+
+    async def _tell_admins(self, text: str) -> None:
+        if self._notify_admins is None:
+            log.warning("no way to tell the admins: %s", text)
+            return
+        try:
+            await self._notify_admins(text)
+        except Exception:
+            log.exception("could not tell the admins")
+
     async def _deliver(
         self, item: WorkItem, page: Page, conv: Conversation, event: dict[str, Any]
     ) -> tuple[Outcome, bool]:
         """Register, find a room, post. Returns (outcome, conversation changed)."""
         changed = False
-        if not conv.visitor_registered:
-            retry = await self._register(item, page, conv)
-            if retry is not None:
-                return retry, False
-            changed = True
         if conv.room_id is None:
-            retry = await self._open_room(item, page, conv)
+            retry, changed = await self._room(item, page, conv)
             if retry is not None:
                 return retry, changed
-            changed = True
         assert conv.room_id is not None
-        msg_id = rc_message_id(item.item_id)
-        text = await self._text(item, conv.room_id, event)
         try:
-            async with self._paced(item):
-                await self.rest.post_visitor_message(
-                    conv.visitor_token, conv.room_id, text, msg_id
-                )
+            await self._post(item, conv, event)
         except RoomClosed:
             log.info("room %s of %s is closed; opening a new one for %s",
                      conv.room_id, conv.key, item.item_id)
             conv.room_id = None
-            retry = await self._open_room(item, page, conv)
+            retry, _ = await self._room(item, page, conv)
             if retry is not None:
                 return retry, True
-            assert conv.room_id is not None
-            text = await self._text(item, conv.room_id, event)
-            async with self._paced(item):
-                await self.rest.post_visitor_message(
-                    conv.visitor_token, conv.room_id, text, msg_id
-                )
+            await self._post(item, conv, event)
             changed = True
         log.info("relayed %s %s into room %s as %s", item.kind, item.item_id,
-                  conv.room_id, msg_id)
+                  conv.room_id, rc_message_id(item.item_id))
         return Done(), changed
+
+    async def _room(
+        self, item: WorkItem, page: Page, conv: Conversation
+    ) -> tuple[Retry | None, bool]:
+        """Register (again, if the page's department moved) and open a room.
+
+        Returns (retry or None, conversation changed). Rocket.Chat routes a new room by
+        the department stored on the visitor record, which only ``livechat/visitor``
+        sets, so a visitor registered under another department is registered again
+        before a new room is opened (an open room keeps its department anyway).
+        """
+        changed = False
+        wanted = self._department(page)
+        stale = wanted is not None and wanted != conv.visitor_department
+        if not conv.visitor_registered or stale:
+            if conv.visitor_registered:
+                log.info("department of page %s is now %s (visitor %s had %s); registering "
+                         "again", page.page_id, wanted, conv.key, conv.visitor_department)
+            retry = await self._register(item, page, conv)
+            if retry is not None:
+                return retry, False
+            changed = True
+        retry = await self._open_room(item, page, conv)
+        return retry, changed or retry is None
+
+    def _department(self, page: Page) -> str | None:
+        """The department to register visitors with: the page's, unless known deleted."""
+        wanted = page.department_id or None
+        return None if wanted in self._gone_departments else wanted
+
+    async def _post(self, item: WorkItem, conv: Conversation, event: dict[str, Any]) -> None:
+        """Post the item's text as the visitor, split if over the livechat character limit.
+
+        A split text's parts get their own deterministic ids and ``item.progress`` counts
+        those already posted (persisted), so a retry continues where it stopped.
+        """
+        assert conv.room_id is not None
+        msg_id = rc_message_id(item.item_id)
+        text = neutralise_mentions(await self._text(item, conv.room_id, event))
+        if item.progress == 0:
+            try:
+                async with self._paced(item):
+                    await self.rest.post_visitor_message(
+                        conv.visitor_token, conv.room_id, text, msg_id
+                    )
+                return
+            except MessageTooLong:
+                log.info("inbound %s %s is over the livechat character limit; splitting",
+                         item.kind, item.item_id)
+        parts = split_text(text, await self._limit_characters())
+        for index in range(item.progress, len(parts)):
+            async with self._paced(item):
+                await self.rest.post_visitor_message(
+                    conv.visitor_token, conv.room_id, parts[index], part_id(msg_id, index)
+                )
+            item.progress = index + 1
+            await self.store.update_item(item)
+
+    async def _limit_characters(self) -> int:
+        """``Livechat_message_character_limit`` (read once), or a safe fallback."""
+        if self._character_limit is None:
+            try:
+                value = await self.rest.get_setting("Livechat_message_character_limit")
+                self._character_limit = max(16, int(value))  # type: ignore[call-overload]
+            except (RocketChatError, TypeError, ValueError) as exc:
+                log.warning("Livechat_message_character_limit unreadable (%s); splitting at "
+                            "%d characters", exc, FALLBACK_CHARACTER_LIMIT)
+                return FALLBACK_CHARACTER_LIMIT
+        return self._character_limit
 
     async def _register(self, item: WorkItem, page: Page, conv: Conversation) -> Retry | None:
         try:
@@ -359,13 +521,39 @@ class InboundRelay:
             log.info("profile of %s unavailable (%s); using a fallback name", conv.key, exc)
             profile = None
         name = visitor_name(profile, conv.igsid)
-        async with self._paced(item):
-            await self.rest.register_visitor(conv.visitor_token, name, page.department_id)
+        department = self._department(page)
+        try:
+            async with self._paced(item):
+                await self.rest.register_visitor(conv.visitor_token, name, department)
+        except InvalidDepartment:
+            assert department is not None
+            await self._department_gone(page, department)
+            department = None
+            async with self._paced(item):
+                await self.rest.register_visitor(conv.visitor_token, name, None)
         conv.visitor_name = name
         conv.visitor_registered = True
+        conv.visitor_department = department
         log.info("registered visitor %s for page %s (department %s)",
-                 conv.visitor_token, page.page_id, page.department_id)
+                 conv.visitor_token, page.page_id, department)
         return None
+
+    async def _department_gone(self, page: Page, department: str) -> None:
+        """``livechat/visitor`` says the page's department does not exist: go without one.
+
+        Visitors registered earlier keep the dead id on their record; Rocket.Chat drops it
+        when it opens their next room (Livechat.getRoom), so they are routed without a
+        department too. The admins are told once per page and department.
+        """
+        self._gone_departments.add(department)
+        log.warning("department %s of page %s does not exist; registering visitors without "
+                    "a department", department, page.page_id)
+        if await self.store.remember(f"department-gone:{page.page_id}:{department}",
+                                     DEPARTMENT_GONE_TTL):
+            await self._tell_admins(messages.IN_DEPARTMENT_GONE_DM.format(
+                department=page.department_name or department, name=page.name,
+                page_id=page.page_id,
+            ))
 
     async def _open_room(self, item: WorkItem, page: Page, conv: Conversation) -> Retry | None:
         """Open or reuse the visitor's room; None when ``conv.room_id`` is set."""
@@ -416,15 +604,18 @@ class InboundRelay:
                  "queued" if page.offline_text else "not configured")
 
     async def _queue_outbound(
-        self, item_id: str, kind: str, text: str, conv: Conversation, rid: str | None
+        self, item_id: str, kind: str, text: str, conv: Conversation, rid: str | None,
+        *, note: bool = False,
     ) -> None:
+        """Queue a text for the visitor, or (``note``) a note for the agent in room ``rid``."""
         # The outbound side checks the messaging window against last_inbound_at: store
         # the conversation first, so the text never races ahead of the visitor's message.
         await self.store.save_conversation(conv)
         work = WorkItem(
             item_id=item_id,
             queue="outbound",
-            conversation=conv.key,
+            # Notes go in their room's own lane, as the outbound relay's own notes do.
+            conversation=f"note:{rid}" if note else conv.key,
             kind=kind,
             payload={"text": text, "page_id": conv.page_id, "igsid": conv.igsid,
                      "room_id": rid},
@@ -471,9 +662,29 @@ class InboundRelay:
         mid = target_mid(item.kind, event)
         if mid:
             ours = await self.store.seen(f"echo:{mid}")
-            link = None if ours else message_link(self.rc_url, rid, rc_message_id(f"ig:{mid}"))
+            link = None if ours else message_link(
+                await self.site_url(), rid, rc_message_id(f"ig:{mid}")
+            )
             target = target_phrase(ours, link)
         return agent_text(item.kind, event, target)
+
+    async def site_url(self) -> str:
+        """Rocket.Chat's public ``Site_Url`` (cached), else the configured ``rocketchat.url``.
+
+        A permalink becomes a quote only when it contains Site_Url
+        (BeforeSaveJumpToMessage), and the bot may reach the server at an internal address.
+        """
+        now = time.monotonic()
+        if self._site_url is not None and self._site_url[1] > now:
+            return self._site_url[0]
+        try:
+            value = await self.rest.get_setting("Site_Url")
+        except RocketChatError as exc:
+            log.info("Site_Url unreadable (%s); quote links use %s", exc, self.rc_url)
+            value = None
+        url = value.rstrip("/") if isinstance(value, str) and value.strip() else self.rc_url
+        self._site_url = (url, now + SITE_URL_TTL)
+        return url
 
     def _retry_rate_limited(self, item: WorkItem, exc: RateLimited) -> Retry:
         at = max(exc.reset_at, self.clock()) + random.uniform(0.05, 1.0)
@@ -503,7 +714,8 @@ class InboundRelay:
         try:
             async with self._paced(item):
                 await self.rest.send_message(
-                    conv.room_id, agent_text(ECHO, event), msg_id=rc_message_id(item.item_id)
+                    conv.room_id, neutralise_mentions(agent_text(ECHO, event)),
+                    msg_id=rc_message_id(item.item_id),
                 )
         except RateLimited as exc:
             return self._retry_rate_limited(item, exc)

@@ -40,7 +40,18 @@ class Retry:
     reason: str
 
 
-Outcome = Done | Retry
+@dataclass(frozen=True)
+class SetAside:
+    """Give up on the item for good: keep it in the store's set-aside list, move on.
+
+    For permanent refusals only (bounded retries already spent); the processor has told
+    whoever must know before returning this. ``reason`` names the refusal, no secrets.
+    """
+
+    reason: str
+
+
+Outcome = Done | Retry | SetAside
 Processor = Callable[[WorkItem], Awaitable[Outcome]]
 
 
@@ -138,7 +149,12 @@ class QueueWorker:
                     if self._on_retry:
                         self._on_retry(item, outcome.reason)
                     return
-                await self._store.complete(item, remember=outcome.remember or None)
+                if isinstance(outcome, SetAside):
+                    log.warning("%s item %s (%s) set aside: %s", self._queue, item.item_id,
+                                item.kind, outcome.reason)
+                    await self._store.set_aside(item, outcome.reason)
+                else:
+                    await self._store.complete(item, remember=outcome.remember or None)
                 item = await self._store.head(self._queue, conversation)
                 if item is not None and item.next_try_at > self._clock():
                     return

@@ -98,6 +98,22 @@ class Unavailable(RocketChatError):
     """Network error, timeout or server-side 5xx: worth retrying later."""
 
 
+class InvalidDepartment(RocketChatError):
+    """``livechat/visitor`` named a department that does not exist (deleted or renamed)."""
+
+
+class MessageTooLong(RocketChatError):
+    """``livechat/message`` text over ``Livechat_message_character_limit``."""
+
+
+class NotStored(RocketChatError):
+    """``livechat/message`` answered "nothing stored" and the ``_id`` is not in the room.
+
+    The same TypeError answers a duplicate ``_id`` and a message an Apps-Engine
+    ``IPreMessageSentPrevent`` handler blocked; only the read-back tells them apart.
+    """
+
+
 def random_id(length: int = 17) -> str:
     """A Meteor-style random id (17 alphanumerics), for client-chosen message ``_id``s."""
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
@@ -126,7 +142,14 @@ _CODE_CLASSES: dict[str, type[RocketChatError]] = {
     "not-authorized": NotAllowed,
     "unauthorized": NotAllowed,
     "error-unauthorized": NotAllowed,
+    "error-invalid-department": InvalidDepartment,
+    "message-length-exceeds-character-limit": MessageTooLong,
 }
+
+#: What ``livechat/message`` answers when ``sendMessage`` stored nothing: the route's
+#: ``Object.assign(undefined, …)`` TypeError (LivechatTyped.ts:1233 @50c4441,
+#: Livechat.js:231 @72f6b2a, lib/messages.ts in 7.x).
+NOTHING_STORED_TEXT = "Cannot convert undefined or null to object"
 
 
 def classify(
@@ -496,7 +519,14 @@ class RocketChatREST:
                 return existing
             raise RocketChatError(f"chat.sendMessage: {msg_id} not stored")
 
-    async def _existing_message(self, msg_id: str) -> dict | None:
+    async def _existing_message(
+        self, msg_id: str, *, unknown_if_forbidden: bool = False
+    ) -> dict | None:
+        """The stored message ``msg_id`` or None (a missing message is a bare failure).
+
+        With ``unknown_if_forbidden`` a refused read (NotAllowed) is raised: the caller
+        cannot tell "missing" from "not readable" then.
+        """
         try:
             data = await self._authed(
                 "chat.getMessage",
@@ -504,6 +534,10 @@ class RocketChatREST:
             )
         except (Unavailable, RateLimited, AuthenticationFailed):
             raise
+        except NotAllowed:
+            if unknown_if_forbidden:
+                raise
+            return None
         except RocketChatError:
             return None
         return data.get("message") or None
@@ -592,7 +626,14 @@ class RocketChatREST:
         return data.get("room") or {}, bool(data.get("newRoom"))
 
     async def post_visitor_message(self, token: str, rid: str, text: str, msg_id: str) -> dict:
-        """Post as the visitor (``POST livechat/message``); a repeated ``msg_id`` is a success."""
+        """Post as the visitor (``POST livechat/message``); a repeated ``msg_id`` is a success.
+
+        When the server says nothing was stored (a duplicate ``_id`` answers a TypeError,
+        not a code), the message is read back with the bot's own credentials
+        (``chat.getMessage``; ``view-livechat-rooms`` lets a livechat-manager read any
+        Omnichannel room): found in ``rid`` as this visitor's → already stored, success.
+        Not found → :class:`NotStored` (something blocked it, e.g. an Apps-Engine app).
+        """
         body = {"token": token, "rid": rid, "msg": text, "_id": msg_id}
         try:
             data = await self._call(
@@ -600,15 +641,42 @@ class RocketChatREST:
                 lambda: self._api.call_api_post("livechat/message", body=body),
             )
         except RocketChatError as exc:
-            # The server answers a bare ``{"success": false}`` when sendMessage stored
-            # nothing because the _id exists (API.v1.failure() with no reason) [LVM, SMF].
-            bare = exc.status == 400 and exc.error_type is None and exc.detail is None
-            if type(exc) is RocketChatError and (bare or _is_duplicate(exc.error_type)):
+            if type(exc) is not RocketChatError or not _nothing_stored(exc):
+                raise
+            try:
+                existing = await self._existing_message(msg_id, unknown_if_forbidden=True)
+            except NotAllowed:
+                raise NotStored(
+                    f"livechat/message: {msg_id} may or may not be stored (chat.getMessage "
+                    "refused: the bot needs view-livechat-rooms to confirm)",
+                    status=exc.status, detail=exc.detail,
+                ) from None
+            if existing is not None and existing.get("rid") == rid and (
+                existing.get("token") in (None, token)
+            ):
                 log.info("livechat/message %s already stored; treating as sent", msg_id)
-                return {"_id": msg_id, "rid": rid}
-            raise
+                return existing
+            raise NotStored(
+                f"livechat/message: {msg_id} not stored (refused without a reason)",
+                status=exc.status, detail=exc.detail,
+            ) from None
         message = data.get("message") if isinstance(data, dict) else None
         return message or {"_id": msg_id, "rid": rid}
+
+
+def _nothing_stored(exc: RocketChatError) -> bool:
+    """Whether a ``livechat/message`` failure may mean "this ``_id`` exists already".
+
+    Real servers answer 400 with the TypeError text; a bare ``{"success": false}``
+    (``API.v1.failure()`` when the message cannot be read back) and codes saying
+    "duplicate" are accepted too.
+    """
+    if exc.status != 400:
+        return False
+    if exc.detail == NOTHING_STORED_TEXT:
+        return True
+    bare = exc.error_type is None and exc.detail is None
+    return bare or _is_duplicate(exc.error_type)
 
 
 def _is_duplicate(code: str | None) -> bool:

@@ -10,12 +10,17 @@ thread-safe method that only touches in-memory state under one lock.
 
 Served (``{v}`` must equal ``api_version`` on the Graph side; the dialog accepts any):
 
-- ``GET|POST /{v}/dialog/oauth``          Facebook Login dialog (HTML form, 302 back)
+- ``GET|POST /{v}/dialog/oauth``          Facebook Login dialog (HTML form, 302 back):
+  ``scope`` for a "consumer" app (declines stick until ``auth_type=rerequest``),
+  ``config_id`` of a Login for Business configuration (all or nothing) for a "business"
+  app, which refuses a dialog without one (``set_app_type``, ``add_login_configuration``)
 - ``GET /{v}/oauth/access_token``         code exchange, fb_exchange_token, client_credentials
 - ``GET /{v}/debug_token``                token introspection (app token)
 - ``GET /{v}/me``, ``/{v}/me/accounts``   user / page nodes, pages with Page tokens
 - ``GET|DELETE /{v}/me/permissions``      granted scopes / revoke the whole login
-- ``GET|POST|DELETE /{v}/{page}/subscribed_apps``
+- ``GET|POST|DELETE /{v}/{page}/subscribed_apps``  per-field permissions of the Page token
+  (messaging fields need ``pages_messaging``, others ``pages_manage_metadata``; one
+  missing refuses the whole call); ``drop_subscription`` uninstalls as Meta does
 - ``GET /{v}/{igsid}``                    Instagram user profile (230 without consent)
 - ``POST /{v}/{page}/messages``, ``/{v}/me/messages``   Send API with window enforcement
 

@@ -65,7 +65,7 @@ class GraphMixin:
         if edge == "subscribed_apps" and method in ("GET", "POST", "DELETE"):
             self._require(tok, "page", node)
             self._check_injected("subscribed_apps")
-            return self._ok(self._subscribed_apps(node, method, params))
+            return self._ok(self._subscribed_apps(node, method, params, tok))
         if edge == "messages" and method == "POST":
             return self._ok(self._send(request, params, node, tok))
         if method == "GET":
@@ -133,7 +133,9 @@ class GraphMixin:
                 and owner_user is not None
                 and node in owner_user.page_ids
             ):
-                return _select(self._page_obj(page, None), fields, ("name",))
+                # A user who manages the Page may read its token by id (M15), which is how
+                # Pages missing from /me/accounts are reached.
+                return _select(self._page_obj(page, tok), fields, ("name",))
             if tok.kind == "page":
                 owner = self._pages.get(tok.page_id or "")
                 if owner is not None and owner.ig_id == node:
@@ -185,6 +187,7 @@ class GraphMixin:
         fields = _parse_fields(params.get("fields"))
         with self._lock:
             user = self._users[tok.user_id or ""]
+            unlisted = self._unlisted.get(user.id, set())
             data = [
                 _select(
                     self._page_obj(self._pages[p], tok),
@@ -192,6 +195,7 @@ class GraphMixin:
                     ("access_token", "category", "category_list", "name", "tasks"),
                 )
                 for p in user.page_ids
+                if p not in unlisted
             ]
         out: dict[str, Any] = {"data": data}
         if data:
@@ -208,8 +212,11 @@ class GraphMixin:
             user = self._users.get(tok.user_id or "")
             if method == "GET":
                 data = [{"permission": s, "status": "granted"} for s in tok.scopes]
+                declined = self._declined_before.get(user.id, set()) if user else set()
                 data += [
-                    {"permission": s, "status": "declined"} for s in (user.declined if user else [])
+                    {"permission": s, "status": "declined"}
+                    for s in sorted(declined)
+                    if s not in tok.scopes
                 ]
                 return {"data": data}
             revoked = 0
@@ -221,8 +228,42 @@ class GraphMixin:
         log.info("login revoked user=%s tokens=%d", tok.user_id, revoked)
         return {"success": True}
 
+    # ------------------------------------------------------------------ control: pages
+
+    def drop_subscription(self, page_id: str) -> bool:
+        """Uninstall our app from the page as Meta does on its own (returns True if it was).
+
+        Meta disables a webhook after about an hour of failed deliveries and unsubscribes
+        the app from the Page ("Webhooks Delivery Retry", messenger-platform/webhooks);
+        nothing tells the app but the next ``GET /{page}/subscribed_apps``.
+        """
+        with self._lock:
+            dropped = self._subscriptions.pop(page_id, None) is not None
+        log.info("subscription dropped by Meta page=%s (was installed: %s)", page_id, dropped)
+        return dropped
+
+    @staticmethod
+    def _field_permission_errors(fields: list[str], scopes: list[str]) -> list[str]:
+        """Meta's per-field checks on ``POST /{page}/subscribed_apps``.
+
+        Messaging fields need ``pages_messaging`` ("pages_messaging is also required for
+        the messages ... fields", pages-api/webhooks-for-pages); the others need
+        ``pages_manage_metadata`` (jgorset/facebook-messenger#280 quotes the live text
+        for feed, mention and name). One missing permission refuses the whole call.
+        """
+        problems = []
+        for name in fields:
+            messaging = name.startswith("messag") or name == "standby"
+            needed = "pages_messaging" if messaging else "pages_manage_metadata"
+            if needed not in scopes:
+                problems.append(
+                    f"To subscribe to the {name} field, one of these permissions is needed:"
+                    f" {needed}"
+                )
+        return problems
+
     def _subscribed_apps(
-        self, page_id: str, method: str, params: Mapping[str, str]
+        self, page_id: str, method: str, params: Mapping[str, str], tok: _Token
     ) -> dict[str, Any]:
         with self._lock:
             if method == "GET":
@@ -260,6 +301,9 @@ class GraphMixin:
                         f" {{{', '.join(sorted(_SUBSCRIBABLE_PAGE_FIELDS))}}}"
                         f' - got "{name}"',
                     )
+            problems = self._field_permission_errors(wanted, tok.scopes)
+            if problems:
+                raise _GraphFail(200, "(#200) " + ".\n".join(problems))
             current = self._subscriptions.setdefault(page_id, [])
             current.extend(w for w in wanted if w not in current)
             log.info("page subscribed page=%s fields=%s", page_id, ",".join(current))

@@ -46,12 +46,20 @@ class LoginMixin:
         *,
         user_id: str | None = None,
         decline: Iterable[str] = (),
+        unlisted: Iterable[str] = (),
     ) -> str:
         """Set who logs in through the dialog and which pages they manage; returns the user id.
 
         Each page is ``{"id", "name", "instagram_business_account": {"id", "username"}}``
         (the link may be omitted, or given as ``ig_id``/``ig_username``). ``decline``
-        lists requested scopes the user unticks. A later login replaces nothing already
+        lists requested scopes the user unticks in the classic (``scope``) dialog; once
+        declined, a scope stays declined on later logins unless the dialog carries
+        ``auth_type=rerequest`` (Meta: "Handle declined permissions"). A Login for
+        Business configuration cannot be partly declined: all its permissions are granted
+        or none ("All permissions that your app asks for during login must be granted").
+        ``unlisted`` are page ids granted but missing from ``/me/accounts`` (Pages picked
+        in the Login for Business asset picker; audit row 6): readable by id and named
+        in ``debug_token``'s ``granular_scopes``. A later login replaces nothing already
         issued: earlier tokens keep the pages they were issued with.
         """
         uid = user_id or str(10**16 + int(hashlib.sha256(name.encode()).hexdigest()[:12], 16))
@@ -71,8 +79,26 @@ class LoginMixin:
                 self._pages[page.id] = page
                 page_ids.append(page.id)
             self._users[uid] = _User(uid, name, page_ids, list(decline))
+            self._unlisted[uid] = {str(p) for p in unlisted}
             self._login_user_id = uid
         return uid
+
+    def set_app_type(self, app_type: str) -> None:
+        """``"consumer"`` (classic Facebook Login, ``scope``) or ``"business"``.
+
+        A Business-type app uses Facebook Login for Business: its dialog without a
+        ``config_id`` shows "It looks like this app isn't available" (laravel/socialite#716,
+        simi/omniauth-facebook#386, restfb/restfb#1529).
+        """
+        if app_type not in ("consumer", "business"):
+            raise ValueError(f"unknown app type {app_type!r}")
+        with self._lock:
+            self._app_type = app_type
+
+    def add_login_configuration(self, config_id: str, permissions: Iterable[str]) -> None:
+        """A Facebook Login for Business configuration (App Dashboard > Configurations)."""
+        with self._lock:
+            self._login_configs[str(config_id)] = list(permissions)
 
     def set_redirect_uris(self, uris: Iterable[str] | None) -> None:
         """Restrict the dialog to these redirect URIs ("Valid OAuth Redirect URIs"); None = any."""
@@ -131,11 +157,17 @@ class LoginMixin:
             tok = self._tokens.get(token_or_user_id)
             return tok is not None and tok.state == "revoked"
 
-    def issue_page_token(self, page_id: str, *, user_id: str | None = None) -> str:
-        """Mint a non-expiring Page token directly (skips the login; for bot unit tests)."""
+    def issue_page_token(
+        self, page_id: str, *, user_id: str | None = None, scopes: Iterable[str] | None = None
+    ) -> str:
+        """Mint a non-expiring Page token directly (skips the login; for bot unit tests).
+
+        ``scopes`` replaces the default grant (the permissions a full login gives).
+        """
         with self._lock:
             uid = user_id or self._login_user_id
-            user = self._new_token("user", uid, None, self._default_scopes(), long_lived=True)
+            granted = list(scopes) if scopes is not None else self._default_scopes()
+            user = self._new_token("user", uid, None, granted, long_lived=True)
             return self._page_token_for(user, page_id)
 
     # ------------------------------------------------------------------ tokens (internal)
@@ -255,22 +287,52 @@ class LoginMixin:
             )
         if params.get("response_type", "code") != "code":
             return "Sandbox: only response_type=code is supported."
+        config_id = params.get("config_id")
+        if config_id:
+            if config_id not in self._login_configs:
+                return "Invalid config_id: no login configuration with this id in the app."
+            if params.get("override_default_response_type") != "true":
+                # Our reading: a configuration's default response is not a code; every
+                # peer (restfb getBusinessLoginDialogUrl, the FB.login examples) sends this.
+                return (
+                    "Sandbox: a config_id login needs response_type=code with"
+                    " override_default_response_type=true."
+                )
+        elif self._app_type == "business":
+            return "It looks like this app isn't available. To fix this, please contact the app."
         bad = [s for s in self._scopes(params) if s not in _KNOWN_SCOPES]
         if bad:
             return f"Invalid Scopes: {', '.join(bad)}."
         return None
 
-    @staticmethod
-    def _scopes(params: Mapping[str, str]) -> list[str]:
+    def _scopes(self, params: Mapping[str, str]) -> list[str]:
+        """What the dialog asks for: the configuration's permissions, else ``scope``."""
+        config_id = params.get("config_id")
+        if config_id and config_id in self._login_configs:
+            return ["public_profile", *self._login_configs[config_id]]
         raw = params.get("scope") or "public_profile"
         return [s.strip() for s in re.split(r"[,\s]+", raw) if s.strip()]
+
+    def _granted(self, params: Mapping[str, str], user: _User) -> list[str]:
+        """The scopes an approved dialog grants. Holds the lock."""
+        requested = self._scopes(params)
+        if params.get("config_id"):
+            return requested  # all or nothing; the sandbox user always accepts
+        before = self._declined_before.setdefault(user.id, set())
+        declined = {s for s in user.declined if s in requested}
+        if params.get("auth_type") == "rerequest":
+            before.difference_update(requested)  # asked again: today's answer counts
+        else:
+            declined |= before & set(requested)  # not asked again: still declined
+        before.update(declined)
+        return [s for s in requested if s not in declined]
 
     def _decide(self, params: Mapping[str, str], approve: bool) -> str:
         """Issue the code (or the denial) and build the redirect Location. Holds the lock."""
         extra: list[tuple[str, str]]
         if approve:
             user = self._users[self._login_user_id]
-            scopes = [s for s in self._scopes(params) if s not in user.declined]
+            scopes = self._granted(params, user)
             if "public_profile" not in scopes:
                 scopes.insert(0, "public_profile")
             code = "AQ" + secrets.token_urlsafe(150).replace("-", "D").replace("_", "x")
@@ -317,7 +379,10 @@ class LoginMixin:
         hidden = "".join(
             f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
             for k, v in params.items()
-            if k in ("client_id", "redirect_uri", "state", "scope", "response_type")
+            if k in (
+                "client_id", "redirect_uri", "state", "scope", "response_type", "config_id",
+                "override_default_response_type", "auth_type",
+            )
         )
         page_items = (
             "".join(

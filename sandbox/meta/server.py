@@ -55,7 +55,7 @@ class SandboxMeta(
         *,
         app_id: str = "000000000000000",
         app_secret: str = "sandbox-app-secret",
-        api_version: str = "v21.0",
+        api_version: str = "v24.0",
         app_name: str = "rc-instagram (sandbox)",
         require_proof: bool = False,
         clock: Callable[[], float] = time.time,
@@ -82,6 +82,12 @@ class SandboxMeta(
         self._page_tokens: dict[tuple[str, str], str] = {}  # (user token, page id) -> token
         self._revoked_users: set[str] = set()
         self._subscriptions: dict[str, list[str]] = {}
+        # Facebook Login side: "consumer" apps take ``scope``; "business" apps refuse a
+        # dialog without a ``config_id`` naming one of ``_login_configs`` (id -> permissions).
+        self._app_type = "consumer"
+        self._login_configs: dict[str, list[str]] = {}
+        self._declined_before: dict[str, set[str]] = {}  # user id -> scopes declined once
+        self._unlisted: dict[str, set[str]] = {}  # user id -> granted pages not in /me/accounts
         self._profiles: dict[str, dict[str, Any]] = {}  # igsid -> profile incl. private keys
         self._last_inbound: dict[tuple[str, str], float] = {}  # (ig id, igsid) -> seconds
         self._send_errors: dict[str, list[ErrorSpec]] = {}

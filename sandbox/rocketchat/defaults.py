@@ -36,6 +36,9 @@ PERMISSIONS: dict[str, list[str]] = {
     "edit-privileged-setting": ["admin"],
     "api-bypass-rate-limit": ["admin", "bot", "app"],
     "send-many-messages": ["admin", "bot", "app"],
+    # BeforeSavePreventMention: @all/@here need these; bot and visitors hold neither.
+    "mention-all": ["admin", "owner", "moderator", "user"],
+    "mention-here": ["admin", "owner", "moderator", "user"],
     "view-full-other-user-info": ["admin"],
     "view-other-user-channels": ["admin"],
     "view-c-room": ["admin", "user", "bot", "app", "anonymous"],

@@ -129,6 +129,9 @@ class State:
         self.call_counts: dict[str, int] = {}
         self.removed_subscriptions: list[Doc] = []
         self.offline_messages: list[Doc] = []
+        #: An Apps-Engine ``IPreMessageSentPrevent`` app: visitor texts it returns True
+        #: for are not stored (sendMessage returns undefined, as for a duplicate _id).
+        self.prevent_message: Callable[[str], bool] | None = None
         now = self.now()
         self.started_at = now
         for sid, (value, public) in defaults.SETTINGS.items():
@@ -521,6 +524,25 @@ class State:
                 )
         return out
 
+    def _prevent_mention_all(
+        self, mentions: list[Doc], *, uid: str | None = None, visitor_id: str | None = None
+    ) -> None:
+        """BeforeSavePreventMention (6.5+): ``@all``/``@here`` need mention-all/-here.
+
+        The check is made for the message's author; a visitor holds no roles, so a
+        visitor's ``@all`` is always refused [PM].
+        """
+        for mention, permission in (("all", "mention-all"), ("here", "mention-here")):
+            if not any(m.get("_id") == mention for m in mentions):
+                continue
+            if visitor_id is None and self.has_permission(uid, permission):
+                continue
+            raise RCError(
+                "error-action-not-allowed",
+                f"Notify {mention} in this room not allowed",
+                {"action": f"Notify_{mention}_in_this_room"},
+            )
+
     def execute_send_message(
         self, uid: str, message: Any, *, method: str = "sendMessage", extra: Doc | None = None
     ) -> Doc | None:
@@ -592,6 +614,7 @@ class State:
         if msg_id and msg_id in self.messages:
             log.debug("duplicate message _id=%s ignored", msg_id)
             return None
+        self._prevent_mention_all(self._mentions(text), uid=uid)
         msg: Doc = {
             "_id": msg_id or random_id(),
             "rid": rid,
@@ -922,6 +945,12 @@ class State:
         for room in self.rooms.values():
             if room["t"] == "l" and room.get("open") and room["v"]["token"] == token:
                 return room, False
+        # Livechat.getRoom: a department deleted since registration is dropped from the
+        # visitor, then the room is routed by what the visitor record says [LVR].
+        if visitor.get("department") and visitor["department"] not in self.departments:
+            log.info("visitor %s: department %s is gone; unset", visitor["_id"],
+                     visitor["department"])
+            del visitor["department"]
         department_id = visitor.get("department")
         if not self.online(department_id):
             raise RCError("no-agent-online", "Sorry, no online agents")
@@ -992,6 +1021,11 @@ class State:
                 raise PlainError("message-length-exceeds-character-limit")
         if msg_id and msg_id in self.messages:
             return None
+        mentions = self._mentions(text)
+        self._prevent_mention_all(mentions, visitor_id=visitor["_id"])
+        if self.prevent_message is not None and self.prevent_message(text):
+            log.info("visitor message %s prevented by an app", msg_id)
+            return None
         now = self.now()
         name = visitor.get("name") or visitor["username"]
         msg: Doc = {
@@ -1003,7 +1037,7 @@ class State:
             "ts": now,
             "_updatedAt": now,
             "u": {"_id": visitor["_id"], "username": visitor["username"], "name": name},
-            "mentions": [],
+            "mentions": mentions,
             "channels": [],
             "md": [{"type": "PARAGRAPH", "value": [{"type": "PLAIN_TEXT", "value": text}]}],
             "urls": [],
@@ -1093,9 +1127,10 @@ class State:
 
     # ---------------------------------------------------------------- CRM webhooks
     def _after_omnichannel_message(self, room: Doc, msg: Doc, *, from_visitor: bool) -> None:
-        """afterOmnichannelSaveMessage → sendToCRM('Message') [CRM]."""
+        """afterOmnichannelSaveMessage → markRoomResponded, sendToCRM('Message') [CRM]."""
         if room.get("v", {}).get("token") is None:
             return
+        self._mark_room_responded(room, msg)
         if msg.get("token") and not self.setting("Livechat_webhook_on_visitor_message"):
             return
         if not msg.get("token") and not self.setting("Livechat_webhook_on_agent_message"):
@@ -1103,6 +1138,23 @@ class State:
         if msg.get("t"):
             return
         self._send_livechat_webhook("Message", room, None, messages=[msg])
+
+    def _mark_room_responded(self, room: Doc, msg: Doc) -> None:
+        """markRoomResponded: any non-system message not from the visitor is a response.
+
+        The author is not checked against ``servedBy``: a bot's note or echo counts, and
+        the first one becomes ``responseBy`` (first-response time) [MRR].
+        """
+        if msg.get("t") or msg.get("token"):
+            return
+        if room.get("responseBy"):
+            room["responseBy"]["lastMessageTs"] = self.now()
+        if room.get("waitingResponse"):
+            room.setdefault("responseBy", {
+                "_id": msg["u"]["_id"], "username": msg["u"]["username"],
+                "firstResponseTs": msg["ts"], "lastMessageTs": msg["ts"],
+            })
+            room.pop("waitingResponse", None)
 
     def _crm_message(self, room: Doc, msg: Doc) -> Doc:
         out: Doc = {

@@ -610,7 +610,12 @@ class RestAPI:
             body["token"], body["rid"], body["msg"], body.get("_id") or None
         )
         if stored is None:
-            return _json({"success": False}, 400)
+            # sendMessage skipped the existing _id and returned undefined; the route's
+            # Object.assign(undefined, …) throws a TypeError, which REST reports as is
+            # (LivechatTyped.ts:1233 @50c4441; Livechat.js:231 @72f6b2a).
+            return _json(
+                {"success": False, "error": "Cannot convert undefined or null to object"}, 400
+            )
         return {"message": self.state.message_for_client(stored), "success": True}
 
     def livechat_room_close(self, call: Call) -> dict[str, Any]:

@@ -417,6 +417,16 @@ class SandboxRocketChat:
                 dep["__agents"].append(uid)
                 dep["numAgents"] = len(dep["__agents"])
 
+    def prevent_visitor_messages(self, predicate: Callable[[str], bool] | None) -> None:
+        """Install (or remove, with None) an app that silently blocks visitor texts."""
+        with self._state.lock:
+            self._state.prevent_message = predicate
+
+    def delete_department(self, department_id: str) -> None:
+        """Remove a department (visitors keep its id until their next new room)."""
+        with self._state.lock:
+            del self._state.departments[department_id]
+
     def departments(self) -> list[Doc]:
         """All departments."""
         with self._state.lock:

@@ -32,6 +32,15 @@ def test_example_config_loads_with_env() -> None:
     assert config.redirect_uri == "https://bot.example.com/oauth/callback"
 
 
+def test_graph_version_defaults_to_one_supported_past_2027() -> None:
+    """Without api_version the bot uses v24.0 (v21.0 stops on 21 January 2027)."""
+    raw = example()
+    del raw["instagram"]["api_version"], raw["instagram"]["login_config_id"]
+    config = from_dict(raw, env=ENV)
+    assert config.instagram.api_version == "v24.0" and config.instagram.login_config_id == ""
+    assert load(EXAMPLE, env=ENV).instagram.api_version == "v24.0"
+
+
 def test_default_value_used_when_variable_unset() -> None:
     """${NAME:-default} falls back to the default; an empty key means no encryption."""
     config = load(EXAMPLE, env=ENV)
@@ -81,6 +90,7 @@ _DELETE = object()
         (["rocketchat", "admin_roles"], {"a": 1}, "rocketchat.admin_roles"),
         (["instagram", "app_id"], "my-app", "instagram.app_id"),
         (["instagram", "api_version"], "21", "instagram.api_version"),
+        (["instagram", "login_config_id"], "my-config", "instagram.login_config_id"),
         (["instagram", "human_agent_tag"], "yes", "instagram.human_agent_tag"),
         (["server", "public_url"], "", "server.public_url"),
         (["rocketchat", "password"], "", "rocketchat.password"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,7 +21,16 @@ from aiohttp import web
 from cryptography.fernet import Fernet
 
 from bot import config as config_module
-from bot.doctor import FAIL, PASS, WARN, CheckResult, check_monthly_contacts, diagnose, run_checks
+from bot.doctor import (
+    FAIL,
+    PASS,
+    WARN,
+    CheckResult,
+    check_graph_version,
+    check_monthly_contacts,
+    diagnose,
+    run_checks,
+)
 from bot.instagram.graph import GraphClient
 from bot.instagram.oauth import login_url
 from sandbox.meta import DEFAULT_IG_ID, DEFAULT_PAGE_ID, DEFAULT_PAGE_NAME, SandboxMeta
@@ -143,7 +154,8 @@ async def test_all_green_sandbox_passes(setup: Setup) -> None:
     assert warned == {"public_url.https", "public_url.reachable"}
     for name in ("rocketchat.reachable", "rocketchat.login", "rocketchat.permissions",
                  "omnichannel.departments", "rocketchat.slash_commands", "omnichannel.enabled",
-                 "omnichannel.webhook", "rocketchat.rate_limiter", "meta.app", "storage.files",
+                 "omnichannel.webhook", "rocketchat.rate_limiter", "meta.app",
+                 "meta.api_version", "storage.files",
                  "storage.encryption_key", "storage.open", f"page {DEFAULT_PAGE_ID} token",
                  f"page {DEFAULT_PAGE_ID} subscribed", f"page {DEFAULT_PAGE_ID} instagram",
                  "omnichannel.monthly_contacts"):
@@ -408,3 +420,34 @@ def test_monthly_contacts_near_the_plan_limit_warns(visitors: int, status: str) 
     result = check_monthly_contacts(visitors)
     assert result.status == status
     assert f"{visitors} Instagram visitor(s)" in result.detail
+def _version_check(setup: Setup, version: str, day: str) -> CheckResult:
+    setup.raw["instagram"]["api_version"] = version
+    now = dt.datetime.fromisoformat(day + "T12:00:00+00:00").timestamp()
+    return check_graph_version(SimpleNamespace(config=setup.config()), now)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("version", "day", "status", "words"), [
+    ("v21.0", "2026-12-04", WARN, "stops working on 21 January 2027 (in 48 days)"),
+    ("v20.0", "2026-12-04", FAIL, "stopped working on 24 September 2026"),
+    ("v24.0", "2026-12-04", PASS, "available until 18 February 2028"),
+    ("v24.0", "2027-11-25", WARN, "in 85 days"),
+    ("v26.0", "2026-12-04", PASS, "no end date announced"),
+    ("v16.0", "2026-12-04", WARN, "not in the bridge's table"),
+])
+def test_graph_version_near_or_past_its_end_is_flagged(
+    setup: Setup, version: str, day: str, status: str, words: str
+) -> None:
+    """A Graph version within 90 days of its end WARNs, past it FAILs, naming the date."""
+    result = _version_check(setup, version, day)
+    assert result.status == status and words in result.detail, result.detail
+    if status != PASS:
+        assert "v24.0" in result.fix
+
+
+async def test_asset_picker_page_missing_from_accounts_still_passes(setup: Setup) -> None:
+    """A page /me/accounts leaves out (Login for Business asset picker) is read by id."""
+    setup.meta.set_login_user("Sandbox Admin", unlisted=[DEFAULT_PAGE_ID], pages=[
+        {"id": DEFAULT_PAGE_ID, "name": DEFAULT_PAGE_NAME,
+         "instagram_business_account": {"id": DEFAULT_IG_ID, "username": "sandboxshop"}}])
+    results = await setup.check()
+    assert results[f"page {DEFAULT_PAGE_ID} instagram"].status == PASS

@@ -73,7 +73,7 @@ async def test_login_pages_subscribe_unsubscribe_revoke_round_trip(
     page_token = page["access_token"]
 
     await graph.subscribe_page(DEFAULT_PAGE_ID, page_token)
-    assert meta.subscription(DEFAULT_PAGE_ID) == ["messages"]
+    assert meta.subscription(DEFAULT_PAGE_ID) == ["feed"]
     apps = await graph.subscribed_apps(DEFAULT_PAGE_ID, page_token)
     assert apps[0]["id"] == meta.app_id
     await graph.unsubscribe_page(DEFAULT_PAGE_ID, page_token)

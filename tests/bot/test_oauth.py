@@ -8,9 +8,12 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
+from bot.instagram.oauth import SCOPES
 from bot.instagram.reauth import mark_needs_reauth
 from sandbox.meta import DEFAULT_IG_USERNAME, DEFAULT_PAGE_ID, DEFAULT_PAGE_NAME
 from tests.scenarios.oauth_harness import (
+    CONFIG_ID,
+    LINK,
     SANDBOX_TOKEN,
     OAuthBridge,
     parse_form,
@@ -54,7 +57,7 @@ async def test_single_page_login_connects_subscribes_and_dms(oauth: OAuthBridge)
     stored = await oauth.bot.store.page(DEFAULT_PAGE_ID)
     assert stored is not None and stored.subscribed and not stored.needs_reauth
     assert stored.page_token and stored.user_token and stored.owner_id == oauth.admin_id
-    assert oauth.meta.subscription(DEFAULT_PAGE_ID) == ["messages"]
+    assert oauth.meta.subscription(DEFAULT_PAGE_ID) == ["feed"]
 
     dm = (await oauth.wait_dms(2))[-1]
     for part in (DEFAULT_PAGE_NAME, DEFAULT_PAGE_ID, f"@{DEFAULT_IG_USERNAME}",
@@ -106,9 +109,10 @@ async def test_reused_state_gets_400_and_exchanges_once(oauth: OAuthBridge) -> N
     url = await oauth.authorize()
     location = oauth.meta.approve_url(url)
     assert (await oauth.get(location))[0] == 200
+    exchanges = len(oauth.graph_calls("/oauth/access_token"))
     status, _ = await oauth.get(location)
     assert status == 400
-    assert len(oauth.graph_calls("/oauth/access_token")) == 2  # code + long-lived, once
+    assert len(oauth.graph_calls("/oauth/access_token")) == exchanges  # no second exchange
 
 
 async def test_cancelled_login_gets_friendly_page_and_dm(oauth: OAuthBridge) -> None:
@@ -170,7 +174,7 @@ async def test_two_pages_offer_a_choice_and_connect_only_the_chosen(oauth: OAuth
     status, page = await oauth.select(form.hidden["state"], "302")
     assert status == 200 and "shopsouth" in page
     assert [p.page_id for p in await oauth.bot.store.pages()] == ["302"]
-    assert oauth.meta.subscription("302") == ["messages"]
+    assert oauth.meta.subscription("302") == ["feed"]
     assert oauth.meta.subscription("301") is None
     dms = await oauth.wait_dms(3)
     assert "choose one" in dms[-2] and "/instagram edit 302" in dms[-1]
@@ -366,3 +370,100 @@ async def test_every_page_is_valid_accessible_and_free_of_tokens(
     assert not SANDBOX_TOKEN.search(texts)
     for token in tokens:
         assert token not in texts
+
+
+# -- Page subscription, granted permissions, Facebook Login for Business (issue 13) -------
+
+
+async def test_subscription_uses_permitted_fields(oauth: OAuthBridge) -> None:
+    """The Page is installed with feed (no pages_messaging needed) and read back."""
+    status, page = await oauth.login()
+    assert status == 200 and "Instagram connected" in page
+    assert oauth.meta.subscription(DEFAULT_PAGE_ID) == ["feed"]
+    calls = [(c["method"], c["status"]) for c in oauth.graph_calls("/subscribed_apps")]
+    assert calls == [("POST", 200), ("GET", 200)]  # installed, then read back
+    stored = await oauth.bot.store.page(DEFAULT_PAGE_ID)
+    assert stored is not None and stored.subscribed
+    dm = (await oauth.wait_dms(2))[-1]
+    assert "Connected Instagram" in dm and "Page field `feed`" in dm
+
+
+async def test_refused_subscription_is_reported_not_connected(oauth: OAuthBridge) -> None:
+    """Meta refuses the install and lists none: the page is not bridged, and the DM says so."""
+    assert (await oauth.login())[0] == 200
+    oauth.meta.drop_subscription(DEFAULT_PAGE_ID)  # Meta removed it meanwhile
+    refusal = ("(#200) To subscribe to the feed field, one of these permissions is needed:"
+               " pages_manage_metadata")
+    oauth.meta.inject_errors("subscribed_apps", [{"code": 200, "message": refusal}])
+    status, page = await oauth.login()
+    assert status == 502 and "not yet bridged" in page
+    stored = await oauth.bot.store.page(DEFAULT_PAGE_ID)
+    assert stored is not None and not stored.subscribed
+    dm = oauth.dms()[-1]
+    assert refusal in dm and "not bridged" in dm and "Re-authorized" not in dm
+    assert "earlier installation" not in dm
+
+
+async def test_login_without_instagram_manage_messages_is_not_connected(
+    oauth: OAuthBridge,
+) -> None:
+    """A declined permission connects nothing, names it, and DMs a rerequest link that works."""
+    pages = [{"id": DEFAULT_PAGE_ID, "name": DEFAULT_PAGE_NAME,
+              "instagram_business_account": {"id": "17841400000000001",
+                                             "username": DEFAULT_IG_USERNAME}}]
+    oauth.meta.set_login_user("Careful", pages=pages, decline=["instagram_manage_messages"])
+    status, page = await oauth.login()
+    assert status == 200 and "Permissions missing" in page
+    assert "instagram_manage_messages" in page
+    assert await oauth.bot.store.pages() == []
+    assert oauth.meta.subscription(DEFAULT_PAGE_ID) is None
+    dm = (await oauth.wait_dms(2))[-1]
+    assert "`instagram_manage_messages`" in dm and "Connected" not in dm
+    link = LINK.search(dm)
+    assert link and parse_qs(urlsplit(link.group(0)).query)["auth_type"] == ["rerequest"]
+
+    oauth.meta.set_login_user("Careful", pages=pages)  # this time they tick everything
+    status, page = await oauth.get(oauth.meta.approve_url(link.group(0)))
+    assert status == 200 and "Instagram connected" in page
+    assert oauth.meta.subscription(DEFAULT_PAGE_ID) == ["feed"]
+
+
+async def test_asset_picker_page_missing_from_accounts_is_connected(oauth: OAuthBridge) -> None:
+    """A granted Page that /me/accounts leaves out is found through debug_token and connected."""
+    oauth.meta.set_login_user("Picker", pages=two_pages()[:1], unlisted=["301"])
+    status, page = await oauth.login()
+    assert status == 200 and "Instagram connected" in page and "shopnorth" in page
+    assert [p.page_id for p in await oauth.bot.store.pages()] == ["301"]
+    assert oauth.meta.subscription("301") == ["feed"]
+
+
+async def test_business_app_login_uses_config_id(business_oauth: OAuthBridge) -> None:
+    """With login_config_id the link carries config_id, not scope, and the login connects."""
+    url = await business_oauth.authorize()
+    query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+    assert query["config_id"] == CONFIG_ID and "scope" not in query
+    assert query["response_type"] == "code" and query["override_default_response_type"] == "true"
+    status, page = await business_oauth.get(business_oauth.meta.approve_url(url))
+    assert status == 200 and "Instagram connected" in page
+    assert business_oauth.meta.subscription(DEFAULT_PAGE_ID) == ["feed"]
+
+
+async def test_scope_link_on_business_app_is_refused_by_meta(oauth: OAuthBridge) -> None:
+    """Without login_config_id a Business-type app's dialog is 'not available' (why it exists)."""
+    oauth.meta.set_app_type("business")
+    with pytest.raises(ValueError, match="isn't available"):
+        oauth.meta.approve_url(await oauth.authorize())
+
+
+async def test_configuration_lacking_a_permission_names_it_and_the_configuration(
+    business_oauth: OAuthBridge,
+) -> None:
+    """A Login for Business configuration without instagram_manage_messages connects nothing."""
+    business_oauth.meta.add_login_configuration(
+        CONFIG_ID, [s for s in SCOPES if s != "instagram_manage_messages"]
+    )
+    status, page = await business_oauth.login()
+    assert status == 200 and "Permissions missing" in page
+    dm = (await business_oauth.wait_dms(2))[-1]
+    assert "`instagram_manage_messages`" in dm and f"`{CONFIG_ID}`" in dm
+    assert await business_oauth.bot.store.pages() == []

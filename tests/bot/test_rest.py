@@ -13,6 +13,7 @@ from bot.rocketchat.rest import (
     InvalidVisitor,
     NoAgentOnline,
     NotAllowed,
+    NotStored,
     RateLimited,
     RocketChatError,
     RocketChatREST,
@@ -274,6 +275,18 @@ async def test_visitor_message_is_idempotent_by_msg_id(rocketchat, agent, rest):
     assert [m["_id"] for m in rocketchat.room_messages(room["_id"]) if not m.get("t")] == [
         "ig-mid-1"
     ]
+
+
+async def test_visitor_message_blocked_by_an_app_is_not_taken_for_a_duplicate(
+    rocketchat, agent, rest
+):
+    """The TypeError a duplicate gets is read back: a message an app blocked is NotStored."""
+    await rest.register_visitor("instagram-p-9", "Jane")
+    room, _ = await rest.open_room("instagram-p-9")
+    rocketchat.prevent_visitor_messages(lambda text: "spam" in text)
+    with pytest.raises(NotStored):
+        await rest.post_visitor_message("instagram-p-9", room["_id"], "buy spam", "ig-mid-9")
+    assert rocketchat.room_messages(room["_id"]) == []
 
 
 async def test_no_agent_online(rocketchat, people, rest):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from bot.contacts import month_start
+from storage import WorkItem
 from storage.base import Conversation
 from tests.scenarios.oauth_harness import OAuthBridge
 
@@ -38,6 +39,22 @@ async def test_lists_id_name_username_department_subscribed(two_connected: OAuth
     assert lines[2] == ("• `302` — Shop South — @shopsouth — department: none — "
                         "subscribed: no — visitors this month: 0")
     assert lines[3].startswith("0 Instagram visitor(s) wrote this month.")
+
+
+async def test_set_aside_messages_are_shown_per_page(two_connected: OAuthBridge) -> None:
+    """A page with set-aside messages says how many and the latest refusal."""
+    store = two_connected.bot.store
+    for n, reason in enumerate(("livechat/message: error-a", "livechat/message: error-b")):
+        item = WorkItem(item_id=f"ig:m{n}", queue="inbound", conversation="301:u1",
+                        kind="message", payload={"page_id": "301", "igsid": "u1"},
+                        next_try_at=time.time() + 3600)  # the running relay leaves it be
+        await store.enqueue([item])
+        await store.set_aside(item, reason)
+    before = len(two_connected.dms())
+    await two_connected.command("/instagram pages")
+    lines = (await two_connected.wait_dms(before + 1))[-1].splitlines()
+    assert lines[1].endswith("— *2 message(s) set aside*, last: livechat/message: error-b")
+    assert "set aside" not in lines[2]
 
 
 async def test_non_admin_is_refused(two_connected: OAuthBridge) -> None:

@@ -26,7 +26,7 @@ async def test_unsubscribe_uninstalls_and_stops_relaying(
     text = await _reply(bridge, "/instagram unsubscribe 301")
     assert "Bridging is off for *Shop North*" in text
     assert bridge.meta.subscription("301") is None
-    assert bridge.meta.subscription("302") == ["messages"]
+    assert bridge.meta.subscription("302") == ["feed"]
     page = await bridge.bot.store.page("301")
     assert page is not None and not page.subscribed
 
@@ -35,7 +35,7 @@ async def test_unsubscribe_uninstalls_and_stops_relaying(
     status, _ = await bridge.meta.adeliver(url, bridge.meta.text_event(NORTH_IG, igsid, "hi"))
     assert status == 200
     await bridge.command("/instagram subscribe 301")
-    assert bridge.meta.subscription("301") == ["messages"]
+    assert bridge.meta.subscription("301") == ["feed"]
     assert "Bridging is on" in bridge.dms()[-1]
     assert not [r for r in bridge.rc.livechat_rooms() if igsid in r["v"]["token"]]
 
@@ -98,4 +98,32 @@ async def test_non_admin_is_refused(two_connected: OAuthBridge, verb: str) -> No
     two_connected.rc.create_user("bob", "bob-password", roles=["user"])
     await two_connected.command(f"/instagram {verb} 301", username="bob")
     assert "for administrators only" in (await two_connected.wait_dms(1, username="bob"))[0]
-    assert two_connected.meta.subscription("301") == ["messages"]
+    assert two_connected.meta.subscription("301") == ["feed"]
+
+
+async def test_refused_subscribe_with_nothing_installed_turns_bridging_off(
+    two_connected: OAuthBridge,
+) -> None:
+    """Meta refuses the install and lists none: the reply says so and the page is off."""
+    bridge = two_connected
+    bridge.meta.drop_subscription("301")
+    refusal = ("(#200) To subscribe to the feed field, one of these permissions is needed:"
+               " pages_manage_metadata")
+    bridge.meta.inject_errors("subscribed_apps", [{"code": 200, "message": refusal}])
+    text = await _reply(bridge, "/instagram subscribe 301")
+    assert refusal in text and "bridging is off" in text
+    page = await bridge.bot.store.page("301")
+    assert page is not None and not page.subscribed and not page.needs_reauth
+
+
+async def test_refused_subscribe_keeps_an_installation_meta_still_lists(
+    two_connected: OAuthBridge,
+) -> None:
+    """A refused re-install leaves a still-listed earlier installation (and the page) on."""
+    bridge = two_connected
+    bridge.meta.inject_errors("subscribed_apps", [200])
+    text = await _reply(bridge, "/instagram subscribe 302")
+    assert "failed" in text and "bridging is off" not in text
+    page = await bridge.bot.store.page("302")
+    assert page is not None and page.subscribed
+    assert bridge.meta.subscription("302") == ["feed"]

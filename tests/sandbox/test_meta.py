@@ -16,7 +16,7 @@ import requests
 
 from sandbox.meta import DEFAULT_IG_ID, DEFAULT_PAGE_ID, SandboxMeta
 
-V = "v21.0"
+V = "v24.0"
 REDIRECT = "https://bot.example.com/oauth/callback"
 SCOPES = "instagram_basic,instagram_manage_messages,pages_manage_metadata,pages_show_list"
 
@@ -202,6 +202,63 @@ def test_dialog_unknown_client_id_shows_error_page(meta: SandboxMeta) -> None:
         meta.approve_url(dialog(meta, client_id="123"))
 
 
+def test_business_app_without_config_id_is_not_available(meta: SandboxMeta) -> None:
+    """A Business-type app's dialog needs config_id; with scope alone it is 'not available'."""
+    meta.set_app_type("business")
+    resp = requests.get(dialog(meta), timeout=5)
+    assert resp.status_code == 400 and "isn&#x27;t available" in resp.text
+    with pytest.raises(ValueError, match="isn't available"):
+        meta.approve_url(dialog(meta))
+
+
+def test_config_id_login_grants_the_configuration(meta: SandboxMeta) -> None:
+    """config_id (with override_default_response_type) grants the configuration's set."""
+    meta.set_app_type("business")
+    meta.add_login_configuration("777", ["instagram_basic", "pages_show_list"])
+    params = {"config_id": "777", "override_default_response_type": "true", "scope": ""}
+    with pytest.raises(ValueError, match="override_default_response_type"):
+        meta.approve_url(dialog(meta, config_id="777", scope=""))
+    with pytest.raises(ValueError, match="config_id"):
+        meta.approve_url(dialog(meta, **{**params, "config_id": "778"}))
+    meta.set_login_user("Picky", pages=[{"id": "1", "name": "P"}], decline=["instagram_basic"])
+    code = query(meta.approve_url(dialog(meta, **params)))["code"]
+    token = exchange(meta, code).json()["access_token"]
+    granted = [p["permission"] for p in graph(meta, "GET", "me/permissions", token).json()["data"]]
+    assert granted == ["public_profile", "instagram_basic", "pages_show_list"]
+
+
+def test_declined_scope_stays_declined_until_rerequest(meta: SandboxMeta) -> None:
+    """A scope declined once is not asked again unless auth_type=rerequest."""
+    pages = [{"id": "1", "name": "P"}]
+    meta.set_login_user("Decliner", pages=pages, decline=["instagram_manage_messages"])
+
+    def permissions(**extra: str) -> dict[str, str]:
+        code = query(meta.approve_url(dialog(meta, **extra)))["code"]
+        token = exchange(meta, code).json()["access_token"]
+        data = graph(meta, "GET", "me/permissions", token).json()["data"]
+        return {p["permission"]: p["status"] for p in data}
+
+    assert permissions()["instagram_manage_messages"] == "declined"
+    meta.set_login_user("Decliner", pages=pages)  # now willing to grant it
+    assert permissions()["instagram_manage_messages"] == "declined"
+    assert permissions(auth_type="rerequest")["instagram_manage_messages"] == "granted"
+
+
+def test_unlisted_page_is_missing_from_accounts_but_readable_by_id(meta: SandboxMeta) -> None:
+    """An asset-picker Page is absent from /me/accounts, named in granular_scopes."""
+    meta.set_login_user("Picker", pages=[{"id": "55", "name": "Picked"}], unlisted=["55"])
+    token = login(meta)
+    assert graph(meta, "GET", "me/accounts", token).json()["data"] == []
+    node = graph(meta, "GET", "55", token, params={"fields": "id,name,access_token"}).json()
+    assert node["name"] == "Picked" and node["access_token"]
+    app = requests.get(f"{meta.graph_url}/{V}/oauth/access_token", timeout=5, params={
+        "grant_type": "client_credentials", "client_id": meta.app_id,
+        "client_secret": meta.app_secret}).json()["access_token"]
+    data = graph(meta, "GET", "debug_token", app, params={"input_token": token}).json()["data"]
+    targets = {g["scope"]: g["target_ids"] for g in data["granular_scopes"]}
+    assert targets["pages_show_list"] == ["55"]
+
+
 # ---------------------------------------------------------------- tokens
 
 
@@ -315,12 +372,43 @@ def test_subscribe_get_and_delete_record_installed_state(meta: SandboxMeta) -> N
     token = page_token(meta, login(meta))
     edge = f"{DEFAULT_PAGE_ID}/subscribed_apps"
     assert graph(meta, "GET", edge, token).json() == {"data": []}
-    resp = graph(meta, "POST", edge, token, params={"subscribed_fields": "messages"})
-    assert resp.json() == {"success": True} and meta.subscription(DEFAULT_PAGE_ID) == ["messages"]
+    resp = graph(meta, "POST", edge, token, params={"subscribed_fields": "feed"})
+    assert resp.json() == {"success": True} and meta.subscription(DEFAULT_PAGE_ID) == ["feed"]
     data = graph(meta, "GET", edge, token).json()["data"]
-    assert data[0]["id"] == meta.app_id and data[0]["subscribed_fields"] == ["messages"]
+    assert data[0]["id"] == meta.app_id and data[0]["subscribed_fields"] == ["feed"]
     assert graph(meta, "DELETE", edge, token).json() == {"success": True}
     assert meta.subscription(DEFAULT_PAGE_ID) is None
+
+
+def test_messages_field_without_pages_messaging_refuses_the_whole_call(meta: SandboxMeta) -> None:
+    """subscribed_fields=feed,messages without pages_messaging: (#200), nothing installed."""
+    token = page_token(meta, login(meta))
+    resp = graph(meta, "POST", f"{DEFAULT_PAGE_ID}/subscribed_apps", token,
+                 params={"subscribed_fields": "feed,messages"})
+    assert resp.status_code == 403 and error(resp) == (200, None)
+    assert resp.json()["error"]["message"] == (
+        "(#200) To subscribe to the messages field, one of these permissions is needed:"
+        " pages_messaging"
+    )
+    assert meta.subscription(DEFAULT_PAGE_ID) is None
+
+
+def test_feed_field_needs_pages_manage_metadata(meta: SandboxMeta) -> None:
+    """A Page token without pages_manage_metadata cannot install the app with feed."""
+    token = meta.issue_page_token(DEFAULT_PAGE_ID, scopes=["pages_show_list"])
+    resp = graph(meta, "POST", f"{DEFAULT_PAGE_ID}/subscribed_apps", token,
+                 params={"subscribed_fields": "feed"})
+    assert error(resp) == (200, None) and "pages_manage_metadata" in resp.text
+    assert meta.subscription(DEFAULT_PAGE_ID) is None
+
+
+def test_dropped_subscription_reads_back_empty(meta: SandboxMeta) -> None:
+    """drop_subscription() uninstalls the app as Meta does after failed deliveries."""
+    token = page_token(meta, login(meta))
+    edge = f"{DEFAULT_PAGE_ID}/subscribed_apps"
+    graph(meta, "POST", edge, token, params={"subscribed_fields": "feed"})
+    assert meta.drop_subscription(DEFAULT_PAGE_ID)
+    assert graph(meta, "GET", edge, token).json() == {"data": []}
 
 
 def test_subscribe_with_user_token_is_refused(meta: SandboxMeta) -> None:
@@ -330,7 +418,7 @@ def test_subscribe_with_user_token_is_refused(meta: SandboxMeta) -> None:
         "POST",
         f"{DEFAULT_PAGE_ID}/subscribed_apps",
         login(meta),
-        params={"subscribed_fields": "messages"},
+        params={"subscribed_fields": "feed"},
     )
     assert resp.status_code == 400 and error(resp)[0] == 210
 

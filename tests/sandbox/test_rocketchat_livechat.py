@@ -184,12 +184,45 @@ async def test_visitor_message_routes_to_department_agent(rc: SandboxRocketChat,
 
 
 def test_visitor_message_duplicate_id_is_stored_once(rc: SandboxRocketChat, omni) -> None:
-    """Re-posting a livechat/message _id stores nothing and fails with bare success:false."""
+    """Re-posting a livechat/message _id stores nothing and fails with the real TypeError text."""
     room = _open_room(rc, "v1")["room"]
     assert _visitor_says(rc, "v1", room["_id"], "hello", "ig-m-1").status_code == 200
     again = _visitor_says(rc, "v1", room["_id"], "hello", "ig-m-1")
-    assert again.status_code == 400 and again.json() == {"success": False}
+    assert again.status_code == 400
+    assert again.json() == {
+        "success": False, "error": "Cannot convert undefined or null to object"
+    }
     assert [m["_id"] for m in rc.room_messages(room["_id"])] == ["ig-m-1"]
+
+
+@pytest.mark.parametrize("word", ["all", "here"])
+def test_visitor_mention_all_is_refused(rc: SandboxRocketChat, omni, word: str) -> None:
+    """A visitor's @all/@here is refused with error-action-not-allowed; nothing is stored."""
+    room = _open_room(rc, "v1")["room"]
+    r = _visitor_says(rc, "v1", room["_id"], f"hi @{word} anyone?", "ig-m-1")
+    assert r.status_code == 400
+    assert r.json()["errorType"] == "error-action-not-allowed"
+    assert r.json()["error"] == f"Notify {word} in this room not allowed [error-action-not-allowed]"
+    assert rc.room_messages(room["_id"]) == []
+    assert _visitor_says(rc, "v1", room["_id"], "mail me at a@all.example", "m2").ok
+
+
+def test_deleted_department_is_dropped_from_visitor_at_next_room(
+    rc: SandboxRocketChat, omni
+) -> None:
+    """A new room is routed by the visitor's stored department; a deleted one is unset first."""
+    rc.create_user("agent.bob", "agent.bob", roles=["user", "livechat-agent"], name="Bob")
+    rc.set_agent_status("agent.bob", "online")
+    sales = rc.create_department("Sales", agents=["agent.bob"])
+    room = _open_room(rc, "v1", sales)["room"]
+    assert room["departmentId"] == sales
+    rc.close_room(room["_id"])
+    r = requests.post(f"{rc.url}/api/v1/livechat/visitor", json={"visitor": {"token": "v1"}})
+    assert r.json()["visitor"]["department"] == sales  # registering without one keeps it
+    rc.delete_department(sales)
+    r = requests.get(f"{rc.url}/api/v1/livechat/room", params={"token": "v1"})
+    assert r.status_code == 200 and "departmentId" not in r.json()["room"]
+    assert "department" not in rc.visitor("v1")
 
 
 def test_agent_reply_posts_message_webhook_until_200(
@@ -259,6 +292,13 @@ def test_manager_note_is_allowed_in_livechat_room(
         headers={"X-User-Id": plain["userId"], "X-Auth-Token": plain["authToken"]},
     )
     assert r.status_code == 400 and r.json()["error"] == "error-not-allowed"
+    # markRoomResponded does not ask who wrote: the bot's note made it the first responder.
+    stored = rc.room(room["_id"])
+    assert stored is not None and "waitingResponse" not in stored
+    assert stored["responseBy"]["_id"] == login["userId"]
+    body = {"message": {"_id": "note-2", "rid": room["_id"], "msg": "Echo: hi @all"}}
+    r = requests.post(f"{rc.url}/api/v1/chat.sendMessage", json=body, headers=headers)
+    assert r.status_code == 400 and r.json()["errorType"] == "error-action-not-allowed"
 
 
 def test_file_reply_carries_file_upload(rc: SandboxRocketChat, omni, crm: Receiver) -> None:

@@ -38,6 +38,8 @@ from tests.scenarios.harness import (
 )
 
 LINK = re.compile(r"https?://\S+/dialog/oauth\?\S+")
+#: The Facebook Login for Business configuration of the ``business_oauth`` fixture.
+CONFIG_ID = "424242424242"
 #: Every token the sandbox Meta issues to users and pages looks like this.
 SANDBOX_TOKEN = re.compile(r"EAA[\w-]{40,}")
 
@@ -177,6 +179,24 @@ def two_pages() -> list[dict[str, Any]]:
         {"id": "302", "name": "Shop South",
          "instagram_business_account": {"id": "17841000000000302", "username": "shopsouth"}},
     ]
+
+
+@contextlib.asynccontextmanager
+async def running_business_app(
+    rocketchat: SandboxRocketChat, meta: SandboxMeta, tmp_path: Path
+) -> AsyncIterator[OAuthBridge]:
+    """:func:`running_unconnected` for a Business-type Meta app: Meta needs config_id,
+    the bot has ``instagram.login_config_id`` = :data:`CONFIG_ID` (asking for SCOPES)."""
+    from bot.instagram.oauth import SCOPES
+
+    meta.set_app_type("business")
+    meta.add_login_configuration(CONFIG_ID, SCOPES)
+
+    def configure(raw: dict) -> None:
+        raw["instagram"]["login_config_id"] = CONFIG_ID
+
+    async with running_unconnected(rocketchat, meta, tmp_path, configure=configure) as running:
+        yield running
 
 
 @contextlib.asynccontextmanager

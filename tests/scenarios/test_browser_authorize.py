@@ -53,3 +53,16 @@ async def test_browser_chooses_one_of_two_pages(oauth: OAuthBridge, browser_page
     await browser_page.go_back()
     assert await browser_page.text_content("h1") == "This link cannot be used"
     assert [p.page_id for p in await oauth.bot.store.pages()] == ["302"]
+
+
+async def test_browser_connects_through_login_for_business(
+    business_oauth: OAuthBridge, browser_page: Any
+) -> None:
+    """A Business-type app: the config_id link opens the dialog, Continue connects the page."""
+    await browser_page.goto(await business_oauth.authorize())
+    await browser_page.click("#continue")
+    await browser_page.wait_for_url(f"{business_oauth.base_url}/oauth/callback*")
+    assert await browser_page.text_content("h1") == "Instagram connected"
+    page = await business_oauth.bot.store.page(DEFAULT_PAGE_ID)
+    assert page is not None and page.subscribed
+    assert business_oauth.meta.subscription(DEFAULT_PAGE_ID) == ["feed"]

@@ -10,8 +10,9 @@ import pytest
 
 from bot import messages
 from bot.instagram.events import rc_message_id
+from bot.relay import inbound as inbound_module
 from sandbox.rocketchat import defaults as rc_defaults
-from tests.scenarios.harness import AGENT, BOT_USER, Bridge, start_bot, stop_bot
+from tests.scenarios.harness import ADMIN, AGENT, BOT_USER, Bridge, start_bot, stop_bot
 
 CDN = "https://lookaside.fbsbx.com/ig_messaging_cdn/?asset_id={n}&signature=sbx"
 
@@ -40,8 +41,12 @@ async def test_text_message_registers_visitor_and_opens_room(bridge: Bridge, eve
     assert found["department"] == bridge.department_id
     [message] = bridge.visitor_messages(igsid)
     assert message["_id"] == rc_message_id(f"ig:{mid}")
-    conversation = await bridge.bot.store.conversation(bridge.page_id, igsid)
-    assert conversation is not None and conversation.room_id == bridge.rooms(igsid)[0]["_id"]
+    # The relay saves the conversation just after the post the sandbox shows: wait for it.
+    conversation = await eventually(
+        lambda: bridge.bot.store.conversation(bridge.page_id, igsid)
+    )
+    assert conversation.room_id == bridge.rooms(igsid)[0]["_id"]
+    assert conversation.visitor_department == bridge.department_id
     assert conversation.last_inbound_at == pytest.approx(
         event["entry"][0]["messaging"][0]["timestamp"] / 1000
     )
@@ -99,7 +104,10 @@ async def test_every_event_kind_reads_as_agent_text(bridge: Bridge, eventually):
         assert (await bridge.deliver(event))[0] == 200
     await eventually(lambda: len(bridge.texts(igsid)) == 18, timeout=10)
     rid = bridge.rooms(igsid)[0]["_id"]
-    link = f"{bridge.config.rocketchat.url}/live/{rid}?msg={rc_message_id('ig:' + first)}"
+    # Built from Site_Url (quotes need it), not from the address the bot reaches.
+    site_url = bridge.rc.get_setting("Site_Url")
+    assert site_url != bridge.config.rocketchat.url
+    link = f"{site_url}/live/{rid}?msg={rc_message_id('ig:' + first)}"
     earlier = f"[an earlier message]({link})"
     assert bridge.texts(igsid) == [
         "Hello",
@@ -288,3 +296,135 @@ async def test_welcome_text_goes_to_visitor_once_per_new_room(bridge: Bridge, ev
                      == ["Hi! How can we help?"])
     await asyncio.sleep(0.3)
     assert len(meta.sent_messages(recipient=igsid)) == 1
+
+
+# --- refusals: no conversation may stall (issue 12.1) ----------------------------------
+
+
+def admin_dms(bridge: Bridge) -> list[str]:
+    return [m["msg"] for m in bridge.rc.dm_messages(BOT_USER, ADMIN)]
+
+
+def bot_room_texts(bridge: Bridge, igsid: str) -> list[str]:
+    """What the bot itself posted into the visitor's rooms (notes, echoes)."""
+    return [m["msg"] for room in bridge.rooms(igsid) for m in bridge.rc.room_messages(room["_id"])
+            if m.get("u", {}).get("username") == BOT_USER and not m.get("t")]
+
+
+async def test_visitor_mention_does_not_stall_conversation(bridge: Bridge, eventually):
+    """A visitor's @all/@here is delivered readably (fullwidth ＠) and later messages follow."""
+    igsid = visitor(bridge)
+    for text in ("hi @all, anyone?", "@here too", "mail a@all.example", "after"):
+        await bridge.deliver(bridge.meta.text_event(bridge.ig_id, igsid, text))
+    await eventually(lambda: bridge.texts(igsid) == [
+        "hi ＠all, anyone?", "＠here too", "mail a@all.example", "after"
+    ])
+    assert await bridge.bot.store.set_aside_items() == []
+
+
+async def test_echo_with_mention_is_shown_not_refused(bridge: Bridge, eventually):
+    """An Instagram-app echo containing @all is shown (the bot lacks mention-all)."""
+    bridge.bot.inbound.echo_grace = 0.1
+    igsid = visitor(bridge)
+    await bridge.deliver(bridge.meta.text_event(bridge.ig_id, igsid, "hello"))
+    await eventually(lambda: bridge.texts(igsid) == ["hello"])
+    await bridge.deliver(bridge.meta.echo_event(bridge.ig_id, igsid, "Thanks @all",
+                                                bridge.meta.new_mid()))
+    await eventually(lambda: bot_room_texts(bridge, igsid) == [
+        messages.IN_ECHO.format(text="Thanks ＠all")
+    ])
+
+
+async def test_duplicate_message_id_counts_as_delivered(bridge: Bridge, eventually):
+    """A lost livechat/message response: the retry's TypeError is read back as stored."""
+    igsid = visitor(bridge)
+    await bridge.deliver(bridge.meta.text_event(bridge.ig_id, igsid, "warm up"))
+    await eventually(lambda: bridge.texts(igsid) == ["warm up"])
+    bridge.rc.fail_rest(503, routes=["livechat/message"], until=0.5, after_processing=True)
+    await bridge.deliver(bridge.meta.text_event(bridge.ig_id, igsid, "stored, answer lost"))
+    await bridge.deliver(bridge.meta.text_event(bridge.ig_id, igsid, "next"))
+    await eventually(lambda: bridge.texts(igsid) == ["warm up", "stored, answer lost", "next"],
+                     timeout=15)
+    assert bridge.bot.metrics.retries.labels("inbound", "rocketchat Unavailable")._value.get() >= 1
+    assert await bridge.bot.store.set_aside_items() == []
+
+
+async def test_removed_department_falls_back_and_tells_admins(bridge: Bridge, eventually):
+    """A deleted page department: visitors are routed without one; admins get one DM."""
+    bridge.rc.delete_department(bridge.department_id)
+    first, second = visitor(bridge, name="V1"), visitor(bridge, name="V2")
+    await bridge.deliver(bridge.meta.text_event(bridge.ig_id, first, "anyone there?"))
+    await eventually(lambda: bridge.texts(first) == ["anyone there?"])
+    await bridge.deliver(bridge.meta.text_event(bridge.ig_id, second, "me too"))
+    await eventually(lambda: bridge.texts(second) == ["me too"])
+    assert "departmentId" not in bridge.rooms(first)[0]
+    await eventually(lambda: len(admin_dms(bridge)) == 1)
+    [dm] = admin_dms(bridge)
+    assert "no longer exists" in dm and bridge.page_id in dm
+    await asyncio.sleep(0.2)
+    assert len(admin_dms(bridge)) == 1
+
+
+async def test_unknown_refusal_is_set_aside_and_conversation_moves_on(
+    bridge: Bridge, eventually, monkeypatch
+):
+    """A refusal with no known answer: a few tries, then kept aside, noted, one DM; next flows."""
+    monkeypatch.setattr(inbound_module, "REFUSAL_BASE", 0.02)
+    monkeypatch.setattr(inbound_module, "REFUSAL_CAP", 0.05)
+    igsid = visitor(bridge)
+    await bridge.deliver(bridge.meta.text_event(bridge.ig_id, igsid, "hello"))
+    await eventually(lambda: bridge.texts(igsid) == ["hello"])
+    # An Apps-Engine app blocks it: the same TypeError as a duplicate, but nothing stored.
+    bridge.rc.prevent_visitor_messages(lambda text: "blocked" in text)
+    for text in ("a blocked word", "another blocked one", "after"):
+        await bridge.deliver(bridge.meta.text_event(bridge.ig_id, igsid, text))
+    await eventually(lambda: bridge.texts(igsid) == ["hello", "after"], timeout=15)
+    kept = await bridge.bot.store.set_aside_items()
+    assert [k.item.payload["event"]["message"]["text"] for k in kept] == [
+        "a blocked word", "another blocked one"
+    ]
+    assert all(k.page_id == bridge.page_id and "not stored" in k.reason for k in kept)
+    await eventually(lambda: len(bot_room_texts(bridge, igsid)) == 2)
+    assert "What they wrote: a blocked word" in bot_room_texts(bridge, igsid)[0]
+    await eventually(lambda: len(admin_dms(bridge)) == 1)
+    assert "set aside" in admin_dms(bridge)[0]
+    assert bridge.bot.metrics.set_aside.labels("inbound", "NotStored")._value.get() == 2
+    await asyncio.sleep(0.2)
+    assert len(admin_dms(bridge)) == 1  # one DM per page and cause, not one per message
+
+
+async def test_over_limit_text_is_split_not_stalled(bridge: Bridge, eventually):
+    """Over Livechat_message_character_limit: the text arrives in parts, whole and in order."""
+    bridge.rc.set_setting("Livechat_enable_message_character_limit", True)
+    bridge.rc.set_setting("Livechat_message_character_limit", 20)
+    igsid = visitor(bridge)
+    long = "This is a rather long message that needs splitting"
+    await bridge.deliver(bridge.meta.text_event(bridge.ig_id, igsid, long))
+    await bridge.deliver(bridge.meta.text_event(bridge.ig_id, igsid, "short"))
+    await eventually(lambda: bridge.texts(igsid)[-1:] == ["short"])
+    parts = bridge.texts(igsid)[:-1]
+    assert "".join(parts) == long and len(parts) > 1 and all(len(p) <= 20 for p in parts)
+
+
+# --- departments reach returning visitors (issue 12.5) --------------------------------
+
+
+async def test_department_change_reaches_returning_visitor(bridge: Bridge, eventually):
+    """After the page's department changes, a visitor's next new room goes to the new one."""
+    bridge.rc.create_user("agent.bob", "agent-password-456", roles=["user", "livechat-agent"])
+    bridge.rc.set_agent_status("agent.bob", "online")
+    sales = bridge.rc.create_department("Sales", agents=["agent.bob"])
+    igsid = visitor(bridge)
+    await bridge.deliver(bridge.meta.text_event(bridge.ig_id, igsid, "first"))
+    await eventually(lambda: bridge.texts(igsid) == ["first"])
+    [room] = bridge.rooms(igsid)
+    assert room["departmentId"] == bridge.department_id
+    bridge.rc.close_room(room["_id"], by=AGENT)
+    assert bridge.page is not None
+    bridge.page.department_id, bridge.page.department_name = sales, "Sales"
+    await bridge.bot.store.save_page(bridge.page)  # what `/instagram edit … department` does
+    await bridge.deliver(bridge.meta.text_event(bridge.ig_id, igsid, "second"))
+    await eventually(lambda: bridge.texts(igsid) == ["first", "second"])
+    new_room = bridge.rooms(igsid)[-1]
+    assert new_room["_id"] != room["_id"] and new_room["departmentId"] == sales
+    assert new_room["servedBy"]["username"] == "agent.bob"

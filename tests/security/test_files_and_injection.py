@@ -96,10 +96,10 @@ async def test_odd_sender_ids_stay_one_path_segment(bridge: Bridge) -> None:
         if not bridge.bot.store.inbox.backlog and not await bridge.bot.store.queue_depth("inbound"):
             break
         await asyncio.sleep(0.02)
-    # The server saw (after decoding) exactly /v21.0/<the id>: one segment, no query, no
+    # The server saw (after decoding) exactly /v24.0/<the id>: one segment, no query, no
     # dot-segment resolved into /me/accounts.
     paths = sorted(c["path"] for c in bridge.meta.calls() if c.get("method") == "GET")
-    assert paths == sorted(f"/v21.0/{igsid}" for igsid in odd), paths
+    assert paths == sorted(f"/v24.0/{igsid}" for igsid in odd), paths
 
 
 async def test_visitor_profile_names_with_markup_and_newlines_are_relayed(

@@ -187,6 +187,26 @@ async def test_complete_remembers_extra_keys(store):
     await store.complete(added)  # completing twice is harmless
 
 
+async def test_set_aside_item_frees_its_conversation_and_survives_restart(make_store, clock):
+    """set_aside moves the head out of its queue (next item is due) and keeps it for good."""
+    store = await make_store()
+    first, _ = await store.enqueue([item("m1", order_ts=1.0, page_id="p1"),
+                                    item("m2", order_ts=2.0)])
+    first.attempts, first.last_error = 7, "rocketchat RocketChatError"
+    await store.set_aside(first, "livechat/message: error-weird")
+    await store.set_aside(first, "again")  # no longer pending: nothing happens
+    assert [i.item_id for i in await store.next_items("inbound", clock(), set(), 5)] == ["m2"]
+    assert (await store.stats())["set_aside"] == 1
+    await store.close()
+    store = await make_store()
+    [kept] = await store.set_aside_items()
+    assert (kept.item.item_id, kept.item.attempts, kept.reason, kept.page_id) == (
+        "m1", 7, "livechat/message: error-weird", "p1"
+    )
+    assert kept.item.payload["text"] == "hello m1" and kept.set_aside_at == clock()
+    assert await store.queue_depth("inbound") == 1
+
+
 async def test_queues_are_independent(store, clock):
     """Inbound and outbound items of one conversation do not block each other."""
     await store.enqueue([item("in1"), item("out1", queue="outbound")])
