@@ -184,7 +184,7 @@ class InstagramLoginMixin:
         ig_id, _ = self._ig_login
         user = self._ig_accounts[ig_id]["username"]
         body = (f'<p>Allow {html.escape(self.app_name)} to access @{html.escape(user)}?</p>'
-                f'<form method="post">{hidden}'
+                f'<form method="post" action="/oauth/authorize">{hidden}'
                 '<button id="allow" name="action" value="allow">Allow</button> '
                 '<button id="cancel" name="action" value="cancel">Cancel</button></form>')
         return self._page("Instagram", body)
