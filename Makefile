@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install clean oracle
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks
+
+# Refresh tests/oracle/rest-typings-schemas.json from the pinned @rocket.chat/rest-typings
+# (needs node + npm and the npm registry; `make test` only reads the committed file).
+oracle:
+	cd tests/oracle && npm ci && node dump_schemas.mjs rest-typings-schemas.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -196,6 +196,7 @@ class Bot:
             mark_needs_reauth=lambda page_id: mark_needs_reauth(
                 self.store, self.notify_admins, page_id
             ),
+            notify_admins=self.notify_admins,
             metrics=self.metrics,
             clock=clock,
             wake=lambda: self.outbound.notify(),
@@ -304,6 +305,7 @@ class Bot:
     async def refresh_gauges(self) -> None:
         """Update gauges that are read from state rather than counted."""
         self.metrics.realtime_connected.set(1 if self.realtime_connected else 0)
+        self.metrics.meta_degraded.set(1 if self.graph.health.degraded else 0)
         # The realtime client counts reconnects itself; carry the increase over.
         reconnects = self.realtime.reconnects
         if reconnects > self._reconnects_counted:

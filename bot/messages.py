@@ -221,6 +221,21 @@ UNAUTHORIZE_FAILURES = (
     "These calls to Meta failed (the pages were forgotten here anyway; you can remove the "
     "app in Facebook Settings > Business integrations):\n{failures}"
 )
+#: To the admins: Meta's messaging_policy_enforcement (action block/unblock) for a page.
+META_POLICY_ENFORCEMENT = (
+    "Meta sent a policy enforcement notice (action: *{action}*) for Facebook Page *{name}* "
+    "(page id `{page_id}`): {reason}. While blocked, replies to Instagram cannot be sent; "
+    "see the app's alerts in the Meta App Dashboard."
+)
+#: To the admins, once per problem kind and page a day: a permission/app-setup refusal.
+META_CONFIG_PROBLEM = (
+    "Meta refused to deliver a reply from Instagram account *@{username}* (Facebook Page "
+    "*{name}*, page id `{page_id}`) because of the Meta app's configuration or "
+    "permissions: {error}. Typical causes: the app lacks Advanced Access to "
+    "`instagram_manage_messages` (App Review), the Human Agent feature is not approved, or "
+    "another app owns the conversation (handover). Agents see a short note; fix it in "
+    "the Meta App Dashboard, then `/instagram doctor` shows the result."
+)
 REAUTH_NEEDED = (
     "Instagram account *@{username}* (Facebook Page *{name}*, page id `{page_id}`) lost its "
     "authorization at Meta: the token expired or was revoked. Replies to its visitors "
@@ -402,6 +417,8 @@ IN_ATTACHMENT_LABELS = {
     "ig_reel": "Reel",
     "reel": "Reel",
     "animated_image": "GIF",
+    "ig_post": "Instagram post",
+    "ig_story": "Story",
 }
 IN_ATTACHMENT_DEFAULT_LABEL = "Attachment"
 IN_NO_LINK = "{label} (no link; open Instagram to view it)"
@@ -432,8 +449,10 @@ IN_TARGET_UNKNOWN = "an earlier message"
 IN_REACTION = "Reacted {emoji} to {target}"
 IN_SOME_REACTION = "with a reaction"
 IN_UNREACTION = "Removed their reaction from {target}"
-IN_UNSEND = "🗑 Unsent {target} (deleted on Instagram)"
+#: Replaces an unsent message's text where the server does not allow deleting it.
+IN_UNSENT_NOTICE = "🗑 (the visitor unsent this message on Instagram)"
 IN_UNSUPPORTED = "This content can't be shown here; open Instagram to view it."
+IN_UNSUPPORTED_LINK = "This content can't be shown here; [open it on Instagram]({url})."
 IN_EMPTY = "(an empty message; open Instagram to view it)"
 IN_POSTBACK = "Tapped the button “{title}”"
 IN_QUICK_REPLY = "(quick reply `{payload}`)"
@@ -441,8 +460,13 @@ IN_AD_REFERRAL = "ℹ️ Came from the ad “{title}”"
 IN_UNTITLED_AD = "untitled"
 IN_AD_ID = " (ad id {ad_id})"
 IN_LINK_REFERRAL = "ℹ️ Opened the chat from an ig.me link"
+IN_PRODUCT_REFERRAL = "ℹ️ Asked about a product in your Instagram shop (product id {product_id})"
 IN_REF = " (ref `{ref}`)"
 IN_ECHO = "📱 Sent by the business from the Instagram app (not from Rocket.Chat):\n{text}"
+IN_ECHO_OTHER_APP = (
+    "📱 Sent by the business through another app (Meta app id {app_id}), not from "
+    "Rocket.Chat:\n{text}"
+)
 IN_UNKNOWN_VISITOR = "Instagram user {igsid}"
 
 # --- Outbound (agent replies → Instagram; notes posted into the livechat room) ----------
@@ -473,6 +497,10 @@ OUTBOUND_USER_UNAVAILABLE = (
 OUTBOUND_ACCOUNT_UNAVAILABLE = (
     "⚠️ Not delivered to Instagram: messaging is not available for this Instagram account, "
     "so an administrator must check it in Meta's settings{partial}."
+)
+OUTBOUND_META_CONFIG = (
+    "⚠️ Not delivered to Instagram: Meta refused it because of how the bridge's Meta app "
+    "or Page is set up, not because of {visitor}; the admins have been told{partial}."
 )
 OUTBOUND_REFUSED = (
     "⚠️ Not delivered to Instagram: Instagram refused the message ({error}){partial}."

@@ -69,6 +69,10 @@ class Metrics:
         self.realtime_connected = Gauge(
             "rcig_realtime_connected", "1 while the realtime (DDP) connection is up", registry=r
         )
+        self.meta_degraded = Gauge(
+            "rcig_meta_degraded", "1 while Meta answers with incidents (codes 1/2, 5xx, "
+            "'Unsupported request - method type')", registry=r
+        )
         self.realtime_reconnects = Counter(
             "rcig_realtime_reconnects_total", "Realtime reconnections", registry=r
         )

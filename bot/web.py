@@ -21,12 +21,17 @@ if TYPE_CHECKING:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """``{"status", "realtime", "storage"}``; 503 when either is down."""
+    """``{"status", "realtime", "storage", "meta"}``; 503 when realtime or storage is down.
+
+    ``meta`` is "degraded" during a Meta-side incident (bot.instagram.graph.MetaHealth):
+    shown, but not a 503, since restarting the bridge cannot help and nothing is lost.
+    """
     bot = request.app[BOT]
     realtime = bot.realtime_connected
     storage = await bot.store.healthy()
     ok = realtime and storage
-    body = {"status": "ok" if ok else "degraded", "realtime": realtime, "storage": storage}
+    body = {"status": "ok" if ok else "degraded", "realtime": realtime, "storage": storage,
+            "meta": "degraded" if bot.graph.health.degraded else "ok"}
     return web.json_response(body, status=200 if ok else 503)
 
 

@@ -12,19 +12,46 @@ import pytest
 
 from sandbox.meta import SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
+from tests.oracle import oracle
 from tests.scenarios.harness import APP_SECRET, Bridge, running_bridge
 from tests.scenarios.oauth_harness import OAuthBridge, running_business_app, running_unconnected
 
 
 @pytest.fixture
 def rocketchat() -> Iterator[SandboxRocketChat]:
-    """A sandbox Rocket.Chat on a free loopback port, API rate limiter disabled."""
-    server = SandboxRocketChat(webhook_retry_delay=0.05).start()
+    """A sandbox Rocket.Chat on a free loopback port, API rate limiter disabled.
+
+    It records every REST request; at teardown each one is checked against the validator
+    Rocket.Chat's server applies to its route (tests/oracle), and any violation fails the test.
+    """
+    server = SandboxRocketChat(webhook_retry_delay=0.05, record_rest=True).start()
     server.set_setting("API_Enable_Rate_Limiter", False)
     try:
         yield server
     finally:
         server.stop()
+    requests = server.rest_requests()
+    for request in requests:
+        spec = oracle.route_for(request.method, request.path)
+        if spec is not None:
+            _ORACLE_ROUTES.add(spec.validator or f"{spec.method} {spec.path} (no schema)")
+    problems = oracle.violations(requests)
+    if problems:
+        pytest.fail(
+            "requests the real Rocket.Chat would refuse (published rest-typings schemas):\n  "
+            + "\n  ".join(problems),
+            pytrace=False,
+        )
+
+
+# Validators (or unvalidated routes) the oracle saw during this session, for the summary.
+_ORACLE_ROUTES: set[str] = set()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Name the routes whose requests the protocol oracle checked in this run."""
+    if _ORACLE_ROUTES:
+        terminalreporter.write_line("protocol oracle checked: " + ", ".join(sorted(_ORACLE_ROUTES)))
 
 
 @pytest.fixture

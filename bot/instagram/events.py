@@ -21,14 +21,19 @@ from storage.base import WorkItem, conversation_key
 log = logging.getLogger("bot.web")
 
 #: Item kinds on the "inbound" queue.
-MESSAGE, UNSEND, ECHO, REACTION, POSTBACK, REFERRAL = (
-    "message", "unsend", "echo", "reaction", "postback", "referral",
+MESSAGE, UNSEND, ECHO, REACTION, POSTBACK, REFERRAL, POLICY = (
+    "message", "unsend", "echo", "reaction", "postback", "referral", "policy",
 )
+#: The pseudo-visitor id a page's policy-enforcement items are ordered under.
+POLICY_LANE = "#policy"
+_POLICY_KEYS = ("policy-enforcement", "policy_enforcement")
 #: Suffix of the conversation key echoes are ordered under (see :func:`parse_webhook`).
 ECHO_LANE = "#echo"
 #: Kinds that are the visitor speaking (they open/extend the messaging window).
 VISITOR_KINDS = frozenset({MESSAGE, POSTBACK})
 
+#: Timestamps below this are seconds, not ms (1e11 ms is March 1973, 1e11 s is year 5138).
+SECONDS_BELOW = 100_000_000_000
 #: ``changes[].field`` values of dashboard test payloads that carry a messaging item.
 _CHANGE_FIELDS = frozenset({
     "messages", "message_reactions", "messaging_postbacks", "messaging_referral",
@@ -48,6 +53,21 @@ class Parsed:
     items: list[WorkItem] = field(default_factory=list)
     #: (reason, detail) for every messaging item deliberately not relayed.
     dropped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def flag(value: Any) -> bool:
+    """A webhook boolean: ``true``, or the string ``"true"`` Meta's own examples send.
+
+    Plain truthiness would read the string ``"false"`` as set.
+    """
+    if isinstance(value, str):
+        return value.strip().lower() == "true"
+    return value is True or (isinstance(value, int) and not isinstance(value, bool) and value == 1)
+
+
+def unsend_item_id(mid: str) -> str:
+    """The inbound item id of the unsend of message ``mid`` (remembered when enqueued)."""
+    return f"ig-unsend:{mid}"
 
 
 def rc_message_id(item_id: str) -> str:
@@ -75,7 +95,7 @@ def account_ids(body: Any) -> set[str]:
             ids.add(str(entry["id"]))
         for _, event in _events(entry):
             message = event.get("message")
-            echo = isinstance(message, dict) and bool(message.get("is_echo"))
+            echo = isinstance(message, dict) and flag(message.get("is_echo"))
             party = event.get("sender" if echo else "recipient")
             if isinstance(party, dict) and isinstance(party.get("id"), str | int):
                 ids.add(str(party["id"]))
@@ -146,11 +166,11 @@ def _kind_and_key(event: dict[str, Any], sender: str, timestamp: int) -> tuple[s
         mid = message.get("mid")
         if not isinstance(mid, str) or not mid:
             raise ValueError("message without mid")
-        if message.get("is_echo"):
+        if flag(message.get("is_echo")):
             return ECHO, f"ig-echo:{mid}"
-        if message.get("is_deleted"):
+        if flag(message.get("is_deleted")):
             # The deletion carries the mid of the original message: its own key.
-            return UNSEND, f"ig-unsend:{mid}"
+            return UNSEND, unsend_item_id(mid)
         return MESSAGE, f"ig:{mid}"
     reaction = event.get("reaction")
     if isinstance(reaction, dict):
@@ -187,6 +207,9 @@ def _parse_event(
     parsed: Parsed,
     seen: set[str],
 ) -> None:
+    if any(isinstance(event.get(key), dict) for key in _POLICY_KEYS):
+        _parse_policy(entry_id, event, pages, parsed)
+        return
     sender = _party(event, "sender")
     recipient = _party(event, "recipient")
     raw_ts = event.get("timestamp")
@@ -195,6 +218,10 @@ def _parse_event(
     if isinstance(raw_ts, bool) or not isinstance(raw_ts, int | float):
         raise ValueError("missing timestamp")
     timestamp = int(raw_ts)
+    if 0 < timestamp < SECONDS_BELOW:
+        # Dashboard test payloads send seconds ("1527459824"); read as ms that is 1970
+        # and would close the messaging window of the conversation.
+        timestamp *= 1000
     decided = _kind_and_key(event, sender, timestamp)
     if isinstance(decided, str):
         # Read receipts and deliveries tell an agent nothing; other types are new to us.
@@ -237,6 +264,40 @@ def _parse_event(
             payload={"page_id": page_id, "igsid": igsid, "source": source, "event": event},
             order_ts=timestamp / 1000.0,
         )
+    )
+
+
+def _parse_policy(
+    entry_id: str, event: dict[str, Any], pages: Mapping[str, str], parsed: Parsed
+) -> None:
+    """Meta blocked (or unblocked) the app on this page for a policy violation: there is
+    no sender, and it is for the admins, not a room (messaging_policy_enforcement)."""
+    recipient = _party(event, "recipient")
+    page_id = pages.get(recipient) or pages.get(entry_id)
+    if page_id is None:
+        parsed.dropped.append(("unknown_account", recipient))
+        return
+    policy = next(event[k] for k in _POLICY_KEYS if isinstance(event.get(k), dict))
+    raw_ts = event.get("timestamp")
+    order_ts = raw_ts / 1000.0 if isinstance(raw_ts, int) and not isinstance(raw_ts, bool) else 0.0
+    key = _digest(page_id, raw_ts, policy.get("action"), policy.get("reason"))
+    parsed.items.append(WorkItem(
+        item_id=f"ig-policy:{key}",
+        queue="inbound",
+        conversation=conversation_key(page_id, POLICY_LANE),
+        kind=POLICY,
+        payload={"page_id": page_id, "igsid": POLICY_LANE, "source": "messaging",
+                 "event": event},
+        order_ts=order_ts,
+    ))
+
+
+def policy_text(event: dict[str, Any], page_name: str, page_id: str) -> str:
+    """The admins' DM for a policy-enforcement item."""
+    policy = next((event[k] for k in _POLICY_KEYS if isinstance(event.get(k), dict)), {})
+    return messages.META_POLICY_ENFORCEMENT.format(
+        action=str(policy.get("action") or "unknown"), name=page_name, page_id=page_id,
+        reason=str(policy.get("reason") or "no reason given"),
     )
 
 
@@ -296,6 +357,10 @@ def _emoji(reaction: dict[str, Any]) -> str:
 def _referral_line(referral: Any) -> str | None:
     if not isinstance(referral, dict):
         return None
+    product = referral.get("product")
+    if isinstance(product, dict) and isinstance(product.get("id"), str | int):
+        # An Instagram Shop product page's "Message" button (referral.product.id).
+        return messages.IN_PRODUCT_REFERRAL.format(product_id=product["id"])
     ads = referral.get("ads_context_data")
     title = ads.get("ad_title") if isinstance(ads, dict) else None
     ad_id = referral.get("ad_id")
@@ -319,7 +384,12 @@ def _attachment_line(attachment: Any) -> str | None:
     url = payload.get("url")
     if kind == "story_mention":
         return messages.IN_STORY_MENTION.format(link=_link(messages.IN_STORY_LABEL, url))
-    if kind in ("template", "unsupported_type", "fallback") and not url:
+    if kind == "ig_story":
+        # Undocumented: a shared story carries its link as story_media_url, no url.
+        url = url or payload.get("story_media_url")
+    if kind in ("template", "unsupported_type", "fallback"):
+        if isinstance(url, str) and url.strip():
+            return messages.IN_UNSUPPORTED_LINK.format(url=_safe_url(url.strip()))
         return messages.IN_UNSUPPORTED
     label = messages.IN_ATTACHMENT_LABELS.get(
         kind if isinstance(kind, str) else "", messages.IN_ATTACHMENT_DEFAULT_LABEL
@@ -332,7 +402,8 @@ def _attachment_line(attachment: Any) -> str | None:
 
 
 def agent_text(kind: str, event: dict[str, Any], target: str = "") -> str:
-    """The Rocket.Chat text an agent reads for one inbound item.
+    """The Rocket.Chat text an agent reads for one inbound item (not unsends: they post
+    nothing, see :meth:`bot.relay.inbound.InboundRelay._unsend`).
 
     ``target`` names the message the event points at (see :func:`target_phrase`).
     """
@@ -351,8 +422,6 @@ def agent_text(kind: str, event: dict[str, Any], target: str = "") -> str:
     if kind == REFERRAL:
         return _referral_line(event.get("referral")) or messages.IN_LINK_REFERRAL
     message = event.get("message") or {}
-    if kind == UNSEND:
-        return messages.IN_UNSEND.format(target=target or messages.IN_TARGET_UNKNOWN)
     lines: list[str] = []
     referral = _referral_line(message.get("referral"))
     if referral:
@@ -371,14 +440,23 @@ def agent_text(kind: str, event: dict[str, Any], target: str = "") -> str:
     quick_reply = message.get("quick_reply")
     if isinstance(quick_reply, dict) and quick_reply.get("payload"):
         lines.append(messages.IN_QUICK_REPLY.format(payload=quick_reply["payload"]))
-    for attachment in _list(message.get("attachments")):
+    attachments = _list(message.get("attachments"))
+    if any(isinstance(a, dict) and a.get("type") == "ig_post" for a in attachments):
+        # Meta's share→ig_post transition (Nov 2025 – Feb 2026) sends one post as both.
+        attachments = [a for a in attachments if not (isinstance(a, dict)
+                                                      and a.get("type") == "share")]
+    for attachment in attachments:
         line = _attachment_line(attachment)
         if line:
             lines.append(line)
-    if message.get("is_unsupported") and not (text or message.get("attachments")):
+    if flag(message.get("is_unsupported")) and not (text or message.get("attachments")):
         lines.append(messages.IN_UNSUPPORTED)
     body = "\n".join(lines) if lines else messages.IN_EMPTY
     if kind == ECHO:
+        app_id = message.get("app_id")
+        if app_id is not None and not isinstance(app_id, bool):
+            # Our own sends never get here (dropped as own echoes): another app sent it.
+            return messages.IN_ECHO_OTHER_APP.format(app_id=app_id, text=body)
         return messages.IN_ECHO.format(text=body)
     return body
 

@@ -14,8 +14,17 @@ to this module's exception types (protocols/instagram.md §3.4):
   again later. Idempotent calls are retried here a few times with jittered exponential
   backoff; the Send API is retried here only when throttled (the request was refused, so
   a retry cannot duplicate the message) and otherwise left to the caller's durable queue.
+- :class:`GraphIncident` (a retryable): Meta itself is failing — codes 1 and 2, HTTP
+  5xx, or a storm of code 100 "Unsupported request - method type" (chatwoot/chatwoot#14932:
+  a day of it in July 2026). Never a reason to disconnect anything; :class:`MetaHealth`
+  shows it in /healthz.
 - :class:`GraphAuthError` (code 190): the token is dead; the page needs re-authorization.
-- :class:`GraphPermanent`: everything else (10 outside the window, 100, 200, 551, 36103…).
+- :class:`GraphWindowClosed`: code 10 with subcode 2534022 (Instagram) or 2018278
+  (Messenger), or Meta's "outside of allowed window" text. Only this means the window.
+- :class:`GraphConfigError`: the app or page is not allowed to do this — the rest of the
+  code-10 permission family, codes 3 and 200-299 ("App does not have Advanced Access"),
+  another app owning the thread. Admins must act; retrying cannot help.
+- :class:`GraphPermanent`: everything else (100, 551, 36103…).
 
 No token, secret or full URL (which would hold the token) ever reaches an exception
 message or a log line.
@@ -63,7 +72,18 @@ logging.getLogger("urllib3.connectionpool").addFilter(_InputTokenScrubber())
 
 THROTTLE_CODES = frozenset({4, 17, 32, 613} | set(range(80000, 80015)))
 TRANSIENT_CODES = frozenset({1, 2, 1200})
+#: Transient codes that are Meta failing as a whole, not one request (1200 is per message).
+INCIDENT_CODES = frozenset({1, 2})
 AUTH_CODES = frozenset({190})
+#: Code 10 subcodes that mean "outside the messaging window" (Send API error codes page).
+WINDOW_SUBCODES = frozenset({2534022, 2018278})
+_WINDOW_TEXT = "outside of allowed window"
+#: Code 100's Meta-outage wording (chatwoot/chatwoot#14932), unlike "Unsupported get
+#: request. Object with ID ... does not exist", which is a real, permanent refusal.
+_INCIDENT_TEXT = "unsupported request - method type"
+#: Permission and app-configuration codes: 3 (capability), 10 (permission), 200-299.
+CONFIG_CODES = frozenset({3, 10} | set(range(200, 300)))
+_CONFIG_TEXTS = ("advanced access", "thread owner", "standby")
 
 #: Page fields that install the app on the Page. Instagram events come from the app-level
 #: Instagram subscription (App Dashboard); the Page only needs the app installed with
@@ -113,12 +133,55 @@ class GraphThrottled(GraphRetryable):
     """Rate limited (4, 17, 32, 613 or a business-use-case limit): back off."""
 
 
+class GraphIncident(GraphRetryable):
+    """Meta is failing as a whole (codes 1/2, 5xx, "Unsupported request - method type")."""
+
+
 class GraphAuthError(GraphError):
     """Code 190: the token is invalid, expired or revoked; the page needs re-authorization."""
 
 
 class GraphPermanent(GraphError):
     """Any other error: retrying the same request will not help."""
+
+
+class GraphWindowClosed(GraphPermanent):
+    """Code 10 / 2534022 (or 2018278): the messaging window is closed for this person."""
+
+
+class GraphConfigError(GraphPermanent):
+    """A permission or app-configuration refusal: the admins must fix the Meta app/page."""
+
+    @property
+    def kind(self) -> str:
+        """One key per problem kind, for telling the admins once per kind and page."""
+        return f"{self.code}/{self.subcode or 0}"
+
+
+class MetaHealth:
+    """Whether Meta answered with an incident lately (for /healthz and the metrics).
+
+    Degraded from an incident until a call succeeds again, or ``window`` seconds pass.
+    """
+
+    def __init__(self, window: float = 300.0, clock: Callable[[], float] = time.monotonic):
+        self.window = window
+        self._clock = clock
+        self._last_incident: float | None = None
+        self._last_ok: float | None = None
+
+    def incident(self) -> None:
+        self._last_incident = self._clock()
+
+    def ok(self) -> None:
+        self._last_ok = self._clock()
+
+    @property
+    def degraded(self) -> bool:
+        last = self._last_incident
+        if last is None or self._clock() - last > self.window:
+            return False
+        return self._last_ok is None or self._last_ok < last
 
 
 def appsecret_proof(token: str, app_secret: str) -> str:
@@ -154,6 +217,7 @@ def classify(
     for secret in secrets:
         if secret:
             message = message.replace(secret, "***")
+    text = message.lower()
     if code in AUTH_CODES:
         cls = GraphAuthError
     elif "oauth/access_token" in call and status is not None and 400 <= status < 500:
@@ -162,8 +226,15 @@ def classify(
         cls = GraphPermanent
     elif code in THROTTLE_CODES:
         cls = GraphThrottled
-    elif code in TRANSIENT_CODES or (status is not None and status >= 500):
+    elif (code in INCIDENT_CODES or (status is not None and status >= 500)
+          or (code == 100 and _INCIDENT_TEXT in text)):
+        cls = GraphIncident
+    elif code in TRANSIENT_CODES:
         cls = GraphRetryable
+    elif (code == 10 and subcode in WINDOW_SUBCODES) or _WINDOW_TEXT in text:
+        cls = GraphWindowClosed
+    elif code in CONFIG_CODES or any(marker in text for marker in _CONFIG_TEXTS):
+        cls = GraphConfigError
     else:
         cls = GraphPermanent
     trace = err.get("fbtrace_id")
@@ -218,6 +289,8 @@ class GraphClient:
         self._observe = observe  # (call, seconds) per HTTP request, for the latency metric
         self._on_retry = on_retry  # (call, error) per retry made here, for the retries metric
         self._session = pooled_session(self.base_url, max_workers)
+        #: Meta-wide incidents seen by this client (read by /healthz and the metrics).
+        self.health = MetaHealth()
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="graph")
         self._app_token: str | None = None
 
@@ -483,12 +556,18 @@ class GraphClient:
         if resp.status_code < 300 and body is not None and not (
             isinstance(body, dict) and "error" in body
         ):
+            self.health.ok()
             return body
         status = resp.status_code
         if status < 300:
             status = 502 if body is None else status  # 2xx without JSON: a broken proxy
         exc = classify(status, body, call=call, secrets=scrub)
-        log.info("graph %s failed: %s", call, exc)
+        if isinstance(exc, GraphIncident):
+            self.health.incident()
+            log.warning("graph %s: Meta-side failure (%s); retrying later, nothing is dropped",
+                        call, exc)
+        else:
+            log.info("graph %s failed: %s", call, exc)
         raise exc
 
     @staticmethod

@@ -3,8 +3,22 @@
 POST order (STYLE.md "The receiver"): size limit → HMAC-SHA256 over the raw bytes →
 JSON → ``object == "instagram"`` → the raw body appended to the inbox, fsynced
 (:mod:`storage.inbox`) → 200. Routing and parsing into work items happen afterwards
-(:mod:`bot.relay.intake`). No network call happens before the answer; Meta retries
-anything that is not a 200, so a storage failure answers 503 and loses nothing.
+(:mod:`bot.relay.intake`). No network call happens before the answer.
+
+Every non-200 to a correctly signed request counts towards Meta disabling the webhook
+and unsubscribing the app from the Page after an hour (messenger-platform/webhooks,
+"Webhooks Delivery Retry"), so each one is deliberate:
+
+- 403 (bad or missing signature): not Meta, by definition.
+- 413 over 1 MiB *unless signed*: Graph batches "up to 1000 updates" in one POST, which
+  can pass 1 MiB; a signed body is accepted up to :data:`SIGNED_MAX_BODY` (8 MiB, far
+  above any batch), so only unsigned or absurd bodies meet the 1 MiB contract limit.
+- 400 (signed but not JSON): Meta only sends JSON, so this is a delivery cut short or
+  corrupted on the way; a redelivery of the same update is what can repair it.
+- 200 and dropped (signed, another ``object``, e.g. ``page`` when the app's Page webhook
+  shares this URL): nothing for us in it, and a refusal would get the app unsubscribed.
+- 503 (storage failure): the only way not to lose the event is Meta's retry; /healthz
+  shows the storage as down so the operator has the hour Meta allows.
 """
 
 from __future__ import annotations
@@ -28,6 +42,8 @@ log = logging.getLogger("bot.web")
 SOURCE = "instagram"
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 _PREFIX = "sha256="
+#: Signed (Meta) bodies are read up to this size; see the module docstring.
+SIGNED_MAX_BODY = 8 * MAX_BODY
 
 
 def _bot(request: web.Request) -> Bot:
@@ -79,16 +95,18 @@ def _reject(bot: Bot, status: int, reason: str) -> web.Response:
 async def receive(request: web.Request) -> web.Response:
     """Verify, store the raw body durably, answer 200."""
     bot = _bot(request)
-    if request.content_length is not None and request.content_length > MAX_BODY:
+    if request.content_length is not None and request.content_length > SIGNED_MAX_BODY:
         log.warning("Instagram webhook refused: body of %d bytes", request.content_length)
         return _reject(bot, 413, "too_large")
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        log.warning("Instagram webhook refused: body over %d bytes", MAX_BODY)
+    raw = await _read_capped(request, SIGNED_MAX_BODY)
+    if raw is None:
+        log.warning("Instagram webhook refused: body over %d bytes", SIGNED_MAX_BODY)
         return _reject(bot, 413, "too_large")
     if not any(signature_valid(raw, request.headers.get(SIGNATURE_HEADER), secret)
                for secret in webhook_secrets(bot.config)):
+        if len(raw) > MAX_BODY:
+            log.warning("Instagram webhook refused: unsigned body of %d bytes", len(raw))
+            return _reject(bot, 413, "too_large")
         log.warning("Instagram webhook refused: %s signature",
                     "wrong" if SIGNATURE_HEADER in request.headers else "missing")
         return _reject(bot, 403, "signature")
@@ -101,9 +119,11 @@ async def receive(request: web.Request) -> web.Response:
     except (ValueError, UnicodeDecodeError, RecursionError):  # too deep: not JSON for us
         return _reject(bot, 400, "not_json")
     if not isinstance(body, dict) or body.get("object") != "instagram":
-        log.warning("Instagram webhook refused: object %r",
-                    body.get("object") if isinstance(body, dict) else type(body).__name__)
-        return _reject(bot, 400, "wrong_object")
+        # Signed by Meta, so answered 200 (see the module docstring), but not ours.
+        log.info("Instagram webhook: dropping a signed body with object %r",
+                 body.get("object") if isinstance(body, dict) else type(body).__name__)
+        bot.metrics.dropped.labels("inbound", "other_object").inc()
+        return web.Response(text="EVENT_RECEIVED")
 
     try:
         await bot.store.inbox.append(raw, body)
@@ -113,6 +133,22 @@ async def receive(request: web.Request) -> web.Response:
     bot.metrics.webhooks_received.labels(SOURCE).inc()
     bot.intake.notify()
     return web.Response(text="EVENT_RECEIVED")
+
+
+async def _read_capped(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None once it passes ``limit`` bytes.
+
+    Read from the stream rather than ``request.read()``, whose cap is the app-wide
+    ``client_max_size`` (1 MiB), below what a signed Meta batch may need.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def routes() -> list[web.RouteDef]:

@@ -24,12 +24,18 @@ from bot import messages
 from bot.instagram.accounts import GraphRoutes
 from bot.instagram.events import (
     ECHO,
+    MESSAGE,
+    POLICY,
+    REACTION,
+    UNSEND,
     VISITOR_KINDS,
     agent_text,
     message_link,
+    policy_text,
     rc_message_id,
     target_mid,
     target_phrase,
+    unsend_item_id,
     visitor_name,
     visitor_token,
 )
@@ -219,6 +225,8 @@ class InboundRelay:
         self.clock = clock
         self.gate = gate or AgentGate()
         self.echo_grace = echo_grace
+        #: DMs every admin (``Bot.notify_admins``): Meta's policy-enforcement notices.
+        self.notify_admins = notify_admins
         self._notify_outbound = notify_outbound or (lambda: None)
         self._notify_admins = notify_admins
         #: Departments ``livechat/visitor`` refused as unknown (this process): not sent again.
@@ -251,6 +259,10 @@ class InboundRelay:
         if cached is not None and cached[1] > now:
             return cached[0]
         page = await self.store.page_by_instagram_id(instagram_id)
+        if page is None:
+            # Meta's own ig_post sample labels entry and recipient ids {PAGE_ID}: accept
+            # the Facebook Page id as an alias of the Instagram account id.
+            page = await self.store.page(instagram_id)
         if page is None or not page.subscribed:
             self._routes.pop(instagram_id, None)
             return None
@@ -327,8 +339,30 @@ class InboundRelay:
             return Done()
         if item.kind == ECHO:
             return await self._echo(item, page, igsid, event)
+        if item.kind == UNSEND:
+            return await self._unsend(item, page, igsid, event)
+        if item.kind == POLICY:
+            log.warning("page %s: Meta policy enforcement notice %s", page_id, event)
+            if self.notify_admins is not None:
+                await self.notify_admins(policy_text(event, page.name, page_id))
+            self.metrics.relayed.labels("inbound", POLICY).inc()
+            return Done()
+        if item.kind == MESSAGE and await self.store.seen(
+            unsend_item_id(str((event.get("message") or {}).get("mid", "")))
+        ):
+            # The visitor unsent it before we showed it (the unsend is queued behind it,
+            # or came first): never show it (Meta's App Review checks unsend).
+            log.info("not showing %s: the visitor unsent it", item.item_id)
+            self.metrics.dropped.labels("inbound", "unsent").inc()
+            return Done()
 
         conv = await self.store.conversation(page_id, igsid)
+        if item.kind == REACTION and (conv is None or conv.room_id is None):
+            # A reaction is about a conversation in a room; on its own it never opens one.
+            log.info("reaction %s for %s: no open room; not shown", item.item_id,
+                     conversation_label(page_id, igsid))
+            self.metrics.dropped.labels("inbound", "reaction_no_room").inc()
+            return Done()
         if conv is None:
             conv = Conversation(page_id, igsid, visitor_token(page_id, igsid))
         changed = False
@@ -425,6 +459,11 @@ class InboundRelay:
         try:
             await self._post(item, conv, event)
         except RoomClosed:
+            if item.kind == REACTION:
+                log.info("reaction %s: room %s of %s is closed; not shown (no new room)",
+                         item.item_id, conv.room_id, conv.key)
+                self.metrics.dropped.labels("inbound", "reaction_no_room").inc()
+                return Done(), changed
             log.info("room %s of %s is closed; opening a new one for %s",
                      conv.room_id, conv.key, item.item_id)
             conv.room_id = None
@@ -691,6 +730,65 @@ class InboundRelay:
         log.warning("inbound %s %s: Rocket.Chat rate limit; retry at reset (in %.1f s)",
                     item.kind, item.item_id, at - self.clock())
         return Retry(at, "rate limited")
+
+    async def _unsend(
+        self, item: WorkItem, page: Page, igsid: str, event: dict[str, Any]
+    ) -> Outcome:
+        """The visitor unsent a message: take the original out of the room, post nothing.
+
+        The original's ``_id`` is deterministic. Deleting needs ``Message_AllowDeleting``
+        (on by default); where it is off, the text is replaced by a short notice instead
+        (``Message_AllowEditing``). An unsend never registers a visitor or opens a room:
+        when the original was never shown, this item's own dedupe key (remembered on
+        enqueue) keeps a late or still-queued original from being shown.
+        """
+        mid = target_mid(UNSEND, event) or ""
+        conv = await self.store.conversation(page.page_id, igsid)
+        if conv is None or conv.room_id is None or not conv.visitor_registered:
+            log.info("unsend %s for %s: the original was never shown", item.item_id,
+                     conversation_label(page.page_id, igsid))
+            self.metrics.dropped.labels("inbound", "unsend_not_shown").inc()
+            return Done()
+        msg_id = rc_message_id(f"ig:{mid}")
+        try:
+            try:
+                async with self._paced(item):
+                    await self.rest.delete_visitor_message(conv.visitor_token, conv.room_id,
+                                                           msg_id)
+                log.info("unsend %s: deleted %s from room %s", item.item_id, msg_id, conv.room_id)
+            except RocketChatError as exc:
+                if exc.error_type != "error-action-not-allowed":
+                    raise
+                log.info("unsend %s: deleting is off on this server (%s); replacing the text",
+                         item.item_id, exc)
+                async with self._paced(item):
+                    await self.rest.update_visitor_message(
+                        conv.visitor_token, conv.room_id, msg_id, messages.IN_UNSENT_NOTICE
+                    )
+        except RateLimited as exc:
+            return self._retry_rate_limited(item, exc)
+        except (RoomClosed, InvalidVisitor) as exc:
+            log.info("unsend %s: room or visitor gone (%s); nothing to take down",
+                     item.item_id, exc)
+            self.metrics.dropped.labels("inbound", "unsend_not_shown").inc()
+            return Done()
+        except RocketChatError as exc:
+            if exc.error_type == "invalid-message":
+                # Never posted (or already deleted by an earlier attempt).
+                log.info("unsend %s: %s is not in the room", item.item_id, msg_id)
+                self.metrics.dropped.labels("inbound", "unsend_not_shown").inc()
+                return Done()
+            if exc.error_type == "error-action-not-allowed":
+                log.error("unsend %s: the server allows neither deleting nor editing messages "
+                          "(Message_AllowDeleting, Message_AllowEditing); the unsent message "
+                          "%s stays visible in room %s", item.item_id, msg_id, conv.room_id)
+                self.metrics.dropped.labels("inbound", "unsend_not_allowed").inc()
+                return Done()
+            delay = retry_delay(item.attempts + 1, base=2.0, cap=300.0)
+            log.warning("unsend %s: Rocket.Chat %s; retry in %.1f s", item.item_id, exc, delay)
+            return Retry(self.clock() + delay, f"rocketchat {type(exc).__name__}")
+        self.metrics.relayed.labels("inbound", UNSEND).inc()
+        return Done()
 
     async def _echo(
         self, item: WorkItem, page: Page, igsid: str, event: dict[str, Any]

@@ -35,7 +35,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot import messages
-from bot.instagram.graph import GraphAuthError, GraphError, GraphRetryable, GraphThrottled
+from bot.instagram.graph import (
+    GraphAuthError,
+    GraphConfigError,
+    GraphError,
+    GraphIncident,
+    GraphRetryable,
+    GraphThrottled,
+    GraphWindowClosed,
+)
 from bot.relay.worker import Done, Outcome, Retry, retry_delay
 from bot.rocketchat.ddp import parse_date
 from bot.rocketchat.rest import NotAllowed, RateLimited, RocketChatError, RoomClosed, Unavailable
@@ -43,8 +51,10 @@ from storage.base import Conversation, Page, Store, WorkItem
 
 log = logging.getLogger("bot.relay")
 
-#: Meta's limit on one text message (protocols/instagram.md §3.2).
-MAX_TEXT_BYTES = 1000
+#: Meta's limit on one text message (protocols/instagram.md §3.2): the send-message page
+#: says "1000 bytes or less" and, under Limitations, "less than 1000 characters"; 999
+#: bytes satisfies both readings (audit row 43).
+MAX_TEXT_BYTES = 999
 #: The standard messaging window after the visitor's last message.
 RESPONSE_WINDOW = 24 * 3600.0
 #: How long a human agent may still answer with the HUMAN_AGENT tag.
@@ -54,10 +64,11 @@ HUMAN_AGENT_WINDOW = 7 * 24 * 3600.0
 VISITOR_KINDS = frozenset({"agent_message", "welcome", "offline", "finished"})
 
 #: Graph error codes that mean "the visitor cannot be reached"; the agent is told.
-WINDOW_CODES = frozenset({10})
 UNAVAILABLE_CODES = frozenset({551})
 BLOCKED_SUBCODES = frozenset({1545041})
 ACCOUNT_UNAVAILABLE_CODES = frozenset({36103})
+#: Admins hear about one configuration problem kind per page at most this often.
+CONFIG_ALERT_INTERVAL = 24 * 3600.0
 
 _ATTACHMENT_TYPES = ("image", "video", "audio")
 
@@ -192,6 +203,7 @@ class OutboundRelay:
         rest: Any,  # bot.rest.RocketChatREST
         human_agent_tag: bool,
         mark_needs_reauth: Callable[[str], Awaitable[Any]],
+        notify_admins: Callable[[str], Awaitable[None]] | None = None,
         metrics: Any = None,  # bot.metrics.Metrics
         clock: Callable[[], float] = time.time,
         wake: Callable[[], None] | None = None,
@@ -205,6 +217,8 @@ class OutboundRelay:
         self.human_agent_tag = human_agent_tag
         #: ``bot.instagram.reauth.mark_needs_reauth`` bound to the bot: flags the page, DMs admins.
         self.mark_needs_reauth = mark_needs_reauth
+        #: DMs every admin (``Bot.notify_admins``): Meta configuration problems.
+        self.notify_admins = notify_admins
         self.metrics = metrics
         self.clock = clock
         #: Called after enqueueing a note or re-scheduling held items (worker.notify).
@@ -309,14 +323,15 @@ class OutboundRelay:
                 return self._hold(item, page.page_id)
             except GraphRetryable as exc:
                 delay = retry_delay(item.attempts + 1, base=self.retry_base, cap=self.retry_cap)
-                kind = "throttled" if isinstance(exc, GraphThrottled) else "transient"
+                kind = ("throttled" if isinstance(exc, GraphThrottled)
+                        else "meta_incident" if isinstance(exc, GraphIncident) else "transient")
                 log.warning(
                     "outbound item %s part %d/%d %s (%s); retry in %.1f s",
                     item.item_id, index + 1, len(parts), kind, exc, delay,
                 )
                 return Retry(self.clock() + delay, f"{kind}: {exc}")
             except GraphError as exc:
-                return await self._refused(item, exc, index, len(parts))
+                return await self._refused(item, page, exc, index, len(parts))
             echo = f"echo:{mid}"
             log.info(
                 "outbound item %s part %d/%d sent as %s (%s)",
@@ -332,11 +347,16 @@ class OutboundRelay:
             await self.store.remember(echo)
         return Done()
 
-    async def _refused(self, item: WorkItem, exc: GraphError, index: int, total: int) -> Outcome:
+    async def _refused(
+        self, item: WorkItem, page: Page, exc: GraphError, index: int, total: int
+    ) -> Outcome:
         """A permanent Send API error: tell the agent what happened; the item is finished."""
         code, subcode = exc.code, exc.subcode
-        if code in WINDOW_CODES:
+        if isinstance(exc, GraphWindowClosed):
             text, reason = messages.OUTBOUND_META_WINDOW, "window_closed"
+        elif isinstance(exc, GraphConfigError):
+            text, reason = messages.OUTBOUND_META_CONFIG, "meta_config"
+            await self._config_problem(page, exc)
         elif code in UNAVAILABLE_CODES or subcode in BLOCKED_SUBCODES:
             text, reason = messages.OUTBOUND_USER_UNAVAILABLE, "user_unavailable"
         elif code in ACCOUNT_UNAVAILABLE_CODES:
@@ -380,6 +400,25 @@ class OutboundRelay:
             log.info("could not read roles of agent %s (%s); assuming a person", agent_id, exc)
             return True
         return "bot" not in roles
+
+    async def _config_problem(self, page: Page, exc: GraphConfigError) -> None:
+        """Tell the admins about a Meta configuration refusal, once per kind, page and day."""
+        if self.notify_admins is None:
+            return
+        if not await self.store.remember(f"meta-config:{page.page_id}:{exc.kind}",
+                                         ttl=CONFIG_ALERT_INTERVAL):
+            return
+        log.warning("page %s: Meta configuration problem (%s); telling the admins",
+                    page.page_id, exc)
+        text = messages.META_CONFIG_PROBLEM.format(
+            username=page.username or page.instagram_id, name=page.name,
+            page_id=page.page_id, error=exc,
+        )
+        try:
+            await self.notify_admins(text)
+        except Exception:  # the agent's note and the item's end must not depend on a DM
+            log.exception("could not tell the admins about page %s's Meta problem",
+                          page.page_id)
 
     # -- re-authorization ---------------------------------------------------------------------
     def _hold(self, item: WorkItem, page_id: str) -> Retry:

@@ -28,6 +28,7 @@ from rocketchat_API.APIExceptions.RocketExceptions import (
     RocketConnectionException,
     RocketMissingParamException,
 )
+from rocketchat_API.APISections.base import json_or_error
 from rocketchat_API.rocketchat import RocketChat
 
 from bot.http_session import pooled_session
@@ -662,6 +663,41 @@ class RocketChatREST:
             ) from None
         message = data.get("message") if isinstance(data, dict) else None
         return message or {"_id": msg_id, "rid": rid}
+
+    async def update_visitor_message(self, token: str, rid: str, msg_id: str, text: str) -> dict:
+        """Edit the visitor's own message (``PUT livechat/message/:_id`` {token, rid, msg}).
+
+        The server refuses with ``error-action-not-allowed`` unless ``Message_AllowEditing``
+        is on, and with ``invalid-message`` when no message has that ``_id`` [LVM].
+        """
+        route = "livechat/message/:_id"
+        data = await self._call(
+            route,
+            lambda: self._api.call_api_put(
+                f"livechat/message/{self._q(msg_id)}", token=token, rid=rid, msg=text
+            ),
+        )
+        message = data.get("message") if isinstance(data, dict) else None
+        return message or {"_id": msg_id, "rid": rid}
+
+    async def delete_visitor_message(self, token: str, rid: str, msg_id: str) -> None:
+        """Delete the visitor's own message (``DELETE livechat/message/:_id`` {token, rid}).
+
+        The room may be closed (the server's ``findRoom`` does not ask for an open room);
+        ``error-action-not-allowed`` unless ``Message_AllowDeleting`` is on,
+        ``invalid-message`` when no message has that ``_id`` [LVM].
+        """
+        api = self._api
+        url = f"{api.server_url}{api.api_path}livechat/message/{self._q(msg_id)}"
+        # rocketchat_API's call_api_delete sends no body; this route reads token and rid
+        # from the body.
+        await self._call(
+            "livechat/message/:_id",
+            lambda: json_or_error(api.session.delete(
+                url, json={"token": token, "rid": rid}, headers=api.headers,
+                verify=api.ssl_verify, cert=api.cert, proxies=api.proxies, timeout=api.timeout,
+            )),
+        )
 
 
 def _nothing_stored(exc: RocketChatError) -> bool:

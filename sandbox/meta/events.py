@@ -135,10 +135,50 @@ class EventsMixin:
         return self._inbound(ig_id, igsid, ts, reaction=reaction)
 
     def unsend_event(
-        self, ig_id: str, igsid: str, mid: str, ts: float | None = None
+        self, ig_id: str, igsid: str, mid: str, ts: float | None = None, *,
+        as_string: bool = False,
     ) -> dict[str, Any]:
-        """The person deleted (unsent) a message (§2.6)."""
-        return self._inbound(ig_id, igsid, ts, message={"mid": mid, "is_deleted": True})
+        """The person deleted (unsent) a message (§2.6); ``as_string`` sends
+        ``"is_deleted": "true"`` as Meta's own example does (airyhq/airy#2139)."""
+        flag: Any = "true" if as_string else True
+        return self._inbound(ig_id, igsid, ts, message={"mid": mid, "is_deleted": flag})
+
+    def post_share_event(
+        self, ig_id: str, igsid: str, url: str, title: str = "", *, transition: bool = True,
+        mid: str | None = None, ts: float | None = None,
+    ) -> dict[str, Any]:
+        """A shared feed post: ``ig_post`` since Nov 2025, sent together with the legacy
+        ``share`` attachment during the transition (until Feb 2026; webhooks/new)."""
+        atts: list[dict[str, Any]] = []
+        if transition:
+            atts.append({"type": "share", "payload": {"url": url}})
+        payload = {"url": url, "title": title, "ig_post_media_id": "18000000000000001"}
+        atts.append({"type": "ig_post", "payload": payload})
+        return self._inbound(
+            ig_id, igsid, ts, message={"mid": mid or self.new_mid(), "attachments": atts}
+        )
+
+    def policy_enforcement_event(
+        self, ig_id: str, action: str = "block", reason: str | None = None,
+        ts: float | None = None,
+    ) -> dict[str, Any]:
+        """Meta blocked/unblocked the app for a policy violation (messaging_policy_enforcement;
+        restfb ``messaging-policy-callback-*.json``): no sender, only the recipient."""
+        item = {
+            "recipient": {"id": ig_id},
+            "timestamp": _ms(ts, self.now()),
+            "policy-enforcement": {"action": action, "reason": reason or (
+                "The bot violated our Platform Policies "
+                "(https://developers.facebook.com/policy/#messengerplatform).")},
+        }
+        return self._event(ig_id, item)
+
+    def product_referral_event(
+        self, ig_id: str, igsid: str, product_id: str, ts: float | None = None
+    ) -> dict[str, Any]:
+        """The person tapped "Message" on a product of the business's Instagram shop."""
+        return self._inbound(ig_id, igsid, ts, referral={
+            "product": {"id": product_id}, "source": "SHOP", "type": "OPEN_THREAD"})
 
     def unsupported_event(
         self, ig_id: str, igsid: str, mid: str | None = None, ts: float | None = None

@@ -190,7 +190,9 @@ class SendMixin:
                 raise _GraphFail(
                     100, "(#100) param message[text] must be a non-empty UTF-8 encoded string"
                 )
-            if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
+            # The send-message page says both "a 1000 bytes or less" and, under
+            # Limitations, "less than 1000 characters": enforce the stricter of the two.
+            if len(text.encode("utf-8")) > MAX_TEXT_BYTES or len(text) >= MAX_TEXT_BYTES:
                 raise _GraphFail(
                     100,
                     "(#100) Length of param message[text] must be less than"

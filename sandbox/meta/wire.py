@@ -146,11 +146,34 @@ _CATALOG: dict[int, tuple[int, str, str, int | None, bool]] = {
     ),
 }
 
+# Named errors for codes whose meaning depends on subcode or message (the Send API error
+# codes page; live texts quoted by peers): name -> (code, subcode, HTTP status, message,
+# is_transient). Inject by name: ``inject_send_errors(igsid, ["window_closed"])``.
+_VARIANTS: dict[str, tuple[int, int | None, int, str, bool]] = {
+    # Instagram's window refusal (fazer-ai/chatwoot#674 stores this text).
+    "window_closed": (10, 2534022, 400,
+                      "(#10) This message is sent outside of allowed window.", False),
+    # Messenger's subcode for the same refusal.
+    "messenger_window_closed": (
+        10, 2018278, 400,
+        "(#10) This message is sent outside of allowed window. Learn more about the new "
+        "policy here: https://developers.facebook.com/docs/messenger-platform/policy-overview",
+        False),
+    # The rest of the code-10 permission family: the app may not do this at all.
+    "permission_denied": (10, None, 403,
+                          "(#10) Application does not have permission for this action", False),
+    # chatwoot/chatwoot#11578: the app has only Standard Access.
+    "no_advanced_access": (200, None, 403, _CATALOG[200][2], False),
+    # chatwoot/chatwoot#14932: a day of this from every endpoint during a Meta incident.
+    "unsupported_request": (100, None, 400, "Unsupported request - method type: post", False),
+    "unknown_error": (1, None, 500, _CATALOG[1][2], True),
+}
+
 # Typed request-storage keys (aiohttp >= 3.12 warns about plain strings).
 _REC: Any = web.RequestKey("rec", dict) if hasattr(web, "RequestKey") else "rec"
 _JSON: Any = web.RequestKey("json", object) if hasattr(web, "RequestKey") else "json"
 
-ErrorSpec = int | tuple[int, int | None] | Mapping[str, Any]
+ErrorSpec = int | str | tuple[int, int | None] | Mapping[str, Any]
 
 
 class _GraphFail(Exception):
@@ -179,9 +202,13 @@ class _GraphFail(Exception):
 
     @classmethod
     def from_spec(cls, spec: ErrorSpec) -> _GraphFail:
-        """Build from an injection spec: ``613``, ``(551, 1545041)`` or a dict of fields."""
+        """Build from an injection spec: ``613``, a :data:`_VARIANTS` name,
+        ``(551, 1545041)`` or a dict of fields."""
         if isinstance(spec, int):
             return cls(spec)
+        if isinstance(spec, str):
+            code, sub, status, message, transient = _VARIANTS[spec]
+            return cls(code, message, subcode=sub, status=status, transient=transient)
         if isinstance(spec, tuple):
             code, sub = spec
             fail = cls(code)

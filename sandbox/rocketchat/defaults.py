@@ -61,6 +61,9 @@ SETTINGS: dict[str, tuple[Any, bool]] = {
     "Message_AllowUnrecognizedSlashCommand": (False, True),
     "Message_MaxAllowedSize": (5000, True),
     "Message_AllowConvertLongMessagesToAttachment": (True, True),
+    # Checked by the visitor's own edit/delete routes (Livechat.updateMessage/deleteMessage).
+    "Message_AllowEditing": (True, True),
+    "Message_AllowDeleting": (True, True),
     "Hide_System_Messages": ([], True),
     "E2E_Enable": (False, True),
     "E2E_Allow_Unencrypted_Messages": (False, True),

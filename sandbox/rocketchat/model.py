@@ -118,6 +118,8 @@ class State:
         self.subscriptions: dict[tuple[str, str], Doc] = {}  # (uid, rid) -> subscription
         self.messages: dict[str, Doc] = {}
         self.room_messages: dict[str, list[str]] = {}
+        #: ``_id``s removed through the visitor's DELETE route, for tests to inspect.
+        self.deleted_messages: list[str] = []
         self.settings: dict[str, Doc] = {}
         self.permissions: dict[str, list[str]] = {
             k: list(v) for k, v in defaults.PERMISSIONS.items()
@@ -708,6 +710,52 @@ class State:
         msg["_updatedAt"] = now
         self.broadcast_message(msg)
         return self.message_for_client(msg)
+
+    def _visitor_own_message(self, token: str, rid: str, msg_id: str) -> tuple[Doc, Doc]:
+        """The checks of ``livechat/message/:_id`` PUT/DELETE, in the server's order [LVM].
+
+        The guest by token, the room by (rid, token) — open or closed (``findRoom``) —
+        then the message by ``_id`` alone (the server does not compare its ``rid``).
+        """
+        visitor = self.visitors.get(token or "")
+        if visitor is None:
+            raise PlainError("invalid-token")
+        room = self.rooms.get(rid)
+        if room is None or room["t"] != "l" or room["v"]["token"] != token:
+            raise PlainError("invalid-room")
+        msg = self.messages.get(msg_id)
+        if msg is None:
+            raise PlainError("invalid-message")
+        return visitor, msg
+
+    def update_visitor_message(self, token: str, rid: str, msg_id: str, text: str) -> Doc:
+        """``PUT livechat/message/:_id``: the visitor edits their own message.
+
+        ``Livechat.updateMessage`` refuses unless ``Message_AllowEditing`` is on and the
+        visitor wrote the message.
+        """
+        visitor, msg = self._visitor_own_message(token, rid, msg_id)
+        if not self.setting("Message_AllowEditing") or msg["u"]["_id"] != visitor["_id"]:
+            raise RCError("error-action-not-allowed", "Message editing not allowed",
+                          {"method": "livechatUpdateMessage"})
+        return self.edit_message(msg_id, text)
+
+    def delete_visitor_message(self, token: str, rid: str, msg_id: str) -> None:
+        """``DELETE livechat/message/:_id``: the visitor deletes their own message.
+
+        ``Livechat.deleteMessage`` refuses unless ``Message_AllowDeleting`` is on and the
+        visitor wrote the message; the message is then gone from the room's history.
+        """
+        visitor, msg = self._visitor_own_message(token, rid, msg_id)
+        if not self.setting("Message_AllowDeleting") or msg["u"]["_id"] != visitor["_id"]:
+            raise RCError("error-action-not-allowed", "Message deleting not allowed",
+                          {"method": "livechatDeleteMessage"})
+        del self.messages[msg_id]
+        ids = self.room_messages.get(msg["rid"], [])
+        if msg_id in ids:
+            ids.remove(msg_id)
+        self.deleted_messages.append(msg_id)
+        log.info("message deleted _id=%s rid=%s", msg_id, msg["rid"])
 
     def react(self, msg_id: str, username: str, emoji: str) -> Doc:
         """Toggle a reaction: same ``_id`` re-emitted with ``reactions``."""

@@ -22,7 +22,15 @@ from aiohttp import web
 
 from . import defaults
 from .model import State
-from .wire import Forbidden, PlainError, RCError, parse_date, rest_dumps, to_ms
+from .wire import (
+    Forbidden,
+    PlainError,
+    RCError,
+    iso,
+    parse_date,
+    rest_dumps,
+    to_ms,
+)
 
 log = logging.getLogger("sandbox.rocketchat")
 
@@ -41,6 +49,17 @@ class Call:
     body: dict[str, Any]
     uid: str | None = None
     url_param: str | None = None
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One incoming ``/api/...`` request as the client sent it (see ``RestAPI.recorded``)."""
+
+    method: str
+    path: str  # after ``/api/``: ``"info"``, ``"v1/chat.sendMessage"``, ``"v1/settings/Site_Url"``
+    query: tuple[tuple[str, str], ...]  # in order, repeated keys kept
+    content_type: str
+    body: bytes
 
 
 @dataclass
@@ -93,12 +112,25 @@ class RestAPI:
         self.failure: Failure | None = None
         self.duplicate_send_fails = duplicate_send_fails
         self.routes: dict[tuple[str, str], Route] = {}
+        # Every request in arrival order when set to a list (tests/oracle checks them
+        # against Rocket.Chat's published schemas); None keeps a long-running sandbox lean.
+        self.recorded: list[RecordedRequest] | None = None
         self._register()
 
     # ------------------------------------------------------------------ pipeline
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Entry point for every ``/api/...`` request."""
         path = request.match_info.get("tail", "")
+        if self.recorded is not None:
+            self.recorded.append(
+                RecordedRequest(
+                    request.method,
+                    path,
+                    tuple(request.query.items()),
+                    request.content_type,
+                    await request.read(),
+                )
+            )
         if path == "info":
             route_name = "info"
         elif path.startswith("v1/"):
@@ -135,9 +167,9 @@ class RestAPI:
         route = self.routes.get((method, name))
         if route is not None:
             return route, None, name
-        for prefix in ("settings/", "livechat/visitor/"):
+        for prefix in ("settings/", "livechat/visitor/", "livechat/message/"):
             if name.startswith(prefix) and len(name) > len(prefix):
-                pattern = prefix + ":_id" if prefix == "settings/" else prefix + ":token"
+                pattern = prefix + (":token" if prefix == "livechat/visitor/" else ":_id")
                 route = self.routes.get((method, pattern))
                 if route is not None:
                     return route, name[len(prefix) :], pattern
@@ -248,6 +280,8 @@ class RestAPI:
         r[("GET", "livechat/visitor/:token")] = Route(self.livechat_visitor_get, auth=False)
         r[("GET", "livechat/room")] = Route(self.livechat_room, auth=False)
         r[("POST", "livechat/message")] = Route(self.livechat_message, auth=False)
+        r[("PUT", "livechat/message/:_id")] = Route(self.livechat_message_update, auth=False)
+        r[("DELETE", "livechat/message/:_id")] = Route(self.livechat_message_delete, auth=False)
         r[("POST", "livechat/room.close")] = Route(self.livechat_room_close, auth=False)
         r[("POST", "livechat/room.closeByUser")] = Route(
             self.livechat_close_by_user, auth=True, permissions_any=("close-livechat-room",)
@@ -617,6 +651,30 @@ class RestAPI:
                 {"success": False, "error": "Cannot convert undefined or null to object"}, 400
             )
         return {"message": self.state.message_for_client(stored), "success": True}
+
+    def livechat_message_update(self, call: Call) -> dict[str, Any]:
+        """``PUT livechat/message/:_id`` {token, rid, msg}: a visitor edits their message."""
+        self._livechat_enabled()
+        body = call.body
+        for key in ("token", "rid", "msg"):
+            if not isinstance(body.get(key), str):
+                raise RCError("invalid-params", f"must have required property '{key}'")
+        message = self.state.update_visitor_message(
+            body["token"], body["rid"], call.url_param or "", body["msg"]
+        )
+        return {"message": message, "success": True}
+
+    def livechat_message_delete(self, call: Call) -> dict[str, Any]:
+        """``DELETE livechat/message/:_id`` {token, rid}: a visitor deletes their message."""
+        self._livechat_enabled()
+        body = call.body
+        for key in ("token", "rid"):
+            if not isinstance(body.get(key), str):
+                raise RCError("invalid-params", f"must have required property '{key}'")
+        msg_id = call.url_param or ""
+        self.state.delete_visitor_message(body["token"], body["rid"], msg_id)
+        return {"message": {"_id": msg_id, "ts": iso(self.state.now())},
+                "success": True}
 
     def livechat_room_close(self, call: Call) -> dict[str, Any]:
         token, rid = call.body.get("token"), call.body.get("rid")

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from .ddp import DDPServer
 from .model import Doc, State
-from .rest import Failure, RestAPI
+from .rest import Failure, RecordedRequest, RestAPI
 from .wire import RCError, random_id, rest_dumps, rest_json
 
 log = logging.getLogger("sandbox.rocketchat")
@@ -41,6 +41,7 @@ class SandboxRocketChat:
         webhook_retry_delay: float | None = None,
         webhook_max_attempts: int = 10,
         duplicate_send_fails: bool = True,
+        record_rest: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._state = State(clock=clock)
@@ -50,6 +51,8 @@ class SandboxRocketChat:
         )
         self._rest = RestAPI(self._state, duplicate_send_fails=duplicate_send_fails)
         self._rest.latency = rest_latency
+        if record_rest:
+            self._rest.recorded = []
         self.webhook_retry_delay = webhook_retry_delay
         self.webhook_max_attempts = webhook_max_attempts
         self._webhooks: list[Doc] = []
@@ -391,6 +394,11 @@ class SandboxRocketChat:
             msg = self._state.messages.get(msg_id)
             return None if msg is None else rest_json(self._state.message_for_client(msg))
 
+    def deleted_messages(self) -> list[str]:
+        """``_id``s visitors deleted through ``DELETE livechat/message/:_id``, in order."""
+        with self._state.lock:
+            return list(self._state.deleted_messages)
+
     def room(self, rid: str) -> Doc | None:
         """One room document."""
         with self._state.lock:
@@ -610,6 +618,13 @@ class SandboxRocketChat:
         """Calls per REST route (``"chat.sendMessage"``) and DDP method (``"ddp:sendMessage"``)."""
         with self._state.lock:
             return dict(self._state.call_counts)
+
+    def rest_requests(self) -> list[RecordedRequest]:
+        """Every REST request received so far, in arrival order (needs ``record_rest=True``)."""
+        recorded = self._rest.recorded
+        if recorded is None:
+            raise RuntimeError("start the sandbox with record_rest=True to record REST requests")
+        return list(recorded)
 
     def connected_clients(self) -> list[Doc]:
         """Live DDP sockets: session, user id/username, subscriptions, remote address."""

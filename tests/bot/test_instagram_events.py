@@ -56,6 +56,26 @@ def test_each_item_type_is_decided_per_item(body, kind, key_prefix):
     assert item.item_id.startswith(key_prefix)
 
 
+@pytest.mark.parametrize(("value", "kind"), [
+    (True, "unsend"), ("true", "unsend"), ("TRUE", "unsend"), ("false", "message"),
+    (False, "message"),
+])
+def test_is_deleted_string_true_is_an_unsend_and_false_is_not(value, kind):
+    """Meta's own example sends "is_deleted":"true"; the string "false" is no unsend."""
+    [item] = ev.parse_webhook(
+        webhook(inbound({"message": {"mid": "m1", "text": "x", "is_deleted": value}})), PAGES
+    ).items
+    assert item.kind == kind
+
+
+def test_seconds_timestamp_of_dashboard_test_is_not_read_as_1970():
+    """Dashboard tests send seconds ("1527459824"): read as seconds, not milliseconds."""
+    body = webhook(inbound({"message": {"mid": "m1", "text": "x"}}))
+    body["entry"][0]["messaging"][0]["timestamp"] = "1527459824"
+    [item] = ev.parse_webhook(body, PAGES).items
+    assert item.order_ts == pytest.approx(1527459824.0)
+
+
 def test_mixed_batch_decides_type_per_item_not_per_batch():
     """A read receipt first does not turn the following messages into reads (Chatwoot bug)."""
     body = webhook(
@@ -227,8 +247,23 @@ CDN = "https://lookaside.fbsbx.com/ig_messaging_cdn/?asset_id=1&signature=abc"
          "Reacted 👍 to an earlier message"),
         ("reaction", {"reaction": {"mid": "m", "action": "unreact"}}, "",
          "Removed their reaction from an earlier message"),
-        ("unsend", {"message": {"mid": "m", "is_deleted": True}}, "",
-         "🗑 Unsent an earlier message (deleted on Instagram)"),
+        ("message", {"message": {"mid": "m", "attachments": [
+            {"type": "share", "payload": {"url": CDN}},
+            {"type": "ig_post", "payload": {"url": CDN, "title": "New drop",
+                                            "ig_post_media_id": "1"}}]}}, "",
+         f"📎 [Instagram post]({CDN}) — New drop"),
+        ("message", {"message": {"mid": "m", "attachments": [
+            {"type": "ig_story", "payload": {"story_media_url": CDN}}]}}, "",
+         f"📎 [Story]({CDN})"),
+        ("message", {"message": {"mid": "m", "attachments": [
+            {"type": "unsupported_type", "payload": {"url": CDN}}]}}, "",
+         messages.IN_UNSUPPORTED_LINK.format(url=CDN)),
+        ("referral", {"referral": {"product": {"id": "7801"}, "source": "SHOP",
+                                   "type": "OPEN_THREAD"}}, "",
+         messages.IN_PRODUCT_REFERRAL.format(product_id="7801")),
+        ("echo", {"message": {"mid": "e", "text": "Auto-reply", "is_echo": True,
+                              "app_id": 1517776481860111}}, "",
+         messages.IN_ECHO_OTHER_APP.format(app_id=1517776481860111, text="Auto-reply")),
         ("postback", {"postback": {"mid": "p", "title": "Track my order",
                                    "payload": "TRACK"}}, "",
          "Tapped the button “Track my order”"),

@@ -49,7 +49,14 @@ def test_word_longer_than_limit_is_cut_at_a_character_boundary() -> None:
     text = "é" * 1250
     parts = split_text(text)
     assert "".join(parts) == text
-    assert [_size(p) for p in parts] == [1000, 1000, 500]
+    assert [_size(p) for p in parts] == [998, 998, 504]
+
+
+def test_part_of_exactly_1000_ascii_characters_is_split() -> None:
+    """1000 ASCII characters meet "less than 1000 characters": never one part."""
+    parts = split_text("x" * 1000)
+    assert "".join(parts) == "x" * 1000
+    assert all(len(p) < 1000 and _size(p) < 1000 for p in parts)
 
 
 def test_prefers_a_line_break_late_in_the_part() -> None:

@@ -113,28 +113,59 @@ async def test_non_json_body_is_bad_request(bridge: Bridge):
     await assert_nothing_stored(bridge)
 
 
+def dropped(bridge: Bridge, reason: str) -> float:
+    value = bridge.bot.metrics.registry.get_sample_value(
+        "rcig_events_dropped_total", {"direction": "inbound", "reason": reason}
+    )
+    return value or 0.0
+
+
 @pytest.mark.parametrize(
     "payload", [{"object": "page", "entry": []}, ["instagram"], {"entry": []}, 42]
 )
-async def test_non_instagram_object_is_bad_request(bridge: Bridge, payload):
-    """JSON whose object is not "instagram" → 400, nothing stored."""
+async def test_page_object_body_answered_200_and_dropped(bridge: Bridge, payload):
+    """A signed body of another object → 200 (a refusal would get the app unsubscribed
+    from the Page), nothing stored, counted."""
     status, _ = await bridge.deliver(None, raw=json.dumps(payload).encode())
-    assert status == 400
+    assert status == 200
+    assert dropped(bridge, "other_object") == 1
     await assert_nothing_stored(bridge)
 
 
-async def test_oversize_body_is_refused_with_413(bridge: Bridge):
-    """A correctly signed body over 1 MiB → 413, nothing stored."""
+async def test_signed_batch_over_1_mib_is_accepted(bridge: Bridge, eventually):
+    """Meta batches up to 1000 updates: a signed body over 1 MiB is stored, not refused."""
+    event = _event(bridge)
+    igsid = event["entry"][0]["messaging"][0]["sender"]["id"]
+    reads = [bridge.meta.read_event(bridge.ig_id, igsid, "m" * 1200) for _ in range(1000)]
+    batch = bridge.meta.batch([event, *reads], merge=True)
+    raw = json.dumps(batch).encode()
+    assert len(raw) > 1024 * 1024
+    status, _ = await bridge.deliver(batch)
+    assert status == 200
+    await eventually(lambda: bridge.texts(igsid) == ["hello"])
+
+
+async def test_unsigned_body_over_1_mib_is_refused_with_413(bridge: Bridge):
+    """A body over 1 MiB without a valid signature → 413, nothing stored."""
     event = _event(bridge)
     event["padding"] = "x" * (1024 * 1024)
+    status, _ = await bridge.deliver(event, secret="not-the-app-secret")
+    assert status == 413
+    await assert_nothing_stored(bridge)
+
+
+async def test_body_over_8_mib_is_refused_with_413(bridge: Bridge):
+    """Even signed, a body over 8 MiB (far above any Meta batch) → 413, nothing stored."""
+    event = _event(bridge)
+    event["padding"] = "x" * (8 * 1024 * 1024)
     status, _ = await bridge.deliver(event)
     assert status == 413
     await assert_nothing_stored(bridge)
 
 
 async def test_oversize_body_without_content_length_is_refused(bridge: Bridge):
-    """A chunked body over 1 MiB (no Content-Length) is refused with 413 too."""
-    raw = json.dumps({"object": "instagram", "pad": "x" * (1024 * 1024 + 10)}).encode()
+    """A chunked body over 8 MiB (no Content-Length) is refused with 413 too."""
+    raw = json.dumps({"object": "instagram", "pad": "x" * (8 * 1024 * 1024 + 10)}).encode()
     signature = "sha256=" + hmac.new(APP_SECRET.encode(), raw, hashlib.sha256).hexdigest()
 
     async def chunks() -> AsyncIterator[bytes]:

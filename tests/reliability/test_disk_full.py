@@ -130,7 +130,8 @@ async def test_unwritable_data_dir_refuses_webhooks_with_503_then_recovers(
     assert disk.refused > 0
     assert statuses == [503] * len(events)
     assert 200 not in rc_statuses and 503 in rc_statuses
-    assert health_during == (503, {"status": "degraded", "realtime": True, "storage": False})
+    assert health_during == (503, {"status": "degraded", "realtime": True, "storage": False,
+                             "meta": "ok"})
     assert health_after[0] == 200
     for result in (inbound_result, outbound_result):
         assert (result.lost, result.duplicated, result.out_of_order) == (0, 0, 0), result.examples

@@ -509,6 +509,14 @@ def test_send_over_1000_utf8_bytes_is_100(meta: SandboxMeta, sender: tuple[str, 
     assert "1000" in resp.json()["error"]["message"]
 
 
+def test_send_of_1000_ascii_characters_is_100(meta: SandboxMeta, sender: tuple[str, str]) -> None:
+    """ "Less than 1000 characters" (send-message Limitations): 999 pass, 1000 are refused."""
+    token, igsid = sender
+    assert send(meta, token, igsid, {"text": "a" * 999}).status_code == 200
+    resp = send(meta, token, igsid, {"text": "a" * 1000})
+    assert resp.status_code == 400 and error(resp)[0] == 100
+
+
 def test_send_to_person_who_never_wrote_is_100(meta: SandboxMeta, sender: tuple[str, str]) -> None:
     """A recipient unknown to the page gives 100/2018001 'No matching user found'."""
     token, _ = sender

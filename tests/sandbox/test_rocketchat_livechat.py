@@ -351,3 +351,34 @@ def test_departments_need_livechat_permission(rc: SandboxRocketChat, omni) -> No
         )
     assert [d["name"] for d in seen["mybot"].json()["departments"]] == ["Instagram"]
     assert seen["alice"].status_code == 403
+
+
+def test_visitor_deletes_and_edits_own_message_only_as_settings_allow(
+    rc: SandboxRocketChat, omni
+) -> None:
+    """DELETE/PUT livechat/message/:_id: own messages only, Message_AllowDeleting/Editing,
+    works in a closed room, invalid-message for an unknown _id [LVM]."""
+    room = _open_room(rc, "v1")["room"]
+    other = _open_room(rc, "v2")["room"]
+    for n in range(3):
+        assert _visitor_says(rc, "v1", room["_id"], f"m{n}", f"ig-{n}").status_code == 200
+    assert _visitor_says(rc, "v2", other["_id"], "theirs", "ig-x").status_code == 200
+    url = f"{rc.url}/api/v1/livechat/message/"
+    # Another visitor's message: refused by the owner check.
+    r = requests.delete(url + "ig-x", json={"token": "v1", "rid": room["_id"]})
+    assert r.status_code == 400 and r.json()["errorType"] == "error-action-not-allowed"
+    r = requests.delete(url + "nope", json={"token": "v1", "rid": room["_id"]})
+    assert r.json() == {"success": False, "error": "invalid-message"}
+    rc.set_setting("Message_AllowDeleting", False)
+    r = requests.delete(url + "ig-0", json={"token": "v1", "rid": room["_id"]})
+    assert r.status_code == 400 and r.json()["errorType"] == "error-action-not-allowed"
+    r = requests.put(url + "ig-0", json={"token": "v1", "rid": room["_id"], "msg": "edited"})
+    assert r.status_code == 200 and r.json()["message"]["msg"] == "edited"
+    rc.set_setting("Message_AllowEditing", False)
+    r = requests.put(url + "ig-1", json={"token": "v1", "rid": room["_id"], "msg": "no"})
+    assert r.status_code == 400 and r.json()["errorType"] == "error-action-not-allowed"
+    rc.set_setting("Message_AllowDeleting", True)
+    rc.close_room(room["_id"])
+    r = requests.delete(url + "ig-2", json={"token": "v1", "rid": room["_id"]})
+    assert r.status_code == 200 and r.json()["message"]["_id"] == "ig-2"
+    assert [m["msg"] for m in rc.room_messages(room["_id"]) if not m.get("t")] == ["edited", "m1"]

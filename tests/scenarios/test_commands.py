@@ -172,7 +172,8 @@ async def test_healthz_reports_realtime_across_a_disconnect(
             async with http.get(url) as response:
                 return response.status, await response.json()
 
-        assert await health() == (200, {"status": "ok", "realtime": True, "storage": True})
+        assert await health() == (200, {"status": "ok", "realtime": True, "storage": True,
+                                        "meta": "ok"})
         rocketchat.block_connections(True)
         rocketchat.drop_all_sockets()
         await eventually(lambda: not bot.realtime.connected, timeout=5.0)

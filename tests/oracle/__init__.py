@@ -1,0 +1,1 @@
+"""Protocol oracle: requests checked against Rocket.Chat's published REST validators."""
