@@ -43,6 +43,7 @@ from bot.rocketchat.rest import (
     NotAllowed,
     RocketChatError,
     RocketChatREST,
+    RouteMissing,
     Unavailable,
 )
 
@@ -52,21 +53,28 @@ WARN: Status = "WARN"
 FAIL: Status = "FAIL"
 
 #: The Rocket.Chat permissions the bot's roles must grant, and what each is for.
-#: ``view-livechat-departments`` may be replaced by ``view-l-room`` (protocols §4.5).
+#: ``livechat/department`` accepts ``view-livechat-departments`` or ``view-l-room`` and
+#: nothing else (``app/livechat/imports/server/rest/departments.ts``, audit R7/C3).
 REQUIRED_PERMISSIONS: dict[str, str] = {
     "create-d": "open DMs to admins for command replies",
     "view-livechat-departments": "list Omnichannel departments (page routing)",
+    "view-livechat-rooms": "post notes and echoes into Omnichannel rooms it does not serve",
     "api-bypass-rate-limit": "exempts the bot's own REST calls from the rate limiter",
 }
 PERMISSION_ALTERNATIVES: dict[str, tuple[str, ...]] = {
-    "view-livechat-departments": ("view-l-room", "view-livechat-manager"),
+    "view-livechat-departments": ("view-l-room",),
 }
+#: Needed only with instagram.human_agent_tag: users.list tells bot accounts from people.
+HUMAN_AGENT_PERMISSION = ("view-d-room", "tell bot agents from people (HUMAN_AGENT tag)")
 #: The roles the README tells the admin to give the bot account.
 EXPECTED_ROLES = ("bot", "livechat-manager")
-#: Graph scopes without which the bridge cannot receive or send Instagram DMs.
-#: Default per-route limits of the public livechat routes (protocols §4.6), per client IP.
-LIVECHAT_ROUTE_LIMITS = {"livechat/visitor": 5, "livechat/room": 10, "livechat/message": 10}
-LIVECHAT_LIMIT_WINDOW = 60
+#: ``livechat/visitor`` and ``livechat/room`` have their own hard-coded 5 per 60 s since
+#: 6.12.0 (``v1/visitor.ts:13-20``, ``v1/room.ts:34-41``, audit L0); before that, and for
+#: ``livechat/message`` in every version, the default limiter applies (10 per 60 s).
+LIVECHAT_HARD_LIMIT = 5
+LIVECHAT_HARD_LIMIT_SINCE = (6, 12)
+DEFAULT_LIMIT_CALLS = 10
+DEFAULT_LIMIT_MS = 60000
 TOKEN_EXPIRY_WARN_DAYS = 7
 MIN_SERVER_MAJOR = 6
 
@@ -115,6 +123,7 @@ class Checkup:
     ig_graph: InstagramLoginClient | None = None  # with instagram.instagram_login
     settings: dict[str, Any] = field(default_factory=dict)
     unreadable: set[str] = field(default_factory=set)
+    server_version: tuple[int, int] | None = None  # (major, minor) from /api/info
 
     # -- helpers -------------------------------------------------------------------
     async def setting(self, setting_id: str) -> Any:
@@ -153,6 +162,31 @@ class Checkup:
 
         return await asyncio.to_thread(get)
 
+    async def public_headers(self, route: str) -> dict[str, str] | None:
+        """The response headers of an unauthenticated GET ``/api/v1/<route>`` (None: no answer).
+
+        Unauthenticated on purpose: the bot's own calls bypass the limiter
+        (``api-bypass-rate-limit``), visitors' never do.
+        """
+        url = f"{self.config.rocketchat.url}/api/v1/{route}"
+
+        def get() -> dict[str, str] | None:
+            try:
+                resp = requests.get(url, timeout=self.timeout)
+            except requests.RequestException:
+                return None
+            return dict(resp.headers)
+
+        return await asyncio.to_thread(get)
+
+
+def _version_tuple(version: str) -> tuple[int, int] | None:
+    parts = version.split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return None
+
 
 # -- Rocket.Chat --------------------------------------------------------------------
 
@@ -173,10 +207,8 @@ async def check_rocketchat_reachable(c: Checkup) -> CheckResult:
     if not version:
         return CheckResult(name, WARN, f"{url} answers but reports no version",
                            "make sure rocketchat.url points at Rocket.Chat itself")
-    try:
-        major = int(version.split(".")[0])
-    except ValueError:
-        major = 0
+    c.server_version = _version_tuple(version)
+    major = c.server_version[0] if c.server_version else 0
     if major < MIN_SERVER_MAJOR:
         return CheckResult(name, WARN, f"{url}: Rocket.Chat {version} (tested with 6.x and 7.x)",
                            "upgrade Rocket.Chat to 6.x or newer")
@@ -238,7 +270,10 @@ async def check_permissions(c: Checkup) -> CheckResult:
             )
         return CheckResult(name, PASS, f"bot roles: {roles_text} (permission table not readable)")
     missing: list[str] = []
-    for permission, purpose in REQUIRED_PERMISSIONS.items():
+    required = dict(REQUIRED_PERMISSIONS)
+    if c.config.instagram.human_agent_tag:
+        required[HUMAN_AGENT_PERMISSION[0]] = HUMAN_AGENT_PERMISSION[1]
+    for permission, purpose in required.items():
         options = (permission, *PERMISSION_ALTERNATIVES.get(permission, ()))
         if not any(table.get(p, set()) & roles for p in options):
             missing.append(f"{permission} ({purpose})")
@@ -263,7 +298,9 @@ async def check_departments(c: Checkup) -> CheckResult:
     try:
         departments = await c.rest.departments()
     except NotAllowed:
-        return CheckResult(name, FAIL, "the bot may not list Omnichannel departments",
+        return CheckResult(name, FAIL,
+                           "the bot may not list Omnichannel departments (needs "
+                           "view-livechat-departments or view-l-room)",
                            "give the bot account the livechat-manager role")
     except RocketChatError as exc:
         return CheckResult(name, FAIL, f"livechat/department: {exc}",
@@ -316,6 +353,29 @@ async def check_omnichannel_enabled(c: Checkup) -> CheckResult:
     return CheckResult(name, FAIL, "Omnichannel is disabled (Livechat_enabled off)", fix)
 
 
+async def _webhook_settings(c: Checkup, ids: tuple[str, ...]) -> tuple[dict[str, Any], str] | None:
+    """The webhook settings and where they were read; None when the bot may read neither.
+
+    ``livechat/integrations.settings`` returns them to ``view-livechat-manager``, which the
+    prescribed livechat-manager role holds (``app/livechat/imports/server/rest/
+    integrations.ts``, audit C1); ``settings/<id>`` needs the admin-only
+    ``view-privileged-setting``.
+    """
+    status, body = await c.rc_get("livechat/integrations.settings")
+    listed = body.get("settings") if status == 200 and isinstance(body, dict) else None
+    if isinstance(listed, list):
+        found = {str(s.get("_id")): s.get("value") for s in listed if isinstance(s, dict)}
+        if all(sid in found for sid in ids):
+            return found, "livechat/integrations.settings"
+    values: dict[str, Any] = {}
+    for sid in ids:
+        try:
+            values[sid] = await c.setting(sid)
+        except RocketChatError:
+            return None
+    return values, "settings"
+
+
 async def check_webhook(c: Checkup) -> CheckResult:
     """The Omnichannel webhook points at us, with our secret and the events we need."""
     name = "omnichannel.webhook"
@@ -324,16 +384,16 @@ async def check_webhook(c: Checkup) -> CheckResult:
     expected_url = c.config.server.public_url.rstrip("/") + "/webhooks/rocketchat"
     ids = ("Livechat_webhookUrl", "Livechat_secret_token", "Livechat_webhook_on_agent_message",
            "Livechat_webhook_on_close")
-    values: dict[str, Any] = {}
-    for sid in ids:
-        try:
-            values[sid] = await c.setting(sid)
-        except RocketChatError:
-            return CheckResult(
-                name, WARN,
-                f"cannot verify: the bot may not read {sid} (a privileged setting)",
-                f"check by hand in {WEBHOOK_SETTINGS_WHERE}",
-            )
+    read = await _webhook_settings(c, ids)
+    if read is None:
+        return CheckResult(
+            name, WARN,
+            "cannot verify: the bot may read neither livechat/integrations.settings "
+            "(view-livechat-manager) nor the privileged settings",
+            f"give the bot the livechat-manager role, or check by hand in "
+            f"{WEBHOOK_SETTINGS_WHERE}",
+        )
+    values, source = read
     problems: list[str] = []
     fixes: list[str] = []
     url = str(values["Livechat_webhookUrl"] or "").rstrip("/")
@@ -356,38 +416,123 @@ async def check_webhook(c: Checkup) -> CheckResult:
             name, FAIL, "; ".join(problems),
             "Administration > Settings > Omnichannel > Webhooks: " + "; ".join(fixes),
         )
-    return CheckResult(name, PASS, f"{expected_url}, secret matches, agent-message and close on")
+    return CheckResult(name, PASS, f"{expected_url}, secret matches, agent-message and close "
+                       f"on (read from {source})")
+
+
+async def check_admins(c: Checkup) -> CheckResult:
+    """Someone holds one of ``rocketchat.admin_roles`` (else no admin command can run)."""
+    name = "rocketchat.admins"
+    if not c.logged_in:
+        return _skipped(name, "no login")
+    wanted = c.config.rocketchat.admin_roles
+    try:
+        names = await c.rest.users_with_roles(wanted)
+    except RouteMissing:
+        # 6.x and 7.0 lack the REST route; the running bot asks DDP getUserRoles instead.
+        return CheckResult(
+            name, WARN,
+            "not checked here: this Rocket.Chat has no roles.getUsersInPublicRoles "
+            "(6.x/7.0); the running bot reads admins over DDP getUserRoles instead",
+            f"check by hand that someone holds {', '.join(wanted)} (Administration > Users)",
+        )
+    if not names:
+        return CheckResult(
+            name, FAIL, f"nobody holds {', '.join(wanted)}: no one can run admin commands",
+            "give an administrator one of those roles, or fix rocketchat.admin_roles (only "
+            "roles with a description are listed: not bot, user or app)",
+        )
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return CheckResult(name, PASS, f"admins ({', '.join(wanted)}): {shown}")
+
+
+async def _limiter_enabled(c: Checkup) -> tuple[bool | None, str]:
+    """Whether the API rate limiter is on, and how that was found out.
+
+    ``API_Enable_Rate_Limiter`` is a privileged setting. Without it the limiter shows
+    itself: it sets ``X-RateLimit-*`` headers on every limited answer to a caller
+    without ``api-bypass-rate-limit`` (``app/api/server/api.ts``, audit L4), so an
+    unauthenticated ``livechat/config`` (public, default limit) tells.
+    """
+    try:
+        return bool(await c.setting("API_Enable_Rate_Limiter")), "API_Enable_Rate_Limiter"
+    except RocketChatError:
+        pass
+    headers = await c.public_headers("livechat/config")
+    if headers is None:
+        return None, "not readable, and livechat/config did not answer"
+    if any(k.lower() == "x-ratelimit-limit" for k in headers):
+        return True, "X-RateLimit headers on public livechat/config"
+    return False, ("no X-RateLimit headers on public livechat/config; a proxy that strips "
+                   "them would hide the limiter")
+
+
+async def _default_limit(c: Checkup) -> tuple[int, float, bool]:
+    """``(calls, window seconds, known)`` of the default limiter (privileged settings)."""
+    try:
+        calls = int(await c.setting("API_Enable_Rate_Limiter_Limit_Calls_Default"))
+        window = float(await c.setting("API_Enable_Rate_Limiter_Limit_Time_Default")) / 1000
+        return calls, window, True
+    except (RocketChatError, TypeError, ValueError):
+        return DEFAULT_LIMIT_CALLS, DEFAULT_LIMIT_MS / 1000, False
 
 
 async def check_rate_limiter(c: Checkup) -> CheckResult:
-    """Show the ceiling Rocket.Chat's API rate limiter puts on visitor traffic."""
+    """State the ceiling Rocket.Chat's API rate limiter puts on visitor traffic, for this
+    server's version, and what the admin can do about it (audit L0, D3)."""
     name = "rocketchat.rate_limiter"
     if not c.reachable:
         return _skipped(name, "Rocket.Chat unreachable")
-    per_message = LIVECHAT_ROUTE_LIMITS["livechat/message"]
-    ceiling = (
-        f"livechat/room and livechat/message {per_message} per {LIVECHAT_LIMIT_WINDOW} s, "
-        f"livechat/visitor {LIVECHAT_ROUTE_LIMITS['livechat/visitor']} per "
-        f"{LIVECHAT_LIMIT_WINDOW} s, per bridge IP for all visitors together: at most "
-        f"~{per_message} visitor messages/min"
-    )
-    fix = ("Administration > Settings > Rate Limiter > API Rate Limiter: disable it "
-           "(API_Enable_Rate_Limiter) for the bridge's traffic")
-    try:
-        enabled = await c.setting("API_Enable_Rate_Limiter")
-    except RocketChatError:
-        enabled = None
+    enabled, how = await _limiter_enabled(c)
     if enabled is False:
-        return CheckResult(name, PASS, "API rate limiter disabled: no ceiling on visitor traffic")
-    known = "on" if enabled else "not readable, assuming the default (on)"
-    if c.expected_rate is not None and c.expected_rate > per_message:
+        return CheckResult(name, PASS,
+                           f"API rate limiter off ({how}): no ceiling on visitor traffic")
+    calls, window, known = await _default_limit(c)
+    per_min = calls * 60 / window if window else float(calls)
+    default = f"{calls} per {window:g} s" + ("" if known else " (the default)")
+    version = c.server_version
+    hard = version is None or version >= LIVECHAT_HARD_LIMIT_SINCE
+    shown = f"Rocket.Chat {version[0]}.{version[1]}" if version else "this Rocket.Chat"
+    if hard:
+        since = "" if version else " (5 on 6.12.0 and later, the default before)"
+        rooms = min(float(LIVECHAT_HARD_LIMIT), per_min)
+        ceiling = (
+            f"{shown} allows livechat/visitor and livechat/room {LIVECHAT_HARD_LIMIT} per 60 s"
+            f"{since} and livechat/message {default}"
+        )
+        fix = (
+            "only turning the limiter off lifts the hard-coded 5 per 60 s on livechat/visitor "
+            "and livechat/room: Administration > Settings > Rate Limiter > API Rate Limiter > "
+            "Enable Rate Limiter = off (API_Enable_Rate_Limiter); raising 'Default Number "
+            "Calls To The Rate Limiter' (API_Enable_Rate_Limiter_Limit_Calls_Default) lifts "
+            "livechat/message only"
+        )
+    else:
+        rooms = per_min
+        ceiling = (
+            f"{shown} allows livechat/visitor, livechat/room and livechat/message {default} "
+            "each (from 6.12.0 visitor and room are fixed at 5 per 60 s)"
+        )
+        fix = (
+            "Administration > Settings > Rate Limiter > API Rate Limiter: raise 'Default "
+            "Number Calls To The Rate Limiter' (API_Enable_Rate_Limiter_Limit_Calls_Default) "
+            "or turn Enable Rate Limiter off (API_Enable_Rate_Limiter)"
+        )
+    ceiling += (
+        f", per bridge IP and shared by all visitors: at most ~{rooms:g} new conversations "
+        f"and ~{per_min:g} visitor messages per minute (the excess waits in the queue)"
+    )
+    fix += ("; the buckets are per client IP, so a reverse proxy must pass X-Real-IP (or set "
+            "HTTP_FORWARDED_COUNT) or every web-widget visitor shares the bridge's")
+    state = "on" if enabled else "state unknown, assuming the default (on)"
+    if c.expected_rate is not None and c.expected_rate > per_min:
         return CheckResult(
             name, FAIL,
-            f"API rate limiter {known}: {ceiling}, below the expected "
-            f"{c.expected_rate:g}/min (the excess waits in the queue)",
+            f"API rate limiter {state}: {ceiling}; below the expected "
+            f"{c.expected_rate:g} messages/min",
             fix,
         )
-    return CheckResult(name, WARN, f"API rate limiter {known}: {ceiling}",
+    return CheckResult(name, WARN, f"API rate limiter {state} ({how}): {ceiling}",
                        fix + " if you expect more")
 
 
@@ -894,9 +1039,10 @@ async def run_checks(
 
     try:
         for check in (check_rocketchat_reachable, check_login, check_permissions,
-                      check_departments, check_slash_commands, check_omnichannel_enabled,
-                      check_webhook, check_rate_limiter, check_public_url_https,
-                      check_public_url, check_meta_app, check_instagram_login_app):
+                      check_admins, check_departments, check_slash_commands,
+                      check_omnichannel_enabled, check_webhook, check_rate_limiter,
+                      check_public_url_https, check_public_url, check_meta_app,
+                      check_instagram_login_app):
             try:
                 add(await check(c))
             except (Unavailable, RocketChatError, GraphError) as exc:

@@ -26,6 +26,11 @@ USAGE = "{problem}\nUsage: `{usage}`"
 COMMAND_FAILED = (
     "Sorry, `/instagram {name}` failed: {reason}. Nothing was changed that you were not told about."
 )
+ADMIN_CHECK_FAILED = (
+    "Sorry, I could not run `/instagram {name}`: it is for administrators, and I could not "
+    "find out whether you are one ({reason}). Nothing was changed. Try again in a moment; "
+    "if this persists, an administrator can run `rc-instagram doctor` (reference `{ref}`)."
+)
 INTERNAL_ERROR = (
     "Sorry, `/instagram {name}` failed unexpectedly. The error is in the bot's log "
     "(reference `{ref}`)."

@@ -15,6 +15,7 @@ import shlex
 from dataclasses import dataclass
 
 from bot import messages
+from bot.rocketchat.rest import RocketChatError
 from commands.base import Command, CommandContext, CommandError, UsageError
 from commands.registry import Registry
 
@@ -66,6 +67,25 @@ def parse(text: str, *, direct: bool) -> Invocation | None:
     return Invocation(name, tuple(words), text=after)
 
 
+async def _admin_or_told(ctx: CommandContext, command: Command) -> bool | None:
+    """Whether the issuer is an admin; None when that cannot be found out (issuer told).
+
+    The check reads roles from Rocket.Chat (REST, or DDP on servers without the route);
+    a failure here used to escape :func:`dispatch` and leave the command unanswered.
+    """
+    try:
+        return await ctx.issuer_is_admin()
+    except Exception as exc:
+        ref = secrets.token_hex(4)
+        # RocketChatError texts name the route and code, never a secret (bot.rocketchat.rest).
+        reason = str(exc) if isinstance(exc, RocketChatError) else type(exc).__name__
+        log.warning("admin check for %s (command %s) failed (ref %s): %s",
+                    ctx.issuer.username, command.name, ref, reason)
+        await ctx.reply(messages.ADMIN_CHECK_FAILED.format(name=command.name, reason=reason,
+                                                           ref=ref))
+        return None
+
+
 async def dispatch(registry: Registry, ctx: CommandContext, invocation: Invocation) -> None:
     """Run one invocation; every outcome, good or bad, ends in a DM to the issuer."""
     command = registry.get(invocation.name)
@@ -74,7 +94,10 @@ async def dispatch(registry: Registry, ctx: CommandContext, invocation: Invocati
         log.info("unknown command %r from %s", invocation.name[:100], issuer.username)
         await ctx.reply(messages.UNKNOWN_COMMAND.format(name=invocation.name))
         return
-    if command.requires_admin and not await ctx.issuer_is_admin():
+    admin = await _admin_or_told(ctx, command) if command.requires_admin else True
+    if admin is None:
+        return
+    if not admin:
         log.info("refused %s for non-admin %s", command.name, issuer.username)
         roles = ", ".join(f"`{r}`" for r in ctx.config.rocketchat.admin_roles)
         await ctx.reply(messages.NOT_ADMIN.format(name=command.name, roles=roles))

@@ -12,19 +12,29 @@ import pytest
 
 from sandbox.meta import SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
+from sandbox.rocketchat.versions import DEFAULT_VERSION
 from tests.oracle import oracle
 from tests.scenarios.harness import APP_SECRET, Bridge, running_bridge
 from tests.scenarios.oauth_harness import OAuthBridge, running_business_app, running_unconnected
 
 
 @pytest.fixture
-def rocketchat() -> Iterator[SandboxRocketChat]:
-    """A sandbox Rocket.Chat on a free loopback port, API rate limiter disabled.
+def rc_version(request: pytest.FixtureRequest) -> str:
+    """The Rocket.Chat release the sandboxes impersonate: current 7.x unless the test is
+    decorated with ``tests.scenarios.harness.every_rc_version`` (then once per profile)."""
+    return str(getattr(request, "param", DEFAULT_VERSION))
+
+
+@pytest.fixture
+def rocketchat(rc_version: str) -> Iterator[SandboxRocketChat]:
+    """A sandbox Rocket.Chat (release ``rc_version``) on a free loopback port, API rate
+    limiter disabled.
 
     It records every REST request; at teardown each one is checked against the validator
     Rocket.Chat's server applies to its route (tests/oracle), and any violation fails the test.
     """
-    server = SandboxRocketChat(webhook_retry_delay=0.05, record_rest=True).start()
+    server = SandboxRocketChat(version=rc_version, webhook_retry_delay=0.05,
+                               record_rest=True).start()
     server.set_setting("API_Enable_Rate_Limiter", False)
     try:
         yield server

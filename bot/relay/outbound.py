@@ -274,7 +274,12 @@ class OutboundRelay:
         decision = window_decision(
             last_inbound, now, human=True, human_agent_tag=self.human_agent_tag
         )
-        if decision.tag and not await self._sent_by_human(item):
+        try:
+            human = bool(decision.tag) and await self._sent_by_human(item)
+        except (Unavailable, RateLimited) as exc:
+            return Retry(self.clock() + retry_delay(item.attempts + 1),
+                         f"agent roles unavailable: {type(exc).__name__}")
+        if decision.tag and not human:
             # Only the tag window needs to know who wrote it (a roles look-up): ask late.
             decision = window_decision(
                 last_inbound, now, human=False, human_agent_tag=self.human_agent_tag
@@ -388,18 +393,28 @@ class OutboundRelay:
         return Done()
 
     async def _sent_by_human(self, item: WorkItem) -> bool:
-        """Whether a person (not a bot agent, not an automatic text) wrote the item."""
+        """Whether a person (not a bot agent, not an automatic text) wrote the item.
+
+        Webhook entries carry no ``bot`` flag and ``bot`` is never a public role (audit
+        D4), so the sender is looked up in the list of ``bot``-role accounts
+        (``rest.bot_accounts``, from ``users.list``). When that list cannot be read the
+        answer is "not a person": a bot's message must never carry ``HUMAN_AGENT``.
+        Unavailable / RateLimited propagate (the caller retries later).
+        """
         if item.kind != "agent_message" or item.payload.get("bot"):
             return False
         agent_id = item.payload.get("agent_id")
         if not agent_id:
-            return True
+            return False
         try:
-            roles = await self.rest.user_roles(agent_id)
-        except Exception as exc:  # roles are a refinement; the message field decided already
-            log.info("could not read roles of agent %s (%s); assuming a person", agent_id, exc)
-            return True
-        return "bot" not in roles
+            bots = await self.rest.bot_accounts()
+        except (Unavailable, RateLimited):
+            raise
+        except RocketChatError as exc:
+            log.warning("cannot tell whether agent %s is a bot (%s); not using HUMAN_AGENT",
+                        agent_id, exc)
+            return False
+        return agent_id not in bots
 
     async def _config_problem(self, page: Page, exc: GraphConfigError) -> None:
         """Tell the admins about a Meta configuration refusal, once per kind, page and day."""

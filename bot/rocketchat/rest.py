@@ -14,7 +14,7 @@ import secrets
 import string
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
@@ -39,6 +39,10 @@ log = logging.getLogger("bot.rest")
 T = TypeVar("T")
 
 ROLES_CACHE_SECONDS = 30.0
+#: Who holds the (never public) ``bot`` role changes rarely; listing it pages users.list.
+BOT_ACCOUNTS_CACHE_SECONDS = 300.0
+#: Page size for paged routes: the server clamps ``count`` at API_Upper_Count_Limit (100).
+PAGE_SIZE = 100
 _ID_ALPHABET = string.ascii_letters + string.digits
 
 
@@ -112,6 +116,16 @@ class NotStored(RocketChatError):
 
     The same TypeError answers a duplicate ``_id`` and a message an Apps-Engine
     ``IPreMessageSentPrevent`` handler blocked; only the read-back tells them apart.
+    """
+
+
+class RouteMissing(RocketChatError):
+    """The server has no such REST route: a JSON 404, or a 2xx that is not JSON at all.
+
+    Up to 7.0 Rocket.Chat has no REST catch-all: an unknown ``/api/v1`` path falls
+    through to Meteor's web app, which answers **200 with its HTML page**
+    (audit §1.2 R3, D12). ``rocketchat_API`` hands such a body back as a ``str``.
+    A proxy or SSO page in front of the server looks the same, so the message says both.
     """
 
 
@@ -247,6 +261,9 @@ class RocketChatREST:
         self._roles: dict[str, tuple[str | None, set[str]]] = {}
         self._roles_at = float("-inf")
         self._roles_lock = asyncio.Lock()
+        self._bots: set[str] = set()
+        self._bots_at = float("-inf")
+        self._bots_lock = asyncio.Lock()
         self.user_id: str | None = None
         self.username: str | None = None
 
@@ -261,7 +278,7 @@ class RocketChatREST:
         """Run one library call in a worker thread, translating every failure."""
         self._local.headers = None
         try:
-            return fn()
+            result = fn()
         except RocketApiException as exc:
             body = exc.response_json if isinstance(exc.response_json, dict) else {}
             raise classify(
@@ -295,6 +312,14 @@ class RocketChatREST:
         except ValueError:
             # Malformed JSON in a 2xx body (requests' JSONDecodeError is a ValueError).
             raise Unavailable(f"{route}: malformed response") from None
+        if isinstance(result, str | bytes):
+            # rocketchat_API returns r.text for a 2xx it cannot decode (base.json_or_error).
+            raise RouteMissing(
+                f"{route}: the server answered with a page, not JSON (route missing on this "
+                "Rocket.Chat version, or a proxy/SSO page in front of it)",
+                status=200,
+            )
+        return result
 
     async def _call(self, route: str, fn: Callable[[], T]) -> T:
         """Run ``fn`` in the pool; on 429 wait for the reset (bounded) and retry."""
@@ -334,6 +359,22 @@ class RocketChatREST:
             self._logged_in = False
             await self.login()
             return await self._call(route, fn)
+
+    @staticmethod
+    async def _paged(key: str, fetch: Callable[[int], Awaitable[Any]]) -> AsyncIterator[list[dict]]:
+        """Each page ``data[key]`` of a paginated route (``offset``/``total``) in turn.
+
+        ``fetch(offset)`` makes one awaited call; paging stops at ``total`` or an empty page.
+        """
+        offset = 0
+        while True:
+            data = await fetch(offset)
+            page = [d for d in (data.get(key) or []) if isinstance(d, dict)]
+            yield page
+            offset += len(page)
+            total = data.get("total")
+            if not page or total is None or offset >= int(total):
+                return
 
     @staticmethod
     def _q(value: object) -> str:
@@ -408,19 +449,25 @@ class RocketChatREST:
         except RocketChatError as exc:
             if exc.status not in (400, 404):
                 raise
-        data = await self._call(
-            "settings.public", lambda: self._api.call_api_get("settings.public", _id=sid)
-        )
-        for item in data.get("settings") or []:
-            if item.get("_id") == setting_id:
-                return item.get("value")
+        # Newer 7.x filters by _id; up to 7.0 the filter is ignored and the list comes back
+        # paged, sorted by _id (audit R6): page through it until the setting shows up.
+        def fetch(offset: int) -> Awaitable[Any]:
+            return self._call("settings.public", lambda: self._api.call_api_get(
+                "settings.public", _id=sid, offset=offset, count=PAGE_SIZE
+            ))
+
+        async for page in self._paged("settings", fetch):
+            for item in page:
+                if item.get("_id") == setting_id:
+                    return item.get("value")
         raise NotAllowed(f"settings: {setting_id} is not readable", error_type="error-not-allowed")
 
     async def _public_roles(self) -> dict[str, tuple[str | None, set[str]]]:
         """``user_id -> (username, roles)`` for holders of public roles, cached ~30 s.
 
-        Servers without the REST route (early 6.x) answer 404; then the same list
-        comes from the DDP method ``getUserRoles`` through ``public_roles_fallback``.
+        Servers without the REST route (6.x and 7.0) answer it with an HTML page (200),
+        others may with a 404: either way the same list then comes from the DDP method
+        ``getUserRoles`` (present through 7.x) through ``public_roles_fallback``.
         """
         async with self._roles_lock:
             if self._clock() - self._roles_at > ROLES_CACHE_SECONDS:
@@ -430,10 +477,15 @@ class RocketChatREST:
                     )
                     users = data.get("users") or []
                 except RocketChatError as exc:
-                    if exc.status != 404 or self.public_roles_fallback is None:
+                    missing = isinstance(exc, RouteMissing) or exc.status == 404
+                    if not missing or self.public_roles_fallback is None:
                         raise
                     log.info("roles.getUsersInPublicRoles missing; asking DDP getUserRoles")
-                    users = await self.public_roles_fallback()
+                    try:
+                        users = await self.public_roles_fallback()
+                    except (ConnectionError, TimeoutError) as ddp_exc:
+                        why = type(ddp_exc).__name__
+                        raise Unavailable(f"getUserRoles: realtime not ready ({why})") from None
                 roles: dict[str, tuple[str | None, set[str]]] = {}
                 for user in users if isinstance(users, list) else []:
                     if isinstance(user, dict) and user.get("_id"):
@@ -456,6 +508,32 @@ class RocketChatREST:
         return sorted(
             name for name, held in (await self._public_roles()).values() if name and held & wanted
         )
+
+    async def bot_accounts(self) -> set[str]:
+        """Ids of the users holding the ``bot`` role, cached ~5 min.
+
+        ``bot`` is never a public role (empty description), webhooks carry no ``bot``
+        flag and ``users.info`` shows roles only with ``view-full-other-user-info``
+        (``getFullUserData.ts``). ``users.list`` needs only ``view-d-room`` (held by
+        ``bot`` by default) and its default projection includes ``roles``
+        (``getNonEmptyFields``), so the list is paged from there. ``query`` filters are
+        ignored since 7.0, hence every page is read. Raises what the route raises
+        (NotAllowed, AuthenticationFailed for newer 7.x's 401, Unavailable...).
+        """
+        async with self._bots_lock:
+            if self._clock() - self._bots_at > BOT_ACCOUNTS_CACHE_SECONDS:
+                def fetch(offset: int) -> Awaitable[Any]:
+                    return self._authed("users.list", lambda: self._api.call_api_get(
+                        "users.list", offset=offset, count=PAGE_SIZE
+                    ))
+
+                found: set[str] = set()
+                async for page in self._paged("users", fetch):
+                    found.update(u["_id"] for u in page
+                                 if u.get("_id") and "bot" in (u.get("roles") or []))
+                self._bots = found
+                self._bots_at = self._clock()
+            return set(self._bots)
 
     async def departments(self) -> list[dict]:
         """All Omnichannel departments (``livechat/department``, paged)."""

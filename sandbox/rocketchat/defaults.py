@@ -1,7 +1,8 @@
 """Seed data of a fresh Rocket.Chat: roles, permissions and settings with real ids and defaults.
 
 Sources: protocols/rocketchat.md §3 (public roles), §4.6 (rate limiter), §5 (CRM webhooks),
-§2.1 (slash commands), §7 (message size); permission seeds from upsertPermissions.
+§2.1 (slash commands), §7 (message size); permission seeds from upsertPermissions
+(``app/authorization/server/constant/permissions.ts``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ PERMISSIONS: dict[str, list[str]] = {
     "view-full-other-user-info": ["admin"],
     "view-other-user-channels": ["admin"],
     "view-c-room": ["admin", "user", "bot", "app", "anonymous"],
+    "view-d-room": ["admin", "user", "bot", "app", "guest"],
     "preview-c-room": ["admin", "user", "anonymous"],
     "create-d": ["admin", "user", "bot", "app", "livechat-agent", "livechat-manager"],
     "view-livechat-rooms": list(_LIVECHAT_STAFF),
@@ -95,12 +97,4 @@ SETTINGS: dict[str, tuple[Any, bool]] = {
     "Livechat_http_timeout": (5000, False),
 }
 
-# REST routes with their own rateLimiterOptions: (calls, interval ms) [LVV, LVR, LVM, LVO].
-ROUTE_RATE_LIMITS: dict[str, tuple[int, int]] = {
-    "livechat/visitor": (5, 60000),
-    "livechat/room": (10, 60000),
-    "livechat/message": (10, 60000),
-    "livechat/offline.message": (1, 5000),
-}
-
-SERVER_VERSION = "7.4.0"
+# Per-route rate limits and the reported version depend on the release: see versions.py.

@@ -20,8 +20,8 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from . import defaults
 from .model import State
+from .versions import VersionProfile
 from .wire import (
     Forbidden,
     PlainError,
@@ -37,6 +37,16 @@ log = logging.getLogger("sandbox.rocketchat")
 Handler = Callable[["Call"], Any]
 
 UNAUTHORIZED = {"status": "error", "message": "You must be logged in to do this."}
+
+#: What Meteor's web app serves for a path no REST route claims (6.x, 7.0): the client
+#: bundle's page, with status 200 (audit §1.2 R3, §3).
+APP_PAGE = (
+    '<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8" />\n'
+    '<meta name="viewport" content="width=device-width, initial-scale=1" />\n'
+    "<title>Rocket.Chat</title>\n</head>\n<body>\n"
+    '<noscript>You need to enable JavaScript to run this app.</noscript>\n'
+    '<div id="react-root"></div>\n</body>\n</html>\n'
+)
 
 
 @dataclass
@@ -105,8 +115,17 @@ class Failure:
 class RestAPI:
     """Dispatches ``/api/...`` to route actions over the shared State."""
 
-    def __init__(self, state: State, *, duplicate_send_fails: bool = True) -> None:
+    def __init__(
+        self,
+        state: State,
+        *,
+        profile: VersionProfile | None = None,
+        duplicate_send_fails: bool = True,
+    ) -> None:
         self.state = state
+        self.profile = profile or VersionProfile()
+        #: Routes with their own ``rateLimiterOptions`` in this release (others: the default).
+        self.route_limits: dict[str, tuple[int, int]] = self.profile.route_rate_limits()
         self.limiter = RateLimiter(clock=state.clock)
         self.latency = 0.0
         self.failure: Failure | None = None
@@ -147,6 +166,9 @@ class RestAPI:
             log.info("injected failure %s on %s %s", failure.status, request.method, pattern)
             return web.Response(status=failure.status, text="Service Unavailable")
         if route is None:
+            if self.profile.unknown_route_html:
+                # No REST catch-all before newer 7.x: Meteor serves its app page.
+                return web.Response(text=APP_PAGE, status=200, content_type="text/html")
             return _json(
                 {"success": False, "error": f"Method not allowed or not found: {route_name}"}, 404
             )
@@ -228,7 +250,7 @@ class RestAPI:
             return
         if route.auth and self.state.has_permission(call.uid, "api-bypass-rate-limit"):
             return
-        limit, interval = defaults.ROUTE_RATE_LIMITS.get(
+        limit, interval = self.route_limits.get(
             call.route,
             (
                 int(self.state.setting("API_Enable_Rate_Limiter_Limit_Calls_Default") or 10),
@@ -268,7 +290,11 @@ class RestAPI:
         r[("GET", "chat.getMessage")] = Route(self.chat_get_message, auth=True)
         r[("GET", "chat.syncMessages")] = Route(self.chat_sync_messages, auth=True)
         r[("GET", "subscriptions.get")] = Route(self.subscriptions_get, auth=True)
-        r[("GET", "roles.getUsersInPublicRoles")] = Route(self.users_in_public_roles, auth=True)
+        if self.profile.public_roles_route:
+            r[("GET", "roles.getUsersInPublicRoles")] = Route(
+                self.users_in_public_roles, auth=True
+            )
+        r[("GET", "users.list")] = Route(self.users_list, auth=True)
         r[("GET", "roles.getUsersInRole")] = Route(self.users_in_role, auth=True)
         r[("GET", "settings.public")] = Route(self.settings_public, auth=False)
         r[("GET", "settings")] = Route(self.settings_list, auth=True)
@@ -292,11 +318,21 @@ class RestAPI:
             permissions_any=("view-livechat-departments", "view-l-room"),
         )
         r[("GET", "livechat/config")] = Route(self.livechat_config, auth=False)
+        r[("GET", "livechat/integrations.settings")] = Route(
+            self.livechat_integration_settings,
+            auth=True,
+            permissions_any=("view-livechat-manager",),
+        )
         r[("POST", "livechat/offline.message")] = Route(self.livechat_offline_message, auth=False)
 
     # ------------------------------------------------------------------ core routes
     def info(self, call: Call) -> dict[str, Any]:
-        return {"version": defaults.SERVER_VERSION, "success": True}
+        # getServerInfo: admins get the full Info (not the bot: this route is public and
+        # the bot calls it without headers); everyone else major.minor (removePatchInfo).
+        uid = self._authenticate(call.request)
+        if uid is not None and "admin" in self.state.users[uid]["roles"]:
+            return {"info": {"version": self.profile.version}, "success": True}
+        return {"version": self.profile.info_version, "success": True}
 
     def login(self, call: Call) -> Any:
         body = call.body
@@ -519,6 +555,39 @@ class RestAPI:
         ]
         return {"update": update, "remove": remove, "success": True}
 
+    def users_list(self, call: Call) -> Any:
+        """``users.list``: the default projection includes ``roles`` (getNonEmptyFields).
+
+        The route checks ``view-d-room`` itself and answers ``API.v1.unauthorized()``
+        (403 up to 7.0, 401 in newer 7.x). ``query``/``fields`` are not modelled (ignored by
+        default since 7.0, ALLOW_UNSAFE_QUERY_AND_FIELDS_API_PARAMS).
+        """
+        if not self.state.has_permission(call.uid, "view-d-room"):
+            status = self.profile.unauthorized_status
+            return _json({"success": False, "error": "unauthorized"}, status)
+        users = [
+            {
+                "_id": u["_id"],
+                "username": u["username"],
+                "name": u["name"],
+                "status": u["status"],
+                "active": u["active"],
+                "type": u["type"],
+                "roles": list(u["roles"]),
+            }
+            for u in sorted(self.state.users.values(), key=lambda u: u["username"])
+        ]
+        offset = int(call.query.get("offset") or 0)
+        count = min(int(call.query.get("count") or 50), 100)  # API_Upper_Count_Limit
+        page = users[offset : offset + count]
+        return {
+            "users": page,
+            "count": len(page),
+            "offset": offset,
+            "total": len(users),
+            "success": True,
+        }
+
     def users_in_public_roles(self, call: Call) -> dict[str, Any]:
         return {"users": self.state.users_in_public_roles(), "success": True}
 
@@ -561,7 +630,7 @@ class RestAPI:
 
     def _settings_page(self, call: Call, docs: list[dict[str, Any]]) -> dict[str, Any]:
         offset = int(call.query.get("offset") or 0)
-        count = int(call.query.get("count") or 50)
+        count = min(int(call.query.get("count") or 50), 100)  # API_Upper_Count_Limit
         page = docs[offset : offset + count] if count else docs[offset:]
         return {
             "settings": page,
@@ -573,9 +642,14 @@ class RestAPI:
 
     def settings_public(self, call: Call) -> dict[str, Any]:
         wanted = self._setting_filter(call)
+        raw_ids = call.query.get("_id")
+        if raw_ids and self.profile.settings_public_filters_id:
+            # Newer 7.x: parsedQueryId = {_id: {$in: ids.split(',')}}.
+            wanted = {i.strip() for i in raw_ids.split(",") if i.strip()}
+        # Up to 7.0 ``_id`` is ignored: the caller gets the first page sorted by _id.
         docs = [
             {"_id": s["_id"], "value": s["value"]}
-            for s in self.state.settings.values()
+            for s in sorted(self.state.settings.values(), key=lambda s: s["_id"])
             if s["public"] and (wanted is None or s["_id"] in wanted)
         ]
         return self._settings_page(call, docs)
@@ -759,12 +833,39 @@ class RestAPI:
                     config["room"] = self.state.room_for_client(room)
         return {"config": config, "success": True}
 
+    def livechat_integration_settings(self, call: Call) -> dict[str, Any]:
+        """The Omnichannel webhook settings (``app/livechat/imports/server/rest/integrations.ts``,
+        ``findIntegrationSettings``), full setting documents, for ``view-livechat-manager``."""
+        docs = [
+            {"_id": s["_id"], "value": s["value"], "type": s.get("type", "string")}
+            for s in self.state.settings.values()
+            if s["_id"] in INTEGRATION_SETTINGS
+        ]
+        return {"settings": docs, "success": True}
+
     def livechat_offline_message(self, call: Call) -> dict[str, Any]:
         for key in ("name", "email", "message"):
             if not isinstance(call.body.get(key), str):
                 raise RCError("invalid-params", f"must have required property '{key}'")
         self.state.offline_message(call.body)
         return {"message": "Livechat offline message sent", "success": True}
+
+
+INTEGRATION_SETTINGS = frozenset(
+    {
+        "Livechat_webhookUrl",
+        "Livechat_secret_token",
+        "Livechat_http_timeout",
+        "Livechat_webhook_on_start",
+        "Livechat_webhook_on_close",
+        "Livechat_webhook_on_chat_taken",
+        "Livechat_webhook_on_chat_queued",
+        "Livechat_webhook_on_forward",
+        "Livechat_webhook_on_offline_msg",
+        "Livechat_webhook_on_visitor_message",
+        "Livechat_webhook_on_agent_message",
+    }
+)
 
 
 async def _read_body(request: web.Request) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from aiohttp import web
 from .ddp import DDPServer
 from .model import Doc, State
 from .rest import Failure, RecordedRequest, RestAPI
+from .versions import DEFAULT_VERSION, VersionProfile
 from .wire import RCError, random_id, rest_dumps, rest_json
 
 log = logging.getLogger("sandbox.rocketchat")
@@ -30,31 +31,42 @@ T = TypeVar("T")
 
 
 class SandboxRocketChat:
-    """A real loopback Rocket.Chat stand-in speaking the wire formats of protocols/rocketchat.md."""
+    """A real loopback Rocket.Chat stand-in speaking the wire formats of protocols/rocketchat.md.
+
+    ``version`` picks the release it impersonates (``"7.4.0"`` by default, e.g. ``"6.13.0"``);
+    every version-dependent behaviour follows from it (see :mod:`sandbox.rocketchat.versions`).
+    ``webhook_max_attempts`` overrides the release's retry count (tests that need patience).
+    """
 
     def __init__(
         self,
         *,
+        version: str = DEFAULT_VERSION,
         rest_latency: float = 0.0,
         heartbeat_interval: float = 15.0,
         heartbeat_timeout: float = 15.0,
         webhook_retry_delay: float | None = None,
-        webhook_max_attempts: int = 10,
+        webhook_max_attempts: int | None = None,
         duplicate_send_fails: bool = True,
         record_rest: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.profile = VersionProfile(version)
         self._state = State(clock=clock)
         self._state.webhook_sink = self._schedule_webhook
         self._ddp = DDPServer(
             self._state, heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout
         )
-        self._rest = RestAPI(self._state, duplicate_send_fails=duplicate_send_fails)
+        self._rest = RestAPI(
+            self._state, profile=self.profile, duplicate_send_fails=duplicate_send_fails
+        )
         self._rest.latency = rest_latency
         if record_rest:
             self._rest.recorded = []
         self.webhook_retry_delay = webhook_retry_delay
-        self.webhook_max_attempts = webhook_max_attempts
+        self.webhook_max_attempts = (
+            webhook_max_attempts or self.profile.webhooks.max_attempts
+        )
         self._webhooks: list[Doc] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -166,7 +178,8 @@ class SandboxRocketChat:
         timeout_ms = float(self._state.setting("Livechat_http_timeout") or 5000)
         delay = self.webhook_retry_delay
         if delay is None:
-            delay = timeout_ms * 4 / 1000
+            fixed = self.profile.webhooks.fixed_delay
+            delay = timeout_ms * 4 / 1000 if fixed is None else fixed
         body = rest_dumps(payload)
         headers = {"Content-Type": "application/json"}
         if secret:
@@ -193,9 +206,10 @@ class SandboxRocketChat:
         timeout_ms: float,
         delay: float,
     ) -> None:
-        """POST one CRM event; only HTTP 200 counts; retry after ``delay`` [WHK 6.x]."""
+        """POST one CRM event, judged and retried by the release's rules (``profile.webhooks``)."""
         assert self._http is not None
         webhook_id = random_id()
+        rules = self.profile.webhooks
         for attempt in range(1, self.webhook_max_attempts + 1):
             status: int | None = None
             error: str | None = None
@@ -225,7 +239,7 @@ class SandboxRocketChat:
                         "ts": time.time(),
                     }
                 )
-                if status == 200 and isinstance(rid, str):
+                if rules.delivered(status) and isinstance(rid, str):
                     try:
                         self._state.store_crm_data(rid, json.loads(text) if text else None)
                     except ValueError:
@@ -239,7 +253,11 @@ class SandboxRocketChat:
                 status,
                 error,
             )
-            if status == 200:
+            if rules.delivered(status):
+                return
+            if not rules.retry(status):
+                log.warning("webhook %s type=%s rid=%s dropped (HTTP %s is not retried)",
+                            webhook_id, kind, rid, status)
                 return
             if attempt < self.webhook_max_attempts:
                 await asyncio.sleep(delay)
@@ -526,10 +544,13 @@ class SandboxRocketChat:
             return rest_json(self._state.offline_messages)
 
     # ------------------------------------------------------------------ control: settings
-    def set_setting(self, setting_id: str, value: Any) -> None:
-        """Change a setting (e.g. ``API_Enable_Rate_Limiter``)."""
+    def set_setting(self, setting_id: str, value: Any, *, public: bool | None = None) -> None:
+        """Change a setting (e.g. ``API_Enable_Rate_Limiter``); ``public`` also sets whether
+        ``settings.public`` lists it (new settings are private)."""
         with self._state.lock:
             self._state.set_setting(setting_id, value)
+            if public is not None:
+                self._state.settings[setting_id]["public"] = public
 
     def get_setting(self, setting_id: str) -> Any:
         """A setting's current value."""
@@ -590,6 +611,11 @@ class SandboxRocketChat:
     def clear_rest_failures(self) -> None:
         """Stop injecting REST failures."""
         self._rest.failure = None
+
+    def set_route_rate_limit(self, route: str, calls: int, interval_ms: int) -> None:
+        """Give ``route`` its own limit (as a release's ``rateLimiterOptions`` would)."""
+        with self._state.lock:
+            self._rest.route_limits[route] = (calls, interval_ms)
 
     def reset_rate_limits(self) -> None:
         """Forget all rate-limiter counters."""

@@ -36,7 +36,7 @@ from bot.instagram.oauth import login_url
 from sandbox.meta import DEFAULT_IG_ID, DEFAULT_PAGE_ID, DEFAULT_PAGE_NAME, SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
 from storage import Page, open_store
-from tests.scenarios.harness import start_bot, stop_bot
+from tests.scenarios.harness import every_rc_version, start_bot, stop_bot
 
 BOT_USER, BOT_PASSWORD = "instagram.bot", "bot-password-123"
 APP_SECRET = "sandbox-app-secret"
@@ -120,8 +120,6 @@ async def setup(rocketchat: SandboxRocketChat, meta: SandboxMeta, tmp_path: Path
     rc.set_setting("Livechat_secret_token", WEBHOOK_SECRET)
     rc.set_setting("Livechat_webhook_on_agent_message", True)
     rc.set_setting("Livechat_webhook_on_close", True)
-    # Let the bot read privileged settings so the webhook check can verify, not just warn.
-    rc.set_permission("view-privileged-setting", ["admin", "bot"])
     raw = {
         "rocketchat": {"url": rc.url, "user": BOT_USER, "password": BOT_PASSWORD,
                        "webhook_secret": WEBHOOK_SECRET},
@@ -144,14 +142,22 @@ def statuses(results: dict[str, CheckResult]) -> dict[str, str]:
     return {name: r.status for name, r in results.items()}
 
 
-async def test_all_green_sandbox_passes(setup: Setup) -> None:
-    """With every prerequisite met nothing fails; only the expected notes are WARNs."""
+@every_rc_version
+async def test_all_green_sandbox_passes(setup: Setup, rc_version: str) -> None:
+    """With every prerequisite met nothing fails; only the expected notes are WARNs. The
+    bot holds only bot + livechat-manager: the webhook is verified all the same."""
     results = await setup.check()
     failed = {n: r.detail for n, r in results.items() if r.status == FAIL}
     assert failed == {}
     warned = {n for n, r in results.items() if r.status == WARN}
-    # Loopback http is fine for the sandbox; the bot itself is not running here.
-    assert warned == {"public_url.https", "public_url.reachable"}
+    # Loopback http is fine for the sandbox; the bot itself is not running here. Up to
+    # 7.0 the admins can only be listed over DDP, which the doctor does not open.
+    old = rc_version < "7.1"
+    assert warned == {"public_url.https", "public_url.reachable"} | (
+        {"rocketchat.admins"} if old else set())
+    if not old:
+        assert results["rocketchat.admins"].detail == "admins (admin): admin.alice"
+    assert "livechat/integrations.settings" in results["omnichannel.webhook"].detail
     for name in ("rocketchat.reachable", "rocketchat.login", "rocketchat.permissions",
                  "omnichannel.departments", "rocketchat.slash_commands", "omnichannel.enabled",
                  "omnichannel.webhook", "rocketchat.rate_limiter", "meta.app",
@@ -160,7 +166,8 @@ async def test_all_green_sandbox_passes(setup: Setup) -> None:
                  f"page {DEFAULT_PAGE_ID} subscribed", f"page {DEFAULT_PAGE_ID} instagram",
                  "omnichannel.monthly_contacts"):
         assert results[name].status == PASS, (name, results[name].detail)
-    assert "Rocket.Chat 7" in results["rocketchat.reachable"].detail
+    major_minor = rc_version.rsplit(".", 1)[0]  # /api/info drops the patch (removePatchInfo)
+    assert results["rocketchat.reachable"].detail.endswith(f"Rocket.Chat {major_minor}")
     assert "but the bot is not running" in results["public_url.reachable"].detail
 
 
@@ -295,24 +302,78 @@ async def test_misconfigured_webhook_fails(setup: Setup, setting: str, value: An
 
 
 async def test_unreadable_webhook_settings_warn_cannot_verify(setup: Setup) -> None:
-    """Without view-privileged-setting the webhook cannot be checked: WARN with where to look."""
-    setup.rc.set_permission("view-privileged-setting", ["admin"])
+    """Neither livechat/integrations.settings (view-livechat-manager) nor the privileged
+    settings readable: the webhook cannot be checked, WARN with where to look."""
+    setup.rc.set_permission("view-livechat-manager", ["admin"])
     results = await setup.check()
     r = results["omnichannel.webhook"]
     assert r.status == WARN and "cannot verify" in r.detail
     assert "Omnichannel > Webhooks" in r.fix
 
 
-async def test_rate_limiter_on_shows_the_ceiling(setup: Setup) -> None:
-    """Limiter on: WARN showing 10 per 60 s per bridge IP; FAIL above the expected volume."""
+@pytest.mark.parametrize(
+    ("rc_version", "ceiling", "fix"),
+    [
+        ("7.4.0", "livechat/visitor and livechat/room 5 per 60 s and livechat/message 10 per "
+         "60 s (the default)", "lifts livechat/message only"),
+        ("6.13.0", "livechat/visitor and livechat/room 5 per 60 s", "hard-coded 5 per 60 s"),
+        ("6.11.0", "livechat/visitor, livechat/room and livechat/message 10 per 60 s (the "
+         "default) each", "API_Enable_Rate_Limiter_Limit_Calls_Default"),
+    ],
+    indirect=["rc_version"],
+)
+async def test_rate_limiter_on_states_the_ceiling_of_this_version(
+    setup: Setup, ceiling: str, fix: str
+) -> None:
+    """Limiter on, found by its X-RateLimit headers (the setting is privileged): WARN with
+    the real ceiling of the server's version and what lifts it; FAIL above the expected
+    volume."""
     setup.rc.set_setting("API_Enable_Rate_Limiter", True)
     results = await setup.check()
     r = results["rocketchat.rate_limiter"]
     assert r.status == WARN
-    assert "livechat/room and livechat/message 10 per 60 s" in r.detail
-    assert "per bridge IP" in r.detail
+    assert ceiling in r.detail and "X-RateLimit headers" in r.detail
+    assert "per bridge IP and shared by all visitors" in r.detail
+    assert fix in r.fix and "X-Real-IP" in r.fix
     results = await setup.check(expected_rate=50)
     expect_fail(results, "rocketchat.rate_limiter", "API_Enable_Rate_Limiter")
+
+
+async def test_department_permission_is_one_the_route_accepts(setup: Setup) -> None:
+    """view-livechat-manager alone does not let the bot list departments: the permissions
+    line names view-livechat-departments / view-l-room, as the route does."""
+    setup.rc.set_permission("view-livechat-departments", ["admin"])
+    setup.rc.set_permission("view-l-room", ["admin"])
+    results = await setup.check()
+    assert "view-livechat-departments" in expect_fail(results, "rocketchat.permissions").detail
+    assert "view-l-room" in expect_fail(results, "omnichannel.departments").detail
+
+
+async def test_bot_without_livechat_rooms_permission_fails_permissions(setup: Setup) -> None:
+    """view-livechat-rooms taken away: notes and echoes could not be posted; FAIL names it."""
+    setup.rc.set_permission("view-livechat-rooms", ["admin"])
+    results = await setup.check()
+    assert "view-livechat-rooms" in expect_fail(results, "rocketchat.permissions").detail
+
+
+@pytest.mark.parametrize("rc_version", ["6.13.0"], indirect=True)
+async def test_slash_command_setting_verified_on_6x_past_the_first_page(setup: Setup) -> None:
+    """6.x ignores settings.public?_id=: the doctor still finds the setting (paging), so
+    the line is a real PASS/FAIL, not "cannot verify"."""
+    for n in range(120):
+        setup.rc.set_setting(f"A_Filler_{n:03d}", n, public=True)
+    results = await setup.check()
+    assert results["rocketchat.slash_commands"].status == PASS
+    setup.rc.set_setting("Message_AllowUnrecognizedSlashCommand", False)
+    results = await setup.check()
+    expect_fail(results, "rocketchat.slash_commands", "Allow Unrecognized Slash Commands")
+
+
+async def test_nobody_holding_admin_roles_fails(setup: Setup) -> None:
+    """No user holds rocketchat.admin_roles: no admin command could ever run; FAIL."""
+    setup.raw["rocketchat"]["admin_roles"] = ["instagram-admin"]
+    results = await setup.check()
+    expect_fail(results, "rocketchat.admins", "rocketchat.admin_roles")
 
 
 async def test_foreign_server_on_public_url_fails(setup: Setup) -> None:

@@ -18,9 +18,11 @@ from bot.rocketchat.rest import (
     RocketChatError,
     RocketChatREST,
     RoomClosed,
+    RouteMissing,
     Unavailable,
     classify,
 )
+from tests.scenarios.harness import every_rc_version
 
 from .conftest import BOT_PASSWORD
 
@@ -240,6 +242,55 @@ async def test_public_setting_readable_without_admin_rights(rocketchat, people, 
     assert await rest.get_setting("Message_AllowUnrecognizedSlashCommand") is False
     rocketchat.set_setting("Message_AllowUnrecognizedSlashCommand", True)
     assert await rest.get_setting("Message_AllowUnrecognizedSlashCommand") is True
+
+
+@every_rc_version
+async def test_public_setting_found_past_the_first_page(rocketchat, people, rest, rc_version):
+    """settings.public ignores _id up to 7.0 (first page, sorted by _id): the wrapper pages
+    on until the setting shows up; newer 7.x filters, so one call does."""
+    for n in range(150):
+        rocketchat.set_setting(f"A_Filler_{n:03d}", n, public=True)
+    rocketchat.set_setting("Message_AllowUnrecognizedSlashCommand", True)
+    assert await rest.get_setting("Message_AllowUnrecognizedSlashCommand") is True
+    calls = rocketchat.call_counts()["settings.public"]
+    assert calls >= 2 if rc_version < "7.1" else calls == 1
+
+
+@pytest.mark.parametrize("rc_version", ["6.13.0"], indirect=True)
+async def test_html_200_is_route_missing(rocketchat, people, rest):
+    """A 6.x server answers a route it lacks with its HTML app page and 200: that is
+    RouteMissing (naming the route), not an AttributeError deep in a caller."""
+    with pytest.raises(RouteMissing) as caught:
+        await rest.user_roles(people["admin"])
+    assert caught.value.status == 200
+    assert "roles.getUsersInPublicRoles" in str(caught.value)
+
+
+async def test_bot_accounts_come_from_users_list_paged_and_cached(rocketchat, people):
+    """bot_accounts pages users.list (roles in its default projection), cached ~5 min."""
+    for n in range(120):
+        rocketchat.create_user(f"filler{n:03d}", "pw", roles=["user"], join_default=False)
+    helper = rocketchat.create_user("zz.helper", "pw", roles=["bot"], join_default=False)
+    now = [1000.0]
+    async with RocketChatREST(
+        rocketchat.url, user="instagram.bot", password=BOT_PASSWORD, clock=lambda: now[0]
+    ) as r:
+        assert await r.bot_accounts() == {people["bot"], helper}
+        rocketchat.set_role("zz.helper", ["user"])
+        assert helper in await r.bot_accounts()  # cached
+        now[0] += 301
+        assert await r.bot_accounts() == {people["bot"]}
+    assert rocketchat.call_counts()["users.list"] == 4  # two pages, twice
+
+
+@every_rc_version
+async def test_bot_accounts_without_view_d_room_is_an_error_not_a_guess(rocketchat, people, rest):
+    """users.list refused (``unauthorized``: 403 up to 7.0, 401 in newer 7.x) raises
+    NotAllowed in both, instead of answering "no bots" or forcing a fresh login."""
+    rocketchat.set_permission("view-d-room", ["admin"])
+    with pytest.raises(NotAllowed):
+        await rest.bot_accounts()
+    assert rocketchat.call_counts().get("login", 0) == 1
 
 
 async def test_private_setting_is_not_allowed(rocketchat, people, rest):

@@ -10,9 +10,10 @@ from sandbox.rocketchat import SandboxRocketChat
 
 
 @pytest.fixture
-def rc() -> Iterator[SandboxRocketChat]:
-    """A started sandbox Rocket.Chat with default (faithful) settings; rate limiter on."""
-    server = SandboxRocketChat(webhook_retry_delay=0.05).start()
+def rc(rc_version: str) -> Iterator[SandboxRocketChat]:
+    """A started sandbox Rocket.Chat (release ``rc_version``) with default (faithful)
+    settings; rate limiter on."""
+    server = SandboxRocketChat(version=rc_version, webhook_retry_delay=0.05).start()
     try:
         yield server
     finally:

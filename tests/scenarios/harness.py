@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from bot.app import Bot
 from bot.config import Config, ServerConfig, from_dict
 from sandbox.meta import DEFAULT_IG_ID, DEFAULT_PAGE_ID, DEFAULT_PAGE_NAME, SandboxMeta
-from sandbox.rocketchat import SandboxRocketChat
+from sandbox.rocketchat import PROFILES, SandboxRocketChat
 from storage import Page
 
 BOT_USER, BOT_PASSWORD = "instagram.bot", "bot-password-123"
@@ -32,6 +33,14 @@ ADMIN, ADMIN_PASSWORD = "admin.alice", "admin-password-123"
 APP_SECRET = "sandbox-app-secret"
 VERIFY_TOKEN = "verify-me-please"
 WEBHOOK_SECRET = "rc-webhook-secret"
+
+
+#: Run a test once per Rocket.Chat version profile (current 7.x, and 6.x): decorate it with
+#: ``@every_rc_version``. Its ``rocketchat`` / ``rc`` sandbox (and so ``bridge``) then
+#: impersonates that release; the test may also take ``rc_version`` (the version string).
+every_rc_version = pytest.mark.parametrize(
+    "rc_version", [p.version for p in PROFILES.values()], ids=list(PROFILES), indirect=True
+)
 
 
 def free_port() -> int:

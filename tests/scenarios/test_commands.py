@@ -23,6 +23,7 @@ from tests.scenarios.harness import (
     BOT_PASSWORD,
     BOT_USER,
     config_dict,
+    every_rc_version,
     free_port,
     in_process,
     setup_rocketchat,
@@ -59,6 +60,7 @@ def answers(rc: SandboxRocketChat, username: str) -> list[str]:
     ]
 
 
+@every_rc_version
 async def test_help_in_channel_answered_by_dm_within_a_second(
     bot: Bot, rocketchat: SandboxRocketChat, eventually
 ) -> None:
@@ -215,3 +217,31 @@ async def test_admins_found_over_ddp_when_the_rest_route_is_missing(
     assert "administrators only" not in answers(rocketchat, ADMIN)[0]
     assert "administrators only" in answers(rocketchat, "carol")[0]
     assert rocketchat.call_counts().get("ddp:getUserRoles", 0) >= 1
+
+
+@every_rc_version
+async def test_admin_command_answered_on_6x(
+    bot: Bot, rocketchat: SandboxRocketChat, eventually, rc_version: str
+) -> None:
+    """An admin command is answered on every release: up to 7.0 roles.getUsersInPublicRoles
+    is an HTML 200 page, and getUserRoles over DDP tells the admin from a plain user."""
+    rocketchat.send_dm(ADMIN, BOT_USER, "instagram pages")
+    rocketchat.send_dm("carol", BOT_USER, "instagram pages")
+    await eventually(lambda: answers(rocketchat, ADMIN) and answers(rocketchat, "carol"))
+    assert "administrators only" not in answers(rocketchat, ADMIN)[0]
+    assert "administrators only" in answers(rocketchat, "carol")[0]
+    via_ddp = rocketchat.call_counts().get("ddp:getUserRoles", 0)
+    assert via_ddp >= 1 if rc_version < "7.1" else via_ddp == 0
+
+
+async def test_admin_check_failure_is_told_to_issuer(
+    bot: Bot, rocketchat: SandboxRocketChat, eventually
+) -> None:
+    """When the roles cannot be read (a 403 from the roles route), the issuer is told why
+    by DM instead of hearing nothing, and the command does not run."""
+    rocketchat.fail_rest(status=403, routes={"roles.getUsersInPublicRoles"})
+    rocketchat.send_dm(ADMIN, BOT_USER, "instagram pages")
+    [text] = await eventually(lambda: answers(rocketchat, ADMIN))
+    assert "could not find out whether you are one" in text
+    assert "roles.getUsersInPublicRoles" in text and "administrators only" not in text
+    assert BOT_PASSWORD not in text

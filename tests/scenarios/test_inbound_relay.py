@@ -11,8 +11,15 @@ import pytest
 from bot import messages
 from bot.instagram.events import rc_message_id
 from bot.relay import inbound as inbound_module
-from sandbox.rocketchat import defaults as rc_defaults
-from tests.scenarios.harness import ADMIN, AGENT, BOT_USER, Bridge, start_bot, stop_bot
+from tests.scenarios.harness import (
+    ADMIN,
+    AGENT,
+    BOT_USER,
+    Bridge,
+    every_rc_version,
+    start_bot,
+    stop_bot,
+)
 
 CDN = "https://lookaside.fbsbx.com/ig_messaging_cdn/?asset_id={n}&signature=sbx"
 
@@ -28,6 +35,7 @@ def visitor(bridge: Bridge, name: str | None = "Ana Souza", username: str | None
     return igsid
 
 
+@every_rc_version
 async def test_text_message_registers_visitor_and_opens_room(bridge: Bridge, eventually):
     """The first DM registers the visitor (token, profile name, department) and opens a room."""
     igsid = visitor(bridge)
@@ -254,10 +262,10 @@ async def test_waiting_visitors_are_woken_together_when_an_agent_appears(
 
 
 async def test_rate_limited_visitor_registration_is_delivered_after_reset(
-    bridge: Bridge, eventually, monkeypatch
+    bridge: Bridge, eventually
 ):
     """429 on livechat/visitor: the bot waits for X-RateLimit-Reset and loses nothing."""
-    monkeypatch.setitem(rc_defaults.ROUTE_RATE_LIMITS, "livechat/visitor", (1, 1500))
+    bridge.rc.set_route_rate_limit("livechat/visitor", 1, 1500)
     bridge.rc.set_setting("API_Enable_Rate_Limiter", True)
     bridge.rc.reset_rate_limits()
     visitors = [visitor(bridge, name=f"R{n}") for n in range(3)]
@@ -279,8 +287,12 @@ async def test_closed_room_opens_a_new_room(bridge: Bridge, eventually):
     await eventually(lambda: bridge.texts(igsid) == ["first", "second"])
     rooms = bridge.rooms(igsid)
     assert len(rooms) == 2 and rooms[1]["open"]
-    conversation = await bridge.bot.store.conversation(bridge.page_id, igsid)
-    assert conversation is not None and conversation.room_id == rooms[1]["_id"]
+
+
+    async def new_room_saved() -> bool:  # the bot saves it just after posting the message
+        conversation = await bridge.bot.store.conversation(bridge.page_id, igsid)
+        return conversation is not None and conversation.room_id == rooms[1]["_id"]
+    await eventually(new_room_saved)
 
 
 async def test_welcome_text_goes_to_visitor_once_per_new_room(bridge: Bridge, eventually):

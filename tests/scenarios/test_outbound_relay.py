@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.scenarios.harness import AGENT, WEBHOOK_SECRET, Bridge
+from tests.scenarios.harness import AGENT, WEBHOOK_SECRET, Bridge, every_rc_version
 from tests.scenarios.outbound_helpers import (
     age_conversation,
     enable_omnichannel_webhooks,
@@ -25,6 +25,7 @@ async def live(bridge: Bridge) -> Bridge:
     return bridge
 
 
+@every_rc_version
 async def test_agent_reply_reaches_visitor_as_response(live: Bridge) -> None:
     """A fresh conversation's reply is sent with messaging_type RESPONSE and the page token."""
     igsid, rid = await visitor_with_room(live)
@@ -110,6 +111,7 @@ async def test_foreign_rooms_and_other_events_are_acknowledged_and_ignored(live:
     assert live.meta.sent_messages() == []
 
 
+@every_rc_version
 async def test_close_sends_finished_text_once_even_if_retried(live: Bridge) -> None:
     """Closing the room sends the page's finished text once, however often the webhook comes."""
     page = await live.bot.store.page(live.page_id)
@@ -142,6 +144,7 @@ async def test_welcome_text_goes_before_the_agent_reply(live: Bridge) -> None:
 # --- the messaging window ----------------------------------------------------------------
 
 
+@every_rc_version
 async def test_reply_after_30_hours_uses_human_agent_tag_when_enabled(live: Bridge) -> None:
     """24 h–7 d with instagram.human_agent_tag: MESSAGE_TAG + HUMAN_AGENT from a person."""
     live.bot.outbound_relay.human_agent_tag = True
@@ -151,6 +154,21 @@ async def test_reply_after_30_hours_uses_human_agent_tag_when_enabled(live: Brid
     await wait_for(lambda: sent_texts(live, igsid) == ["Sorry for the delay"])
     [sent] = sends(live, igsid)
     assert (sent["body"]["messaging_type"], sent["body"]["tag"]) == ("MESSAGE_TAG", "HUMAN_AGENT")
+
+
+@every_rc_version
+async def test_bot_agent_reply_is_never_tagged_human_agent(live: Bridge) -> None:
+    """24 h–7 d with the tag on, from an agent account holding the ``bot`` role: the
+    webhook says nothing about bots and ``bot`` is never a public role, yet the reply is
+    not sent as HUMAN_AGENT (users.list shows the role); the agent is told instead."""
+    live.bot.outbound_relay.human_agent_tag = True
+    live.rc.set_role(AGENT, ["user", "livechat-agent", "bot"])
+    igsid, rid = await visitor_with_room(live)
+    await age_conversation(live, igsid, 30)
+    reply(live, rid, "Automated follow-up")
+    [note] = await wait_for(lambda: notes(live, rid))
+    assert sends(live, igsid, ok=None) == []
+    assert "24 hours" in note
 
 
 async def test_reply_after_30_hours_without_tag_setting_tells_agent(live: Bridge) -> None:
