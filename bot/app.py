@@ -13,7 +13,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -21,7 +21,10 @@ from aiohttp import web
 
 from bot.backoff import BackoffFactory, exponential_backoff
 from bot.config import Config
+from bot.contacts import month_start
+from bot.instagram.accounts import GraphRoutes
 from bot.instagram.graph import GraphClient, GraphThrottled
+from bot.instagram.instagram_login import InstagramLoginClient, TokenRefresher
 from bot.instagram.reauth import mark_needs_reauth
 from bot.instagram.watch import DEFAULT_INTERVAL, MetaWatch, WatchRound
 from bot.metrics import Metrics
@@ -30,14 +33,15 @@ from bot.relay.intake import Intake
 from bot.relay.outbound import OutboundRelay
 from bot.relay.pressure import ReceiverLoad
 from bot.relay.worker import QueueWorker
+from bot.rocketchat.actions import button_attachments
 from bot.rocketchat.realtime import IncomingMessage, RealtimeClient
 from bot.rocketchat.rest import RocketChatREST, Unavailable, random_id
 from bot.web import create_app
-from commands.base import Issuer
+from commands.base import ButtonRow, Issuer
 from commands.registry import Registry, default_registry
 from commands.router import dispatch, parse
 from storage import open_store
-from storage.base import Store
+from storage.base import Page, Store
 
 log = logging.getLogger("bot")
 
@@ -80,6 +84,10 @@ class CommandContext:
         return self.bot.graph
 
     @property
+    def graphs(self) -> GraphRoutes:
+        return self.bot.graphs
+
+    @property
     def rest(self) -> RocketChatREST:
         return self.bot.rest
 
@@ -87,11 +95,14 @@ class CommandContext:
     def config(self) -> Config:
         return self.bot.config
 
-    async def reply(self, text: str) -> None:
+    async def reply(self, text: str, rows: Sequence[ButtonRow] = ()) -> None:
         msg_id = random_id()  # the same _id on every attempt: a retry never posts twice
+        attachments = button_attachments(rows) or None
         await self._patiently(
             f"reply to {self.issuer.username}",
-            lambda: self.bot.rest.send_dm(self.issuer.username, clip_reply(text), msg_id),
+            lambda: self.bot.rest.send_dm(
+                self.issuer.username, clip_reply(text), msg_id, attachments
+            ),
         )
 
     async def issuer_is_admin(self) -> bool:
@@ -157,6 +168,12 @@ class Bot:
             ig.graph_url, ig.api_version, ig.app_id, ig.app_secret.reveal(),
             observe=self._observe_graph, on_retry=self._graph_retried,
         )
+        # Accounts connected with Instagram Login (no Page) are served by graph.instagram.com.
+        self.ig_graph: InstagramLoginClient | None = None
+        if ig.instagram_login.enabled:
+            self.ig_graph = InstagramLoginClient(
+                config, observe=self._observe_graph, on_retry=self._graph_retried)
+        self.graphs = GraphRoutes(self.graph, self.ig_graph)
         realtime_options: dict[str, Any] = {"backoff": backoff} if backoff else {}
         self.realtime = RealtimeClient(
             rc.url,
@@ -173,7 +190,7 @@ class Bot:
         # Outbound relay: agents' replies and the page texts to Instagram, notes to agents.
         self.outbound_relay = OutboundRelay(
             store=self.store,
-            graph=self.graph,
+            graphs=self.graphs,
             rest=self.rest,
             human_agent_tag=ig.human_agent_tag,
             mark_needs_reauth=lambda page_id: mark_needs_reauth(
@@ -194,15 +211,19 @@ class Bot:
         # work items, the relay posts those into Omnichannel rooms.
         self.receiver_load = ReceiverLoad()
         self.inbound = InboundRelay(
-            self.store, self.rest, self.graph, self.metrics,
+            self.store, self.rest, self.graphs, self.metrics,
             rc_url=rc.url, app_id=ig.app_id, clock=clock,
             notify_outbound=lambda: self.outbound.notify(), load=self.receiver_load,
             notify_admins=self.notify_admins,
         )
         self.intake = Intake(self.store, self.inbound, self.metrics, self.receiver_load)
+        self.token_refresher = (
+            TokenRefresher(self.store, self.ig_graph, self._reauth_page, clock=clock)
+            if self.ig_graph is not None else None
+        )
         # Standing watch: token and Page subscription of every bridged page, periodically.
         self.meta_watch = MetaWatch(
-            self.store, self.graph, self.notify_admins,
+            self.store, self.graphs, self.notify_admins,
             lambda page_id: mark_needs_reauth(self.store, self.notify_admins, page_id),
             clock=clock, interval=watch_interval, on_round=self._watch_round,
         )
@@ -229,6 +250,9 @@ class Bot:
         self._tasks.append(asyncio.create_task(self.outbound.run(), name="outbound"))
         self._tasks.append(asyncio.create_task(self.inbound.run(), name="inbound"))
         self._tasks.append(asyncio.create_task(self.intake.run(), name="intake"))
+        if self.token_refresher is not None:
+            self._tasks.append(asyncio.create_task(self.token_refresher.run(),
+                                                   name="instagram-tokens"))
         self._tasks.append(asyncio.create_task(self.meta_watch.run(), name="meta-watch"))
 
     async def run(self) -> None:
@@ -260,10 +284,13 @@ class Bot:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
-        await self.graph.close()
+        await self.graphs.close()
         await self.rest.close()
         await self.store.close()
         log.info("stopped")
+
+    async def _reauth_page(self, page: Page) -> None:
+        await mark_needs_reauth(self.store, self.notify_admins, page.page_id)
 
     async def on_page_reauthorized(self, page_id: str) -> None:
         """A page was (re)connected: route its webhooks afresh and deliver held replies now."""
@@ -288,6 +315,8 @@ class Bot:
             self.metrics.queue_depth.labels(queue).set(await self.store.queue_depth(queue))
         self.metrics.inbox_backlog.set(self.store.inbox.backlog)
         self.metrics.waiting_for_agent.set(len(await self.store.conversations_waiting()))
+        visitors = await self.store.visitors_since(month_start(self.clock()))
+        self.metrics.monthly_visitors.set(sum(visitors.values()))
         self.metrics.set_aside_items.set(len(await self.store.set_aside_items()))
 
     def _watch_round(self, result: WatchRound) -> None:

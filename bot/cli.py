@@ -102,6 +102,7 @@ def secret_values(config: config_module.Config) -> list[str]:
     secrets = [
         config.rocketchat.password, config.rocketchat.token, config.rocketchat.webhook_secret,
         config.instagram.app_secret, config.instagram.verify_token, config.storage.encryption_key,
+        config.instagram.instagram_login.app_secret,
     ]
     return [s.reveal() for s in secrets if s]
 

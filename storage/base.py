@@ -53,6 +53,13 @@ class Page:
     needs_reauth: bool = False
     reauth_notified: bool = False
     connected_at: float = 0.0
+    #: How the account was connected: "facebook" (Facebook Login, through its Page) or
+    #: "instagram" (Instagram Login, no Page: ``page_id`` is the Instagram account id).
+    route: str = "facebook"
+    #: Instagram Login tokens expire (60 days) and are refreshed: when the current one
+    #: was issued and when it ends (epoch seconds; 0 for Page tokens, which do not).
+    token_issued_at: float = 0.0
+    token_expires_at: float = 0.0
 
 
 @dataclass
@@ -61,14 +68,16 @@ class LoginState:
 
     ``kind`` is ``"login"`` for the Facebook Login redirect and ``"select"`` for the
     page-choice form; a select state carries the candidate pages (with their tokens)
-    in ``data`` so the form itself never holds a token.
+    in ``data`` so the form itself never holds a token. ``"settings"`` is the link to a
+    page's settings form that ``/instagram edit <pageId>`` DMs, ``"settings_form"`` the
+    form it opens; both carry ``{"page_id": …}`` in ``data``.
     """
 
     state: str
     user_id: str
     username: str
     expires_at: float
-    kind: Literal["login", "select"] = "login"
+    kind: Literal["login", "select", "settings", "settings_form", "instagram_login"] = "login"
     data: dict[str, Any] = field(default_factory=dict)
 
 
@@ -205,6 +214,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def conversations_waiting(self) -> list[Conversation]:
         """Conversations inside an offline spell (waiting for an agent)."""
+
+    @abc.abstractmethod
+    async def visitors_since(self, since: float) -> dict[str, int]:
+        """Per page id: how many of its visitors last wrote at or after ``since`` (epoch s)."""
 
     # -- work queues -------------------------------------------------------------
     @abc.abstractmethod

@@ -527,6 +527,17 @@ class TinyDBStore(Store):
             ]
         )
 
+    async def visitors_since(self, since: float) -> dict[str, int]:
+        def count() -> dict[str, int]:
+            counts: dict[str, int] = {}
+            for doc in self._convs_t.all():
+                last = doc.get("last_inbound_at")
+                if isinstance(last, (int, float)) and last >= since:
+                    counts[doc["page_id"]] = counts.get(doc["page_id"], 0) + 1
+            return counts
+
+        return await self._read(count)
+
     # -- work queues -------------------------------------------------------------------
     async def enqueue(
         self, items: list[WorkItem], dedupe_keys: list[str | None] | None = None

@@ -206,6 +206,10 @@ def classify(
     ``secrets`` are scrubbed from Meta's message (it sometimes echoes a malformed token).
     """
     err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(body, dict) and err is None and isinstance(body.get("error_message"), str):
+        # api.instagram.com's OAuth answers (Instagram Login route): {"error_type",
+        # "code": <the HTTP status>, "error_message"}; there is no Graph error code.
+        err = {"message": body["error_message"], "type": body.get("error_type")}
     if not isinstance(err, dict):
         message = "unexpected response without an error envelope"
         cls: type[GraphError] = (
@@ -264,6 +268,9 @@ def default_backoff(attempt: int) -> float:
 class GraphClient:
     """Async facade over the Graph API; one instance per process."""
 
+    #: Whether token calls carry ``appsecret_proof`` (graph.facebook.com checks it).
+    send_proof = True
+
     def __init__(
         self,
         graph_url: str,
@@ -294,6 +301,11 @@ class GraphClient:
         self.health = MetaHealth()
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="graph")
         self._app_token: str | None = None
+
+    def for_page(self, page: Any) -> GraphClient:
+        """The client serving ``page``: this one (see ``bot.instagram.accounts``, which
+        picks per route)."""
+        return self
 
     def __repr__(self) -> str:  # never show the secret
         return f"GraphClient({self.base_url!r}, app_id={self.app_id!r})"
@@ -526,7 +538,8 @@ class GraphClient:
         headers: dict[str, str] = {}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
-            query["appsecret_proof"] = appsecret_proof(token, self._secret)
+            if self.send_proof:
+                query["appsecret_proof"] = appsecret_proof(token, self._secret)
         call = f"{method} {label or path}"
         scrub = (*secrets, token or "", self._secret)
         request = {"params": query, "headers": headers, "data": form, "json": json,
@@ -558,7 +571,9 @@ class GraphClient:
         scrub: tuple[str, ...],
     ) -> Any:
         loop = asyncio.get_running_loop()
-        url = self.base_url + path
+        # An absolute URL reaches a host or path outside the versioned API (the Instagram
+        # Login route's token endpoints).
+        url = path if path.startswith(("https://", "http://")) else self.base_url + path
         started = time.monotonic()
         try:
             resp = await loop.run_in_executor(

@@ -96,7 +96,8 @@ class MetaWatch:
 
     async def _check(self, page: Page) -> str:
         try:
-            fields = await self.graph.app_subscription(page.page_id, page.page_token)
+            fields = await self.graph.for_page(page).app_subscription(page.page_id,
+                                                                     page.page_token)
         except GraphAuthError:
             log.warning("standing watch: page %s token is dead (190)", page.page_id)
             await self.mark_needs_reauth(page.page_id)
@@ -113,7 +114,7 @@ class MetaWatch:
     async def _resubscribe(self, page: Page) -> str:
         fmt = dict(name=page.name, page_id=page.page_id, username=page.username)
         try:
-            fields = await install(self.graph, page.page_id, page.page_token)
+            fields = await install(self.graph.for_page(page), page.page_id, page.page_token)
         except GraphAuthError:
             await self.mark_needs_reauth(page.page_id)
             return "reauth"

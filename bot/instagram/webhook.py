@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from bot.appkeys import BOT, MAX_BODY
+from bot.config import Config
 from storage.base import StorageError
 
 if TYPE_CHECKING:
@@ -47,6 +48,16 @@ _PREFIX = "sha256="
 
 def _bot(request: web.Request) -> Bot:
     return request.app[BOT]
+
+
+def webhook_secrets(config: Config) -> list[str]:
+    """The secrets a genuine body may be signed with: the Meta app's, and with
+    ``instagram.instagram_login`` the Instagram app's (that route signs with it)."""
+    secrets = [config.instagram.app_secret.reveal()]
+    login = config.instagram.instagram_login
+    if login.enabled:
+        secrets.append(login.app_secret.reveal())
+    return [s for s in secrets if s]
 
 
 def signature_valid(raw: bytes, header: str | None, app_secret: str) -> bool:
@@ -91,8 +102,8 @@ async def receive(request: web.Request) -> web.Response:
     if raw is None:
         log.warning("Instagram webhook refused: body over %d bytes", MAX_BODY)
         return _reject(bot, 413, "too_large")
-    if not signature_valid(raw, request.headers.get(SIGNATURE_HEADER),
-                           bot.config.instagram.app_secret.reveal()):
+    if not any(signature_valid(raw, request.headers.get(SIGNATURE_HEADER), secret)
+               for secret in webhook_secrets(bot.config)):
         log.warning("Instagram webhook refused: %s signature",
                     "wrong" if SIGNATURE_HEADER in request.headers else "missing")
         return _reject(bot, 403, "signature")

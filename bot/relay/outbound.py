@@ -216,7 +216,7 @@ class OutboundRelay:
         self,
         *,
         store: Store,
-        graph: Any,  # bot.graph.GraphClient
+        graphs: Any,  # bot.instagram.accounts.GraphRoutes
         rest: Any,  # bot.rest.RocketChatREST
         human_agent_tag: bool,
         mark_needs_reauth: Callable[[str], Awaitable[Any]],
@@ -229,7 +229,7 @@ class OutboundRelay:
         hold_interval: float = 300.0,
     ) -> None:
         self.store = store
-        self.graph = graph
+        self.graphs = graphs
         self.rest = rest
         self.human_agent_tag = human_agent_tag
         #: ``bot.instagram.reauth.mark_needs_reauth`` bound to the bot: flags the page, DMs admins.
@@ -334,7 +334,7 @@ class OutboundRelay:
                 message = parts[index]
                 if "file" in message:
                     message = await self._media_message(page, message["file"])
-                mid = await self.graph.send_message(
+                mid = await self.graphs.for_page(page).send_message(
                     page.page_id,
                     page.page_token,
                     igsid,
@@ -421,7 +421,7 @@ class OutboundRelay:
             log.info("file %s converted from %s for Instagram (%d bytes)",
                      media.filename, media.converted_from, len(media.data))
         try:
-            attachment_id = await self.graph.upload_attachment(
+            attachment_id = await self.graphs.for_page(page).upload_attachment(
                 page.page_id, page.page_token, media.kind, media.data, media.filename, media.mime)
         except (GraphAuthError, GraphRetryable, GraphWindowClosed, GraphConfigError):
             raise  # about the page or the conversation, not this file: handled as for sends

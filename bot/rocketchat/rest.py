@@ -563,7 +563,10 @@ class RocketChatREST:
 
     # --- messages ------------------------------------------------------------------------
 
-    async def send_message(self, rid: str, text: str, msg_id: str | None = None) -> dict:
+    async def send_message(
+        self, rid: str, text: str, msg_id: str | None = None,
+        attachments: list[dict] | None = None,
+    ) -> dict:
         """Post ``text`` to room ``rid`` via ``chat.sendMessage`` with a client ``_id``.
 
         Retrying with the same ``msg_id`` never duplicates: if the message already
@@ -571,7 +574,9 @@ class RocketChatREST:
         Network failures are retried a few times with the same id.
         """
         msg_id = msg_id or random_id()
-        message = {"_id": msg_id, "rid": rid, "msg": text}
+        message: dict = {"_id": msg_id, "rid": rid, "msg": text}
+        if attachments:
+            message["attachments"] = attachments
         delays = [0.2, 0.5, 1.0]
         while True:
             try:
@@ -636,16 +641,20 @@ class RocketChatREST:
             self._dm_rooms[username] = rid
         return rid
 
-    async def send_dm(self, username: str, text: str, msg_id: str | None = None) -> dict:
-        """Direct-message ``username``; idempotent for a given ``msg_id``."""
+    async def send_dm(
+        self, username: str, text: str, msg_id: str | None = None,
+        attachments: list[dict] | None = None,
+    ) -> dict:
+        """Direct-message ``username`` (with ``attachments``, e.g. buttons); idempotent
+        for a given ``msg_id``."""
         rid = await self.dm_room(username)
         try:
-            return await self.send_message(rid, text, msg_id)
+            return await self.send_message(rid, text, msg_id, attachments)
         except NotAllowed:
             # A cached DM may have been deleted meanwhile: recreate it once.
             self._dm_rooms.pop(username, None)
             rid = await self.dm_room(username)
-            return await self.send_message(rid, text, msg_id)
+            return await self.send_message(rid, text, msg_id, attachments)
 
     async def subscriptions_since(self, since: datetime) -> list[dict]:
         """Subscriptions updated after ``since`` (``subscriptions.get?updatedSince``)."""

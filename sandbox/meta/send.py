@@ -98,7 +98,7 @@ class SendMixin:
         rec: dict[str, Any],
         media_fail: _GraphFail | None = None,
     ) -> dict[str, Any]:
-        if tok.kind != "page":
+        if tok.kind not in ("page", "ig_user"):  # ig_user: the Instagram Login route
             raise _GraphFail(
                 210, "(#210) A page access token is required to request this resource."
             )

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from sandbox.meta.events import EventsMixin
 from sandbox.meta.graph import GraphMixin
+from sandbox.meta.instagram_login import InstagramLoginMixin
 from sandbox.meta.login import LoginMixin
 from sandbox.meta.send import SendMixin
 from sandbox.meta.upload import _FILES, FILE_FIELD, MAX_REQUEST, UploadMixin
@@ -46,7 +47,8 @@ log = logging.getLogger("sandbox.meta")
 
 
 class SandboxMeta(
-    LoginMixin, GraphMixin, SendMixin, UploadMixin, WebhookMixin, EventsMixin
+    LoginMixin, InstagramLoginMixin, GraphMixin, SendMixin, UploadMixin, WebhookMixin,
+    EventsMixin,
 ):
     """Facebook Login + Graph API + Instagram webhooks on a loopback port."""
 
@@ -59,9 +61,13 @@ class SandboxMeta(
         app_name: str = "rc-instagram (sandbox)",
         require_proof: bool = False,
         clock: Callable[[], float] = time.time,
+        ig_app_id: str = "1111111111111111",
+        ig_app_secret: str = "sandbox-instagram-app-secret",
     ) -> None:
         self.app_id = app_id
         self.app_secret = app_secret
+        self.ig_app_id = ig_app_id  # the Instagram app of the Instagram Login route
+        self.ig_app_secret = ig_app_secret
         self.api_version = api_version
         self.app_name = app_name
         self.require_proof = require_proof
@@ -105,6 +111,13 @@ class SandboxMeta(
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._port = 0
+        self._ig_accounts: dict[str, dict[str, str]] = {}
+        self._ig_login: tuple[str, list[str]] | None = None
+        self._ig_codes: dict[str, dict[str, Any]] = {}
+        self._ig_subscriptions: dict[str, list[str]] = {}
+        self._ig_refreshes = 0
+        self._ig_runner: web.AppRunner | None = None
+        self._ig_port = 0
         self.set_login_user(
             DEFAULT_USER_NAME,
             pages=[
@@ -193,6 +206,7 @@ class SandboxMeta(
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self._port = self._runner.addresses[0][1]
+        await self._ig_start()
 
     async def _astop(self) -> None:
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -202,9 +216,10 @@ class SandboxMeta(
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        for runner in (self._runner, self._ig_runner):
+            if runner is not None:
+                await runner.cleanup()
+        self._runner = self._ig_runner = None
         with self._lock:
             self._pending = 0
             self._idle.notify_all()

@@ -148,7 +148,7 @@ class UploadMixin:
     async def _message_attachments(
         self, request: web.Request, params: Mapping[str, str], node: str, tok: _Token
     ) -> dict[str, Any]:
-        if tok.kind != "page":
+        if tok.kind not in ("page", "ig_user"):  # ig_user: the Instagram Login route
             raise _GraphFail(
                 210, "(#210) A page access token is required to request this resource."
             )

@@ -353,6 +353,40 @@ class SandboxRocketChat:
         rid = self.create_dm(from_user, to_user)
         return self.post_message(from_user, rid, text, **fields)
 
+    def buttons(self, msg_id: str) -> list[Doc]:
+        """The action buttons the web client renders under a message [ACT
+        ActionAttachment filter]: ``type`` "button", a ``text`` (or ``image_url``), and a
+        ``url`` or ``msg_in_chat_window``; others are not shown."""
+        with self._state.lock:
+            msg = self._state.messages.get(msg_id) or {}
+            return [
+                dict(action)
+                for attachment in msg.get("attachments") or []
+                for action in attachment.get("actions") or []
+                if action.get("type") == "button"
+                and (action.get("text") or action.get("image_url"))
+                and (action.get("url") or action.get("msg_in_chat_window"))
+            ]
+
+    def click_button(self, username: str, msg_id: str, text: str) -> Doc | str:
+        """Click the button ``text`` under message ``msg_id`` as ``username``, as the
+        client does [ACT usePerformActionMutation]: a ``url`` button opens the link (its
+        URL is returned); a ``msg_in_chat_window`` button with the default processing type
+        ``sendMessage`` posts ``msg`` into the room as a message of the clicking user
+        (returned), verbatim, never as a slash command."""
+        found = [b for b in self.buttons(msg_id) if b.get("text") == text]
+        if not found:
+            raise KeyError(f"no rendered button {text!r} under message {msg_id}")
+        button = found[0]
+        if button.get("url"):
+            return str(button["url"])
+        processing = button.get("msg_processing_type") or "sendMessage"
+        if processing != "sendMessage":
+            raise NotImplementedError(f"processing type {processing} only fills the composer")
+        with self._state.lock:
+            rid = self._state.messages[msg_id]["rid"]
+        return self.post_message(username, rid, str(button.get("msg") or ""))
+
     def edit_message(self, msg_id: str, text: str) -> Doc:
         """Edit a message: re-emitted with the same ``_id`` plus editedAt/editedBy."""
         with self._state.lock:
