@@ -31,6 +31,8 @@ from bot.config import Config
 from bot.instagram.graph import GraphAuthError, GraphClient, GraphError, GraphPermanent
 from bot.instagram.oauth import STATE_TTL, new_state, state_ref
 from bot.instagram.subscription import install
+from bot.rocketchat.actions import button_attachments
+from commands.pages import page_buttons
 from storage.base import LoginState, Page, Store
 
 log = logging.getLogger("bot.instagram.oauth")
@@ -49,7 +51,7 @@ MIN_REFRESH_AGE = 24 * 3600
 CHECK_INTERVAL = 3600.0
 MAX_RETRY_DELAY = 3600.0
 
-Notify = Callable[[str, str], Awaitable[object]]
+Notify = Callable[..., Awaitable[object]]  # RocketChatREST.send_dm
 
 
 class InstagramLoginClient(GraphClient):
@@ -216,7 +218,7 @@ class InstagramLoginFlow:
             return 502, messages.oauth_subscribe_failed_page(page.name, page.page_id, str(error))
         text = (messages.IG_LOGIN_DM_RECONNECTED if reconnected
                 else messages.IG_LOGIN_DM_CONNECTED)
-        await self._dm(login.username, text.format(**fmt))
+        await self._dm(login.username, text.format(**fmt), page)
         return 200, messages.ig_login_connected_page(page.username, page.page_id)
 
     async def _save_and_subscribe(
@@ -253,9 +255,13 @@ class InstagramLoginFlow:
                  "re-authorized" if existing else "connected")
         return page, existing is not None, None
 
-    async def _dm(self, username: str, text: str) -> None:
+    async def _dm(self, username: str, text: str, page: Page | None = None) -> None:
         try:
-            await self.notify(username, text)
+            if page is None:
+                await self.notify(username, text)
+            else:  # the connected account's buttons, as /instagram pages shows them
+                rows = button_attachments([page_buttons(page)])
+                await self.notify(username, text, attachments=rows)
         except Exception:
             log.exception("could not DM %s the outcome of the instagram login", username)
 

@@ -111,3 +111,12 @@ def test_sandbox_refuses_buttons_the_server_refuses(oauth: OAuthBridge, action: 
     rid = oauth.rc.create_dm(ADMIN, BOT_USER)
     with pytest.raises(RCError):
         oauth.rc.post_message(ADMIN, rid, "buttons", attachments=[{"actions": [action]}])
+
+
+async def test_connected_dm_offers_the_page_buttons(oauth: OAuthBridge, eventually):
+    """The "connected" DM after a login carries the page's Edit and Unsubscribe buttons."""
+    await connected(oauth)
+    dm = await eventually(lambda: newest(oauth, "Connected Instagram"))
+    buttons = {b["text"]: b["msg"] for b in oauth.rc.buttons(dm["_id"])}
+    assert buttons == {"Edit": f"instagram edit {DEFAULT_PAGE_ID}",
+                       "Unsubscribe": f"instagram unsubscribe {DEFAULT_PAGE_ID}"}
