@@ -91,6 +91,12 @@ class InstagramLoginMixin:
         return self._ig_decide(dict(parse_qsl(urlsplit(authorize_url).query)), approve=False)
 
     @property
+    def ig_refreshes(self) -> int:
+        """How many Instagram tokens were refreshed."""
+        with self._lock:
+            return self._ig_refreshes
+
+    @property
     def instagram_url(self) -> str:
         """Base URL standing in for www.instagram.com, api.instagram.com and
         graph.instagram.com alike (their paths do not collide)."""
@@ -261,6 +267,7 @@ class InstagramLoginMixin:
     def _ig_refresh(self, request: web.Request, params: Mapping[str, str]) -> dict[str, Any]:
         if params.get("grant_type") != "ig_refresh_token":
             raise _GraphFail(100, "Invalid grant_type", type="OAuthException")
+        self._check_injected("refresh_access_token")
         old = self._ig_bearer(request, params)  # an expired token fails here with 190
         if not old.long_lived or self._now() - old.issued_at < REFRESH_MIN_AGE:
             raise _GraphFail(100, "The access token must be at least 24 hours old to be "

@@ -290,3 +290,40 @@ def _with_ig_secret(ig: OAuthBridge, secret: str) -> dict[str, Any]:
                                           "token_url": login.token_url}},
         "server": {"public_url": c.server.public_url},
     }
+
+
+async def test_commands_work_on_an_instagram_login_account(ig: OAuthBridge):
+    """unsubscribe, subscribe and unauthorize take the account id and act on
+    graph.instagram.com's me/subscribed_apps; unauthorize forgets the token."""
+    await connect(ig)
+    await ig.command(f"/instagram unsubscribe {IG_ID}")
+    await ig.wait_dms(3)
+    assert ig.meta.ig_subscription(IG_ID) is None
+    assert not (await ig.bot.store.page(IG_ID)).subscribed
+    await ig.command(f"/instagram subscribe {IG_ID}")
+    await ig.wait_dms(4)
+    assert "messages" in ig.meta.ig_subscription(IG_ID)
+    assert (await ig.bot.store.page(IG_ID)).subscribed
+    await ig.command("/instagram unauthorize")
+    await ig.wait_dms(5)
+    assert ig.meta.ig_subscription(IG_ID) is None
+    assert await ig.bot.store.page(IG_ID) is None
+
+
+async def test_failed_refresh_is_retried_with_backoff(ig: OAuthBridge):
+    """A refresh Meta fails transiently is not retried at once, but after a backoff; the
+    token is renewed then, and nothing is marked for re-authorization."""
+    page = await connect(ig)
+    ig.clock.advance(51 * DAY)
+    ig.meta.advance(51 * DAY)
+    # A transient Meta error, more times than the client retries within one call.
+    ig.meta.inject_errors("refresh_access_token", [2] * (ig.bot.ig_graph.retries + 1))
+    refresher = ig.bot.token_refresher
+    await refresher.check()
+    assert (await ig.bot.store.page(IG_ID)).page_token == page.page_token
+    await refresher.check()  # within the backoff: not tried again
+    assert ig.meta.ig_refreshes == 0
+    ig.clock.advance(61)
+    await refresher.check()
+    renewed = await ig.bot.store.page(IG_ID)
+    assert renewed.page_token != page.page_token and not renewed.needs_reauth
