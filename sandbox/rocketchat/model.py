@@ -30,7 +30,8 @@ _MENTION = re.compile(r"(?<![\w@])@([\w.\-]+)")
 
 # validateMessage's checks of message attachments and their action buttons [SMF
 # `validateAttachment`, `validateAttachmentsActions`]: a field that is present must have
-# the type; URLs must be absolute and not ``javascript:`` (``validFullURLParam``).
+# the type; URLs must be absolute (``isURL``: http(s) or data) or a file-upload path, and
+# not ``javascript:`` (``validFullURLParam``).
 _ATTACHMENT_FIELDS: dict[str, Any] = {
     "color": str, "text": str, "ts": (str, int, float), "thumb_url": "url",
     "button_alignment": str, "actions": list, "message_link": "url", "collapsed": bool,
@@ -44,7 +45,7 @@ _ACTION_FIELDS: dict[str, Any] = {
     "type": str, "text": str, "url": "url", "image_url": "url", "is_webview": bool,
     "webview_height_ratio": str, "msg": str, "msg_in_chat_window": bool,
 }
-_FULL_URL = re.compile(r"^[a-z][a-z0-9+.\-]*://[^\s/?#]+[^\s]*$", re.IGNORECASE)
+_FULL_URL = re.compile(r"^(https?://|data:|/file-upload/)", re.IGNORECASE)
 
 
 def _match_error(path: str, expected: str) -> RCError:
