@@ -109,21 +109,6 @@ class StoreFiles:
                 *Inbox(self.inbox).segments()]
 
 
-def open_store(
-    path: str,
-    encryption_key: str | None = None,
-    *,
-    clock: Clock = time.time,
-    **options: Any,
-) -> TinyDBStore:
-    """Create the store for ``storage.path``; ``await store.open()`` before use.
-
-    ``options`` are :class:`TinyDBStore` keyword arguments (TTLs, expiry interval,
-    compaction thresholds). Raises StorageError at once for a malformed key.
-    """
-    return TinyDBStore(path, encryption_key, clock=clock, **options)
-
-
 def _fields(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
