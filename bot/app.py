@@ -150,7 +150,7 @@ class Bot:
         self.registry = registry or default_registry()
         rc = config.rocketchat
         self.store: Store = open_store(
-            config.storage.path, config.storage.encryption_key.reveal() or None, clock=clock
+            config.storage.location, config.storage.encryption_key.reveal() or None, clock=clock
         )
         self.rest = RocketChatREST(
             rc.url,

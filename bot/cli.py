@@ -70,7 +70,7 @@ async def serve(config: config_module.Config, config_path: str) -> int:
     log = logging.getLogger("bot")
     log.info(
         "rc-instagram %s starting: config %s, public URL %s, storage %s",
-        __version__, config_path, config.server.public_url, config.storage.path,
+        __version__, config_path, config.server.public_url, config.storage.where,
     )
     try:
         bot = Bot(config)
@@ -104,7 +104,7 @@ def secret_values(config: config_module.Config) -> list[str]:
         config.instagram.app_secret, config.instagram.verify_token, config.storage.encryption_key,
         config.instagram.instagram_login.app_secret,
     ]
-    return [s.reveal() for s in secrets if s]
+    return [s.reveal() for s in secrets if s] + config.storage.url_secrets
 
 
 @main.group("config")
