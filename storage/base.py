@@ -152,6 +152,34 @@ class SetAsideItem:
         return str(self.item.payload.get("page_id") or self.item.conversation.split(":", 1)[0])
 
 
+@dataclass
+class StoreDump:
+    """Everything a store holds, decrypted, for moving it to another store (offline).
+
+    ``inbox`` is the raw bodies of acknowledged webhooks not yet queued, oldest first;
+    ``dedupe`` maps each unexpired key to its expiry (epoch seconds).
+    """
+
+    pages: list[Page] = field(default_factory=list)
+    login_states: list[LoginState] = field(default_factory=list)
+    conversations: list[Conversation] = field(default_factory=list)
+    items: list[WorkItem] = field(default_factory=list)
+    dedupe: dict[str, float] = field(default_factory=dict)
+    inbox: list[bytes] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        """What a migration verifies: one count per kind of record."""
+        return {
+            "pages": len(self.pages),
+            "login_states": len(self.login_states),
+            "conversations": len(self.conversations),
+            "inbound": sum(1 for i in self.items if i.queue == "inbound"),
+            "outbound": sum(1 for i in self.items if i.queue == "outbound"),
+            "dedupe_keys": len(self.dedupe),
+            "inbox": len(self.inbox),
+        }
+
+
 class Store(abc.ABC):
     """The repository API. Async; implementations must not block the event loop."""
 
@@ -296,3 +324,14 @@ class Store(abc.ABC):
     async def stats(self) -> dict[str, int]:
         """Counts for metrics and ``doctor``: queue depths and table sizes."""
         return {q: await self.queue_depth(q) for q in QUEUES}
+
+    async def dump(self) -> StoreDump:
+        """Every record, decrypted (``rc-instagram storage migrate``; run offline)."""
+        raise NotImplementedError
+
+    async def restore(self, dump: StoreDump) -> None:
+        """Add a dump's records as they are (timestamps, order, expiries kept).
+
+        For an empty store only: the caller checks, and runs it offline.
+        """
+        raise NotImplementedError

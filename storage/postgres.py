@@ -49,6 +49,7 @@ from storage.base import (
     QueueName,
     StorageError,
     Store,
+    StoreDump,
     WorkItem,
 )
 from storage.crypto import TokenCipher
@@ -668,6 +669,66 @@ class PostgresStore(Store):
         names = ("inbound", "outbound", "dedupe_keys", "conversations", "pages",
                  "login_states", "inbox")
         return {**dict(zip(names, map(int, rows[0]), strict=True)), "commits": self.commits}
+
+    async def other_replicas(self) -> int:
+        """How many other processes have this database open as a store right now."""
+        rows = await self._read(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND classid = %s::oid AND objsubid = 2 AND objid::bigint <> %s "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            (REPLICA_LOCK, self.replica_id))
+        return int(rows[0][0])
+
+    # -- moving to another store ---------------------------------------------------------
+    async def dump(self) -> StoreDump:
+        now = self.clock()
+        pages = await self._read("SELECT doc FROM rcig_pages ORDER BY saved")
+        logins = await self._read("SELECT doc FROM rcig_login_states ORDER BY state")
+        convs = await self._read("SELECT doc FROM rcig_conversations ORDER BY updated_at")
+        items = await self._read(
+            f"SELECT {_ITEM_SELECT} FROM rcig_items ORDER BY queue, conversation, order_ts, seq")
+        dedupe = await self._read("SELECT key, exp FROM rcig_dedupe WHERE exp > %s", (now,))
+        return StoreDump(
+            pages=[self._page_record(row[0]) for row in pages],
+            login_states=[self._login_record(row[0]) for row in logins],
+            conversations=[self._conv_record(row[0]) for row in convs],
+            items=[_item(row) for row in items],
+            dedupe=dict(dedupe),  # type: ignore[arg-type]
+            inbox=[event.raw for event in self.inbox.pending()],
+        )
+
+    async def restore(self, dump: StoreDump) -> None:
+        async def run(conn: psycopg.AsyncConnection) -> None:
+            async with conn.transaction():
+                cur = conn.cursor()
+                await cur.executemany(
+                    "INSERT INTO rcig_pages (page_id, instagram_id, doc) VALUES (%s, %s, %s)",
+                    [(p.page_id, p.instagram_id, Jsonb(self._page_doc(p))) for p in dump.pages])
+                await cur.executemany(
+                    "INSERT INTO rcig_login_states (state, kind, expires_at, doc) "
+                    "VALUES (%s, %s, %s, %s)",
+                    [(s.state, s.kind, s.expires_at, Jsonb(self._login_doc(s)))
+                     for s in dump.login_states])
+                await cur.executemany(
+                    "INSERT INTO rcig_conversations (key, visitor_token, updated_at, waiting, "
+                    "doc) VALUES (%s, %s, %s, %s, %s)",
+                    [(c.key, c.visitor_token, c.updated_at, c.waiting_for_agent,
+                      Jsonb({name: getattr(c, name) for name in _CONV_FIELDS}))
+                     for c in dump.conversations])
+                # In processing order: the new seqs keep each conversation's order.
+                await cur.executemany(
+                    "INSERT INTO rcig_items (queue, item_id, conversation, lock_key, kind, "
+                    "payload, order_ts, attempts, next_try_at, created_at, last_error, progress)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [(i.queue, i.item_id, i.conversation, lock_key(i.conversation), i.kind,
+                      Jsonb(i.payload), i.order_ts, i.attempts, i.next_try_at, i.created_at,
+                      i.last_error, i.progress)
+                     for i in sorted(dump.items,
+                                     key=lambda i: (i.queue, i.conversation, i.order_ts, i.seq))])
+                await cur.executemany(_REMEMBER, list(dump.dedupe.items()))
+
+        await self._call(run, mutating=True)
+        await asyncio.gather(*(self.inbox.append(raw) for raw in dump.inbox))
 
 
 def _reason(exc: BaseException) -> str:

@@ -62,6 +62,7 @@ from storage.base import (
     SetAsideItem,
     StorageError,
     Store,
+    StoreDump,
     WorkItem,
 )
 from storage.crypto import TokenCipher
@@ -736,3 +737,47 @@ class TinyDBStore(Store):
             }
 
         return await self._read(collect)
+
+    # -- moving to another store ---------------------------------------------------------
+    async def dump(self) -> StoreDump:
+        def collect() -> StoreDump:
+            now = self.clock()
+            items = [self._item_record(doc) for q in QUEUES for doc in self._items_t[q]]
+            items.sort(key=lambda i: (i.queue, i.conversation, i.order_ts, i.seq))
+            return StoreDump(
+                pages=[self._page_record(doc) for doc in self._pages_t],
+                login_states=[self._login_record(doc) for doc in self._logins_t],
+                conversations=[self._conv_record(doc) for doc in self._convs_t],
+                items=items,
+                dedupe={doc.doc_id: doc["exp"] for doc in self._dedupe_t if doc["exp"] > now},
+            )
+
+        dump = await self._read(collect)
+        dump.inbox = [event.raw for event in self.inbox.pending()]
+        return dump
+
+    async def restore(self, dump: StoreDump) -> None:
+        payloads = [_clone(item.payload) for item in dump.items]
+        await self._write(self._restore, dump, payloads)
+        # One batch, in order: appends join the open batch in call order.
+        await asyncio.gather(*(self.inbox.append(raw) for raw in dump.inbox))
+
+    def _restore(self, dump: StoreDump, payloads: list[Any]) -> None:
+        for page in dump.pages:
+            self._save_page(page)
+        for state in dump.login_states:
+            _put(self._logins_t, state.state, self._login_doc(state))
+        # By last activity: the idleness index expects the oldest first.
+        for conversation in sorted(dump.conversations, key=lambda c: c.updated_at):
+            doc = {name: getattr(conversation, name) for name in _CONV_FIELDS}
+            _put(self._convs_t, conversation.key, doc)
+            self._index_conversation(conversation.key, doc)
+        for item, payload in zip(dump.items, payloads, strict=True):
+            self._seq += 1
+            doc = self._item_doc(dataclasses.replace(item, seq=self._seq), payload)
+            self._items_t[item.queue].insert(Document(doc, doc_id=item.item_id))
+            self._queues[item.queue].add(
+                item.conversation, item.order_ts, self._seq, item.item_id, item.next_try_at)
+        for key, expires in dump.dedupe.items():
+            _put(self._dedupe_t, key, {"exp": expires})
+            heapq.heappush(self._dedupe_heap, (expires, key))
