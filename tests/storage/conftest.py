@@ -66,9 +66,17 @@ _unavailable: list[str] = []
 
 
 @pytest.fixture
-def backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "postgres" and request.getfixturevalue("postgres_url") is None:
+def pg_url(postgres_url: str | None) -> str:
+    """The test server's URL; the test is skipped (with the reason) without one."""
+    if postgres_url is None:
         pytest.skip(f"PostgreSQL variant: {_unavailable[0]}")
+    return postgres_url
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgres":
+        request.getfixturevalue("pg_url")
     return request.param
 
 
@@ -83,7 +91,7 @@ def store_path(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> 
     if backend == "tinydb":
         yield str(tmp_path / "data" / "rc-instagram.json")
         return
-    with postgres_server.fresh_schema(request.getfixturevalue("postgres_url")) as url:
+    with postgres_server.fresh_schema(request.getfixturevalue("pg_url")) as url:
         yield url
 
 

@@ -98,7 +98,8 @@ def _check(url: str) -> None:
         with psycopg.connect(url, connect_timeout=10):
             pass
     except psycopg.Error as exc:
-        raise Unavailable(f"cannot connect to the test PostgreSQL: {exc}") from exc
+        reason = " ".join(str(exc).split())
+        raise Unavailable(f"cannot connect to the test PostgreSQL: {reason}") from exc
 
 
 def with_schema(url: str, schema: str) -> str:

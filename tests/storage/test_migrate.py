@@ -28,7 +28,7 @@ DIRECTIONS = [("tinydb", "postgres"), ("postgres", "tinydb"), ("tinydb", "tinydb
 
 
 @pytest.fixture
-def locations(request, tmp_path, postgres_url) -> Iterator:
+def locations(request, tmp_path) -> Iterator:
     """``place(kind)``: a new empty location of that kind (a path, or a URL's schema)."""
     with contextlib.ExitStack() as stack:
         count = 0
@@ -38,10 +38,8 @@ def locations(request, tmp_path, postgres_url) -> Iterator:
             count += 1
             if kind == "tinydb":
                 return str(tmp_path / f"store{count}" / "rc-instagram.json")
-            if postgres_url is None:
-                pytest.skip("PostgreSQL variant: no server (set RCIG_TEST_PG_URL or install "
-                            "postgresql)")
-            return stack.enter_context(postgres_server.fresh_schema(postgres_url))
+            url = request.getfixturevalue("pg_url")  # skips the test without a server
+            return stack.enter_context(postgres_server.fresh_schema(url))
 
         yield place
 

@@ -17,11 +17,9 @@ from tests.storage.helpers import crash, item
 
 
 @pytest.fixture
-def pg_location(postgres_url: str | None) -> Iterator[str]:
+def pg_location(pg_url: str) -> Iterator[str]:
     """A URL with an empty schema of its own (the test is skipped without a server)."""
-    if postgres_url is None:
-        pytest.skip("no PostgreSQL for the tests (set RCIG_TEST_PG_URL or install postgresql)")
-    with postgres_server.fresh_schema(postgres_url) as url:
+    with postgres_server.fresh_schema(pg_url) as url:
         yield url
 
 
@@ -69,7 +67,7 @@ async def test_schema_newer_than_the_code_is_refused(replicas, pg_location):
     assert sql(pg_location, "SELECT item_id FROM rcig_items") == [("m1",)]  # untouched
 
 
-async def test_a_server_default_of_asynchronous_commit_is_overridden(postgres_url, pg_location):
+async def test_a_server_default_of_asynchronous_commit_is_overridden(pg_location):
     """Even if the server acknowledges commits before the WAL flush, the store does not."""
     store = open_store(pg_location.replace("-csearch_path", "-csynchronous_commit%3Doff%20"
                                            "-csearch_path"))
