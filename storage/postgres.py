@@ -197,6 +197,9 @@ class PostgresStore(Store):
         self._next_expire = 0.0
         self._expiring = False
         self.commits = 0
+        # Enqueues waiting for the next group commit, in call order (see enqueue).
+        self._enqueues: list[tuple[list[dict[str, Any]], asyncio.Future[list[int | None]]]] = []
+        self._enqueuer: asyncio.Task[None] | None = None
 
     # -- sessions ----------------------------------------------------------------------
     async def _connect(self) -> psycopg.AsyncConnection:
@@ -463,20 +466,13 @@ class PostgresStore(Store):
             for item, payload, key in zip(items, payloads, keys, strict=True)
         ]
 
-        async def run(conn: psycopg.AsyncConnection) -> list[int | None]:
-            seqs: list[int | None] = []
-            async with conn.transaction():
-                cur = conn.cursor()
-                # Pipelined: one round trip; statement n sees what 1..n-1 stored.
-                await cur.executemany(_ENQUEUE, params, returning=True)
-                while True:
-                    row = await cur.fetchone()
-                    seqs.append(row[0] if row else None)
-                    if not cur.nextset():
-                        break
-            return seqs
-
-        seqs = await self._call(run, mutating=True)
+        if self._pool is None:
+            raise StorageError("the store is not open")
+        waiter: asyncio.Future[list[int | None]] = asyncio.get_running_loop().create_future()
+        self._enqueues.append((params, waiter))
+        if self._enqueuer is None:
+            self._enqueuer = asyncio.create_task(self._commit_enqueues(), name="store-enqueue")
+        seqs = await waiter
         added = []
         for item, seq in zip(items, seqs, strict=True):
             if seq is not None:
@@ -486,6 +482,48 @@ class PostgresStore(Store):
                     item.order_ts = now
                 added.append(item)
         return added
+
+    async def _commit_enqueues(self) -> None:
+        """Commit waiting enqueues together, in call order, until none is left.
+
+        Call order is visibility order, as with TinyDB's single writer: an item enqueued
+        after another (a later webhook) never becomes visible first, which concurrent
+        transactions on several sessions would allow. One transaction per batch also
+        shares the commit's WAL flush among all the callers.
+        """
+        try:
+            while self._enqueues:
+                batch, self._enqueues = self._enqueues, []
+                params = [p for call, _ in batch for p in call]
+
+                async def run(conn: psycopg.AsyncConnection,
+                              params: list[dict[str, Any]] = params) -> list[int | None]:
+                    seqs: list[int | None] = []
+                    async with conn.transaction():
+                        cur = conn.cursor()
+                        # Pipelined: one round trip; statement n sees what 1..n-1 stored.
+                        await cur.executemany(_ENQUEUE, params, returning=True)
+                        while True:
+                            row = await cur.fetchone()
+                            seqs.append(row[0] if row else None)
+                            if not cur.nextset():
+                                break
+                    return seqs
+
+                try:
+                    seqs = await self._call(run, mutating=True)
+                except Exception as exc:  # every caller of the batch must be answered
+                    for _, waiter in batch:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                    continue
+                start = 0
+                for call, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_result(seqs[start:start + len(call)])
+                    start += len(call)
+        finally:
+            self._enqueuer = None
 
     async def next_items(
         self, queue: QueueName, now: float, exclude: set[str], limit: int

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from storage import Conversation, LoginState, Page, StorageError
@@ -136,6 +138,18 @@ async def test_items_come_out_in_conversation_order(store, clock):
         order.append(head.item_id)
         await store.complete(head)
     assert order == ["m1", "m2", "m3"]
+
+
+async def test_later_enqueue_never_becomes_visible_before_an_earlier_one(store):
+    """When an enqueue returns, every enqueue called before it is stored too: a later
+    reply must not be relayed while an earlier one is still being written."""
+    for n in range(20):
+        conversation = f"p1:c{n}"
+        first = asyncio.create_task(store.enqueue([item(f"{n}-a", conversation, order_ts=1.0)]))
+        await asyncio.sleep(0)  # the first call is under way
+        await store.enqueue([item(f"{n}-b", conversation, order_ts=2.0)])
+        assert (await store.head("inbound", conversation)).item_id == f"{n}-a"
+        await first
 
 
 async def test_next_items_gives_one_head_per_conversation(store, clock):

@@ -1,0 +1,39 @@
+"""The whole bridge on the PostgreSQL store: both directions through the sandboxes."""
+
+from __future__ import annotations
+
+from storage import PostgresStore
+from tests.scenarios.harness import running_bridge
+from tests.scenarios.outbound_helpers import (
+    enable_omnichannel_webhooks,
+    reply,
+    sent_texts,
+    visitor_with_room,
+    wait_for,
+)
+from tests.storage import postgres_server
+
+
+async def test_bridge_relays_both_ways_with_storage_url(rocketchat, meta, tmp_path, pg_url,
+                                                       eventually):
+    """With storage.url set, DMs reach the room in order and replies reach the visitor."""
+    with postgres_server.fresh_schema(pg_url) as url:
+        async with running_bridge(rocketchat, meta, tmp_path, store_url=url) as bridge:
+            assert isinstance(bridge.bot.store, PostgresStore)
+            enable_omnichannel_webhooks(bridge)
+            igsid, rid = await visitor_with_room(bridge)
+            for n in range(5):
+                event = bridge.meta.text_event(bridge.ig_id, igsid, f"message {n}")
+                assert (await bridge.deliver(event))[0] == 200
+            await wait_for(lambda: bridge.texts(igsid)[-5:] == [f"message {n}" for n in range(5)])
+            for n in range(3):
+                reply(bridge, rid, f"reply {n}")
+            expected = [f"reply {n}" for n in range(3)]
+            await wait_for(lambda: sent_texts(bridge, igsid) == expected)
+
+            async def drained() -> bool:
+                stats = await bridge.bot.store.stats()
+                return stats["inbound"] == stats["outbound"] == stats["inbox"] == 0
+
+            await eventually(drained)  # the replies' echoes too
+        assert not (tmp_path / "data").exists()  # no TinyDB file was written
