@@ -330,6 +330,12 @@ class PostgresStore(Store):
         if not self._healthy:
             with contextlib.suppress(StorageError):
                 await self._read("SELECT 1")
+        try:
+            async with self._locks_guard:
+                await (await self._lock_session()).execute("SELECT 1")
+        except (psycopg.Error, StorageError) as exc:
+            self._healthy = False
+            self.last_error = str(exc)
         return self._healthy
 
     # -- records <-> documents ---------------------------------------------------------
@@ -534,6 +540,8 @@ class PostgresStore(Store):
             async with self._locks_guard:
                 return await self._next_items(queue, now, exclude, limit)
         except psycopg.Error as exc:
+            if self._locks is not None and (self._locks.closed or self._locks.broken):
+                self._held = {q: {} for q in QUEUES}  # gone with the session
             self._healthy = False
             self.last_error = _reason(exc)
             raise StorageError(f"{self.where}: {self.last_error}") from exc
@@ -576,7 +584,7 @@ class PostgresStore(Store):
         new_keys = sorted({key for key in wanted.values() if key not in ours})
         granted: set[int] = set()
         if new_keys:
-            cur = await self._lock_session().execute(
+            cur = await (await self._lock_session()).execute(
                 "SELECT k FROM unnest(%s::int[]) AS k WHERE pg_try_advisory_lock(%s, k)",
                 (new_keys, CONVERSATION_LOCKS[queue]))
             granted = {row[0] for row in await cur.fetchall()}
@@ -593,17 +601,37 @@ class PostgresStore(Store):
         keys = {held.pop(c) for c in conversations if c in held}
         keys -= set(held.values())  # a colliding key still held for another conversation
         if keys:
-            await self._lock_session().execute(
+            await (await self._lock_session()).execute(
                 "SELECT pg_advisory_unlock(%s, k) FROM unnest(%s::int[]) AS k",
                 (CONVERSATION_LOCKS[queue], sorted(keys)))
 
-    def _lock_session(self) -> psycopg.AsyncConnection:
-        if self._locks is None or self._locks.closed:
-            # The session, and with it every lock, is gone: another replica may take
-            # our conversations now, and so nothing is handed out until a restart.
-            self._healthy = False
-            raise StorageError(f"{self.where}: the lock session was lost; restart the bot")
-        return self._locks
+    async def _lock_session(self) -> psycopg.AsyncConnection:
+        """The session holding this replica's locks, reconnected if it was lost."""
+        locks = self._locks
+        if locks is not None and not locks.closed and not locks.broken:
+            return locks
+        if self._pool is None:
+            raise StorageError("the store is not open")
+        # The session died (database restart, network): every lock went with it, so
+        # other replicas may have taken our conversations; in-flight work finishes, and
+        # only what is locked anew is handed out.
+        self._held = {q: {} for q in QUEUES}
+        if locks is not None:
+            with contextlib.suppress(Exception):
+                await locks.close()
+        self._locks = None
+        locks = await self._connect()
+        try:
+            await locks.execute("SELECT pg_advisory_lock(%s, %s)",
+                                (REPLICA_LOCK, self.replica_id))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await locks.close()
+            raise
+        log.warning("storage: reconnected the lock session of replica %d to %s",
+                    self.replica_id, self.where)
+        self._locks = locks
+        return locks
 
     async def head(self, queue: QueueName, conversation: str) -> WorkItem | None:
         rows = await self._read(
@@ -646,11 +674,14 @@ class PostgresStore(Store):
 
     async def earliest_due(self, queue: QueueName) -> float | None:
         """Among heads of this replica and heads no other replica is working on."""
+        if self._pool is None:
+            raise StorageError("the store is not open")
+        async with self._locks_guard:
+            me = (await self._lock_session()).info.backend_pid
         rows = await self._read(
             f"SELECT min(next_try_at) FROM ({_heads()}) h "
             f"WHERE (lock_key::bigint & 4294967295) NOT IN ({_LOCKED} AND pid <> %(me)s)",
-            {"queue": queue, "ns": CONVERSATION_LOCKS[queue],
-             "me": self._lock_session().info.backend_pid})
+            {"queue": queue, "ns": CONVERSATION_LOCKS[queue], "me": me})
         return rows[0][0]
 
     # -- dedupe keys -------------------------------------------------------------------

@@ -78,6 +78,44 @@ async def test_a_server_default_of_asynchronous_commit_is_overridden(pg_location
         await store.close()
 
 
+# -- losing the database -----------------------------------------------------------------
+def kill_sessions(store) -> None:
+    """End every session of ``store`` on the server (a restart or network cut would)."""
+    sql(store.url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'rc-instagram' AND pid <> pg_backend_pid()")
+
+
+async def test_lost_sessions_fail_calls_then_the_store_recovers(replicas, clock):
+    """With its sessions cut, a call fails with StorageError (nothing acknowledged); the
+    store reconnects by itself, locks included, and loses nothing that was committed."""
+    store = await replicas()
+    await store.enqueue([item("m1")])
+    await store.inbox.append(b"before")
+    assert [i.item_id for i in await store.next_items("inbound", clock(), set(), 5)] == ["m1"]
+    kill_sessions(store)
+    failures = 0
+    for call in (lambda: store.enqueue([item("m2")]), lambda: store.inbox.append(b"after"),
+                 lambda: store.next_items("inbound", clock(), set(), 5)):
+        try:
+            await call()
+        except StorageError as exc:
+            assert "password" not in str(exc)
+            failures += 1
+    assert failures >= 1
+    for _ in range(3):  # each broken pooled session fails one call, then is replaced
+        if await store.healthy():
+            break
+    assert await store.healthy()
+    await store.enqueue([item("m3")])
+    assert (await store.inbox.append(b"later")).seq > 0
+    pending = [i.item_id for i in await store.pending_items("inbound", "p1:u1")]
+    assert pending[0] == "m1" and "m3" in pending
+    got = await store.next_items("inbound", clock(), set(), 5)
+    assert [i.item_id for i in got] == ["m1"]  # the conversation is locked again, by us
+    other = await replicas()
+    assert await other.next_items("inbound", clock(), set(), 5) == []
+
+
 # -- secrets -----------------------------------------------------------------------------
 def test_url_password_is_masked():
     """mask_url hides the password wherever a URL can carry it, and nothing else."""
