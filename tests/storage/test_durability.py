@@ -55,14 +55,17 @@ async def crash_after(store) -> None:
     await store.close(compact=False)
 
 
-async def test_kill_9_at_random_moments_loses_no_acknowledged_item(store_path):
-    """50 kill -9s mid-write: every acknowledged item is present once, completions stick."""
+async def test_kill_9_at_random_moments_loses_no_acknowledged_item(store_path, backend):
+    """Dozens of kill -9s mid-write: every acknowledged item is present once, completions
+    stick."""
     rng = random.Random(20240607)
     seen: dict[str, set[str]] = {"ack": set(), "completing": set(), "done": set()}
-    for run in range(50):
+    # A PostgreSQL commit is a round trip and a WAL flush: fewer, longer runs.
+    runs, window, enough = (50, 0.08, (500, 100)) if backend == "tinydb" else (20, 0.3, (200, 40))
+    for run in range(runs):
         child = spawn_child(store_path, f"r{run}")
         wait_for_line(child, b"ready")
-        await asyncio.sleep(rng.uniform(0.0, 0.08))
+        await asyncio.sleep(rng.uniform(0.0, window))
         child.kill()
         output, _ = child.communicate()
         lines = output.split(b"\n")[:-1]  # the part after the last newline may be torn
@@ -83,7 +86,7 @@ async def test_kill_9_at_random_moments_loses_no_acknowledged_item(store_path):
         for item_id in rng.sample(sorted(acked), min(20, len(acked))):
             assert await store.seen(item_id)  # completed or not, a redelivery is refused
         await store.close()
-    assert len(seen["ack"]) > 500 and len(seen["done"]) > 100  # the children really worked
+    assert len(seen["ack"]) > enough[0] and len(seen["done"]) > enough[1]  # they really worked
 
 
 @tinydb_only
