@@ -166,6 +166,7 @@ class StoreDump:
     items: list[WorkItem] = field(default_factory=list)
     dedupe: dict[str, float] = field(default_factory=dict)
     inbox: list[bytes] = field(default_factory=list)
+    set_aside: list[SetAsideItem] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         """What a migration verifies: one count per kind of record."""
@@ -177,6 +178,7 @@ class StoreDump:
             "outbound": sum(1 for i in self.items if i.queue == "outbound"),
             "dedupe_keys": len(self.dedupe),
             "inbox": len(self.inbox),
+            "set_aside": len(self.set_aside),
         }
 
 

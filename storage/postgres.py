@@ -47,6 +47,7 @@ from storage.base import (
     LoginState,
     Page,
     QueueName,
+    SetAsideItem,
     StorageError,
     Store,
     StoreDump,
@@ -668,6 +669,33 @@ class PostgresStore(Store):
             (item.attempts, item.next_try_at, item.last_error, item.progress,
              item.queue, item.item_id))
 
+    async def set_aside(self, item: WorkItem, reason: str) -> None:
+        async def run(conn: psycopg.AsyncConnection) -> None:
+            async with conn.transaction():
+                cur = await conn.execute(
+                    f"DELETE FROM rcig_items WHERE queue = %s AND item_id = %s "
+                    f"RETURNING {_ITEM_SELECT}", (item.queue, item.item_id))
+                row = await cur.fetchone()
+                if row is None:
+                    return  # no longer pending
+                record = dataclasses.asdict(_item(row))
+                record.update(attempts=item.attempts, last_error=item.last_error,
+                              progress=item.progress)
+                await conn.execute(
+                    "INSERT INTO rcig_set_aside (queue, item_id, item, reason, set_aside_at, seq)"
+                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (queue, item_id) DO UPDATE "
+                    "SET item = EXCLUDED.item, reason = EXCLUDED.reason, "
+                    "set_aside_at = EXCLUDED.set_aside_at, seq = EXCLUDED.seq",
+                    (item.queue, item.item_id, Jsonb(record), reason, self.clock(),
+                     record["seq"]))
+
+        await self._call(run, mutating=True)
+
+    async def set_aside_items(self) -> list[SetAsideItem]:
+        rows = await self._read(
+            "SELECT item, reason, set_aside_at FROM rcig_set_aside ORDER BY set_aside_at, seq")
+        return [SetAsideItem(WorkItem(**row[0]), row[1], row[2]) for row in rows]
+
     async def queue_depth(self, queue: QueueName) -> int:
         rows = await self._read("SELECT count(*) FROM rcig_items WHERE queue = %s", (queue,))
         return int(rows[0][0])
@@ -734,9 +762,9 @@ class PostgresStore(Store):
             "(SELECT count(*) FROM rcig_items WHERE queue = 'outbound'), "
             "(SELECT count(*) FROM rcig_dedupe), (SELECT count(*) FROM rcig_conversations), "
             "(SELECT count(*) FROM rcig_pages), (SELECT count(*) FROM rcig_login_states), "
-            "(SELECT count(*) FROM rcig_inbox)")
+            "(SELECT count(*) FROM rcig_inbox), (SELECT count(*) FROM rcig_set_aside)")
         names = ("inbound", "outbound", "dedupe_keys", "conversations", "pages",
-                 "login_states", "inbox")
+                 "login_states", "inbox", "set_aside")
         return {**dict(zip(names, map(int, rows[0]), strict=True)), "commits": self.commits}
 
     async def other_replicas(self) -> int:
@@ -764,6 +792,7 @@ class PostgresStore(Store):
             items=[_item(row) for row in items],
             dedupe=dict(dedupe),  # type: ignore[arg-type]
             inbox=[event.raw for event in self.inbox.pending()],
+            set_aside=await self.set_aside_items(),
         )
 
     async def restore(self, dump: StoreDump) -> None:
@@ -795,6 +824,11 @@ class PostgresStore(Store):
                      for i in sorted(dump.items,
                                      key=lambda i: (i.queue, i.conversation, i.order_ts, i.seq))])
                 await cur.executemany(_REMEMBER, list(dump.dedupe.items()))
+                await cur.executemany(
+                    "INSERT INTO rcig_set_aside (queue, item_id, item, reason, set_aside_at, "
+                    "seq) VALUES (%s, %s, %s, %s, %s, %s)",
+                    [(a.item.queue, a.item.item_id, Jsonb(dataclasses.asdict(a.item)), a.reason,
+                      a.set_aside_at, a.item.seq) for a in dump.set_aside])
 
         await self._call(run, mutating=True)
         await asyncio.gather(*(self.inbox.append(raw) for raw in dump.inbox))

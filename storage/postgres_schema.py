@@ -83,6 +83,18 @@ MIGRATIONS: tuple[str, ...] = (
 
     CREATE SEQUENCE rcig_replicas;
     """,
+    # 2: items the relay gave up on, kept for the admins (Store.set_aside).
+    """
+    CREATE TABLE rcig_set_aside (
+        queue        text NOT NULL,
+        item_id      text NOT NULL,
+        item         jsonb NOT NULL,
+        reason       text NOT NULL,
+        set_aside_at double precision NOT NULL,
+        seq          bigint NOT NULL,
+        PRIMARY KEY (queue, item_id)
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -754,6 +754,7 @@ class TinyDBStore(Store):
 
         dump = await self._read(collect)
         dump.inbox = [event.raw for event in self.inbox.pending()]
+        dump.set_aside = await self.set_aside_items()
         return dump
 
     async def restore(self, dump: StoreDump) -> None:
@@ -781,3 +782,8 @@ class TinyDBStore(Store):
         for key, expires in dump.dedupe.items():
             _put(self._dedupe_t, key, {"exp": expires})
             heapq.heappush(self._dedupe_heap, (expires, key))
+        for kept in dump.set_aside:
+            record = {name: getattr(kept.item, name) for name in _ITEM_FIELDS}
+            _put(self._set_aside_t, f"{kept.item.queue}:{kept.item.item_id}",
+                 {"item": _clone(record), "reason": kept.reason,
+                  "set_aside_at": kept.set_aside_at})

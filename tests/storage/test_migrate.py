@@ -61,6 +61,9 @@ async def fill(location: str, clock) -> None:
     (out,) = await store.enqueue([item("o1", "p1:u1", queue="outbound")])
     out.attempts, out.progress, out.next_try_at, out.last_error = 2, 1, clock() + 60, "down"
     await store.update_item(out)
+    (refused,) = await store.enqueue([item("bad", "p1:u2", page_id="p1")])
+    refused.attempts, refused.last_error = 7, "RocketChatError"
+    await store.set_aside(refused, "livechat/message: error-weird")
     await store.remember("rc-msg-9", ttl=DAY)
     await store.inbox.append(b'{"entry": "not queued yet"}')
     await store.inbox.append(b"second")
@@ -72,12 +75,12 @@ async def fill(location: str, clock) -> None:
 async def test_migration_copies_every_record_and_keeps_tokens_encrypted(
         locations, clock, src_kind, dst_kind):
     """Everything arrives: pages, states, conversations (times kept), queue order and
-    retries, dedupe keys, unqueued webhooks; tokens encrypted in the new store too."""
+    retries, set-aside items, dedupe keys, unqueued webhooks; tokens stay encrypted."""
     source, destination = locations(src_kind), locations(dst_kind)
     await fill(source, clock)
     counts = await migrate(source, destination, KEY, clock=clock)
     assert counts == {"pages": 1, "login_states": 1, "conversations": 2, "inbound": 3,
-                      "outbound": 1, "dedupe_keys": 5, "inbox": 2}
+                      "outbound": 1, "dedupe_keys": 6, "inbox": 2, "set_aside": 1}
     assert b"EAAG" not in stored_bytes(destination)
     store = open_store(destination, KEY, clock=clock)
     await store.open()
@@ -99,6 +102,9 @@ async def test_migration_copies_every_record_and_keeps_tokens_encrypted(
         assert await store.enqueue([item("m1", "p1:u1")]) == []  # still deduped
         assert [e.raw for e in store.inbox.pending()] == [b'{"entry": "not queued yet"}',
                                                           b"second"]
+        [kept] = await store.set_aside_items()
+        assert (kept.item.item_id, kept.item.attempts, kept.reason, kept.page_id) == (
+            "bad", 7, "livechat/message: error-weird", "p1")
         clock.advance(61 * DAY)  # the old conversation's 90 days are counted from its save
         await store.expire(clock())
         assert await store.conversation("p1", "old") is None

@@ -54,6 +54,21 @@ async def test_replicas_starting_together_create_the_schema_once(replicas, pg_lo
         (SCHEMA_VERSION,)]
 
 
+async def test_older_schema_is_migrated_on_start_keeping_the_data(replicas, pg_location):
+    """A database left at schema 1 gets the later migrations on start; nothing is lost."""
+    store = await replicas()
+    await store.enqueue([item("m1")])
+    await store.close()
+    sql(pg_location, "DROP TABLE rcig_set_aside")  # as schema 1 had it
+    sql(pg_location, "UPDATE rcig_meta SET value = '1'::jsonb WHERE key = 'schema'")
+    store = await replicas()
+    assert [i.item_id for i in await store.pending_items("inbound", "p1:u1")] == ["m1"]
+    await store.set_aside((await store.pending_items("inbound", "p1:u1"))[0], "refused")
+    assert [kept.item.item_id for kept in await store.set_aside_items()] == ["m1"]
+    assert sql(pg_location, "SELECT value FROM rcig_meta WHERE key = 'schema'") == [
+        (SCHEMA_VERSION,)]
+
+
 async def test_schema_newer_than_the_code_is_refused(replicas, pg_location):
     """A database migrated by a newer rc-instagram stops the start with a clear message."""
     store = await replicas()
