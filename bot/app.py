@@ -53,6 +53,9 @@ T = TypeVar("T")
 #: REST outage. The command was heard over the realtime socket; without this wait the
 #: answer was dropped after the REST client's own ~2 s of retries: silence.
 REPLY_PATIENCE = 300.0
+#: How long a command message's claim is kept: longer than a replica could see it again
+#: (a reconnect's catch-up reads back to the moment of the disconnect).
+COMMAND_CLAIM_TTL = 7 * 24 * 3600.0
 REPLY_BACKOFF: BackoffFactory = exponential_backoff(initial=0.5, factor=2.0, max_delay=15.0)
 
 
@@ -342,6 +345,12 @@ class Bot:
         """A chat message addressed to the bot (already filtered by the realtime client)."""
         invocation = parse(message.text or "", direct=message.room_type == "d")
         if invocation is None:
+            return
+        # Claimed in the store before answering: with several replicas on one database
+        # every logged-in replica sees the message, and exactly one answers it (also
+        # when this process sees the message again, e.g. caught up after a reconnect).
+        if not await self.store.remember(f"command:{message.id}", ttl=COMMAND_CLAIM_TTL):
+            log.info("command message %s already answered; skipped", message.id)
             return
         issuer = Issuer(message.user_id, message.username, message.rid, message.room_type)
         # Label by known command only: anyone can type /instagram <anything>.

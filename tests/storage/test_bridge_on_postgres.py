@@ -1,9 +1,11 @@
-"""The whole bridge on the PostgreSQL store: both directions through the sandboxes."""
+"""The whole bridge on the PostgreSQL store: both directions, and two replicas."""
 
 from __future__ import annotations
 
+import asyncio
+
 from storage import PostgresStore
-from tests.scenarios.harness import running_bridge
+from tests.scenarios.harness import ADMIN, BOT_USER, running_bridge, start_bot, stop_bot
 from tests.scenarios.outbound_helpers import (
     enable_omnichannel_webhooks,
     reply,
@@ -11,6 +13,7 @@ from tests.scenarios.outbound_helpers import (
     visitor_with_room,
     wait_for,
 )
+from tests.scenarios.test_commands import answers
 from tests.storage import postgres_server
 
 
@@ -37,3 +40,22 @@ async def test_bridge_relays_both_ways_with_storage_url(rocketchat, meta, tmp_pa
 
             await eventually(drained)  # the replies' echoes too
         assert not (tmp_path / "data").exists()  # no TinyDB file was written
+
+
+async def test_two_replicas_answer_each_command_once(rocketchat, meta, tmp_path, pg_url,
+                                                    eventually):
+    """Two bots on one database, both logged in: every command is answered exactly once."""
+    with postgres_server.fresh_schema(pg_url) as url:
+        async with running_bridge(rocketchat, meta, tmp_path, store_url=url) as bridge:
+            second, task = await start_bot(bridge.config)
+            try:
+                await asyncio.gather(bridge.bot.realtime.wait_connected(10),
+                                     second.realtime.wait_connected(10))
+                ops = rocketchat.create_channel("ops", members=[BOT_USER, ADMIN])
+                for _ in range(5):
+                    rocketchat.post_message(ADMIN, ops, "/instagram help")
+                await eventually(lambda: len(answers(rocketchat, ADMIN)) >= 5)
+                await asyncio.sleep(0.5)  # a second answer would have come by now
+                assert len(answers(rocketchat, ADMIN)) == 5
+            finally:
+                await stop_bot(second, task)
