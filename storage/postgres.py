@@ -64,6 +64,8 @@ R = TypeVar("R")
 
 #: Advisory-lock namespaces (first int4 key) of conversation locks, per queue.
 CONVERSATION_LOCKS: dict[str, int] = {"inbound": 0x52434711, "outbound": 0x52434712}
+#: Seconds after which a worker looks again at an inbound head that is not settled yet.
+UNSETTLED_RECHECK = 0.05
 #: Pooled sessions for the repository calls (the inbox and the locks have their own).
 POOL_SIZE = 4
 
@@ -98,12 +100,24 @@ _CONV_FIELDS = _fields(Conversation)
 _ITEM_COLUMNS = ("item_id", "queue", "conversation", "kind", "payload", "order_ts", "seq",
                  "attempts", "next_try_at", "created_at", "last_error", "progress")
 _ITEM_SELECT = ", ".join(_ITEM_COLUMNS)
+_LOCK_KEY = len(_ITEM_COLUMNS)  # the column after the item's in a heads row
 
 
 def _heads(condition: str = "") -> str:
     """The head of every conversation of ``%(queue)s`` (optionally only some)."""
-    return (f"SELECT DISTINCT ON (conversation) {_ITEM_SELECT}, lock_key FROM rcig_items "
-            f"WHERE queue = %(queue)s {condition} ORDER BY conversation, order_ts, seq")
+    return (f"SELECT DISTINCT ON (conversation) {_ITEM_SELECT}, lock_key, queued_at "
+            f"FROM rcig_items WHERE queue = %(queue)s {condition} "
+            "ORDER BY conversation, order_ts, seq")
+
+
+#: An inbound head is settled when no webhook acknowledged before it was queued still
+#: waits, unqueued, in any replica's inbox: that webhook may hold an earlier message of
+#: the same conversation (another replica received it, or died before queueing it).
+#: Until it is queued the head waits, so a conversation's messages stay in order across
+#: replicas (alone, the wait is the intake's own release: milliseconds).
+_SETTLED_VALUE = ("NOT EXISTS (SELECT 1 FROM rcig_inbox b WHERE b.received_at < h.queued_at)"
+                  " AS settled")
+_SETTLED = ("AND NOT EXISTS (SELECT 1 FROM rcig_inbox b WHERE b.received_at < h.queued_at) ")
 
 
 #: Conversation locks held by any session of this database, as unsigned keys.
@@ -556,6 +570,7 @@ class PostgresStore(Store):
             return []
         rows = await self._read(
             f"SELECT * FROM ({_heads()}) h WHERE next_try_at <= %(now)s "
+            f"{_SETTLED if queue == 'inbound' else ''}"
             "AND NOT (conversation = ANY(%(exclude)s::text[])) "
             f"AND (lock_key::bigint & 4294967295) NOT IN ({_LOCKED}) "
             "ORDER BY next_try_at, order_ts, seq LIMIT %(limit)s",
@@ -563,17 +578,18 @@ class PostgresStore(Store):
              "ns": ns})
         if not rows:
             return []
-        wanted = {row[2]: row[-1] for row in rows}  # conversation -> lock key
+        wanted = {row[2]: row[_LOCK_KEY] for row in rows}  # conversation -> lock key
         locked = await self._lock(queue, wanted)
         if not locked:
             return []
         # Read again under the locks: another replica may have finished a head
         # between the first read and our lock.
         fresh = await self._read(
-            "SELECT * FROM ({}) h ORDER BY next_try_at, order_ts, seq".format(
-                _heads("AND conversation = ANY(%(convs)s::text[])")),
+            "SELECT *, {} FROM ({}) h ORDER BY next_try_at, order_ts, seq".format(
+                _SETTLED_VALUE, _heads("AND conversation = ANY(%(convs)s::text[])")),
             {"queue": queue, "convs": locked})
-        due = [_item(row) for row in fresh if row[8] <= now]
+        settled = (lambda row: row[-1]) if queue == "inbound" else (lambda row: True)
+        due = [_item(row) for row in fresh if row[8] <= now and settled(row)]
         stale = set(locked) - {item.conversation for item in due}
         await self._unlock(queue, sorted(stale))
         return due
@@ -706,10 +722,15 @@ class PostgresStore(Store):
             raise StorageError("the store is not open")
         async with self._locks_guard:
             me = (await self._lock_session()).info.backend_pid
+        # An unsettled inbound head (see _SETTLED) is looked at again shortly, not now.
+        due = ("next_try_at" if queue != "inbound" else
+               f"CASE WHEN {_SETTLED_VALUE.removesuffix(' AS settled')} THEN next_try_at "
+               "ELSE greatest(next_try_at, %(later)s) END")
         rows = await self._read(
-            f"SELECT min(next_try_at) FROM ({_heads()}) h "
+            f"SELECT min({due}) FROM ({_heads()}) h "
             f"WHERE (lock_key::bigint & 4294967295) NOT IN ({_LOCKED} AND pid <> %(me)s)",
-            {"queue": queue, "ns": CONVERSATION_LOCKS[queue], "me": me})
+            {"queue": queue, "ns": CONVERSATION_LOCKS[queue], "me": me,
+             "later": self.clock() + UNSETTLED_RECHECK})
         return rows[0][0]
 
     # -- dedupe keys -------------------------------------------------------------------

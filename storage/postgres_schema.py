@@ -95,6 +95,15 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (queue, item_id)
     );
     """,
+    # 3: the database's own clock on acknowledged webhooks and queued items, so that
+    # replicas can tell whether an unqueued webhook is older than a queued item.
+    """
+    ALTER TABLE rcig_inbox ADD COLUMN received_at timestamptz NOT NULL
+        DEFAULT clock_timestamp();
+    ALTER TABLE rcig_items ADD COLUMN queued_at timestamptz NOT NULL
+        DEFAULT clock_timestamp();
+    CREATE INDEX rcig_inbox_received ON rcig_inbox (received_at);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
