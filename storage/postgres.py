@@ -651,10 +651,19 @@ class PostgresStore(Store):
         return locks
 
     async def head(self, queue: QueueName, conversation: str) -> WorkItem | None:
+        """See :meth:`Store.head`; an inbound head that is not settled yet (see
+        ``_SETTLED``) comes with ``next_try_at`` at least ``UNSETTLED_RECHECK`` from now,
+        so a worker draining the conversation stops there instead of overtaking a
+        webhook that another replica has acknowledged but not queued."""
         rows = await self._read(
-            f"SELECT {_ITEM_SELECT} FROM rcig_items WHERE queue = %s AND conversation = %s "
-            "ORDER BY order_ts, seq LIMIT 1", (queue, conversation))
-        return _item(rows[0]) if rows else None
+            f"SELECT *, {_SETTLED_VALUE} FROM ({_heads('AND conversation = %(conv)s')}) h",
+            {"queue": queue, "conv": conversation})
+        if not rows:
+            return None
+        item = _item(rows[0])
+        if queue == "inbound" and not rows[0][-1]:
+            item.next_try_at = max(item.next_try_at, self.clock() + UNSETTLED_RECHECK)
+        return item
 
     async def pending_items(self, queue: QueueName, conversation: str) -> list[WorkItem]:
         rows = await self._read(

@@ -235,10 +235,13 @@ class PostgresInbox:
                 row = await cur.fetchone()
                 if not (row and row[0]):
                     continue  # that replica is alive and takes its own rows
+                # received_at is kept: an inbound item queued since must still wait for
+                # these (storage.postgres: settled heads).
                 cur = await conn.execute(
-                    "WITH gone AS (DELETE FROM rcig_inbox WHERE owner = %s RETURNING id, raw) "
-                    "INSERT INTO rcig_inbox (owner, raw) "
-                    "SELECT %s, raw FROM gone ORDER BY id RETURNING id, raw",
+                    "WITH gone AS (DELETE FROM rcig_inbox WHERE owner = %s "
+                    "RETURNING id, raw, received_at) "
+                    "INSERT INTO rcig_inbox (owner, raw, received_at) "
+                    "SELECT %s, raw, received_at FROM gone ORDER BY id RETURNING id, raw",
                     (owner, self.owner),
                 )
                 taken += [(row[0], bytes(row[1])) for row in await cur.fetchall()]

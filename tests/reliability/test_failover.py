@@ -30,7 +30,7 @@ from aiohttp import web
 
 from sandbox.meta import DEFAULT_IG_ID, DEFAULT_PAGE_ID, DEFAULT_PAGE_NAME, SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
-from storage import Page
+from storage import Page, open_store
 from tests.reliability.drills import BotProcess, deliver_until_ok, save_page, tally
 from tests.reliability.test_kill9_mixed import inbound_texts, outbound_texts, rooms_by_token
 from tests.scenarios.harness import (
@@ -93,6 +93,24 @@ async def round_robin(backends: list[str]) -> AsyncIterator[str]:
     finally:
         await runner.cleanup()
         await session.close()
+
+
+async def pending_work(store_url: str) -> dict[str, object]:
+    """What the replicas left undone (for the drill's report when something is missing)."""
+    store = open_store(store_url)
+    await store.open()
+    try:
+        stats = await store.stats()
+        left = {k: stats[k] for k in ("inbound", "outbound", "inbox", "set_aside") if stats[k]}
+        dump = await store.dump()
+        if dump.items:
+            left["items"] = [(i.queue, i.item_id[:12], i.attempts, i.last_error)
+                             for i in dump.items[:10]]
+        if dump.set_aside:
+            left["set_aside_reasons"] = [a.reason for a in dump.set_aside[:5]]
+        return left
+    finally:
+        await store.close()
 
 
 async def test_replica_killed_mid_relay_loses_duplicates_and_reorders_nothing(
@@ -190,6 +208,7 @@ async def test_replica_killed_mid_relay_loses_duplicates_and_reorders_nothing(
             finally:
                 for replica in replicas:
                     replica.stop()
+            leftover = await pending_work(store_url)
     inbound = tally("inbound", expected_in, inbound_texts(rc))
     outbound = tally("outbound", expected_out, outbound_texts(meta))
     answered = len(answers(rc, ADMIN))
@@ -201,6 +220,8 @@ async def test_replica_killed_mid_relay_loses_duplicates_and_reorders_nothing(
     print(f"[failover] commands typed {commands_n}, answered {answered}")
     for example in inbound.examples + outbound.examples:
         print(f"[failover]   {example}")
+    if leftover:
+        print(f"[failover] left in the store: {leftover}")
     assert inbound.lost == 0 and inbound.duplicated == 0, inbound.examples
     assert inbound.out_of_order == 0, inbound.examples
     assert outbound.lost == 0, outbound.examples

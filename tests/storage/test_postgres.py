@@ -174,6 +174,8 @@ async def test_inbound_waits_for_an_older_webhook_another_replica_has_not_queued
     await b.enqueue([item("later", "p1:u1", order_ts=20.0)])
     assert await b.next_items("inbound", clock(), set(), 5) == []
     assert await b.earliest_due("inbound") > clock()  # looked at again shortly, not spun on
+    # A worker draining the conversation (head after complete) stops there too.
+    assert (await b.head("inbound", "p1:u1")).next_try_at > clock()
     await a.enqueue([item("earlier", "p1:u1", order_ts=10.0)])  # A's intake got to it
     a.inbox.release(earlier.seq)
     assert await a.inbox.probe()
