@@ -346,18 +346,21 @@ class Bot:
         invocation = parse(message.text or "", direct=message.room_type == "d")
         if invocation is None:
             return
-        # Claimed in the store before answering: with several replicas on one database
-        # every logged-in replica sees the message, and exactly one answers it (also
-        # when this process sees the message again, e.g. caught up after a reconnect).
-        if not await self.store.remember(f"command:{message.id}", ttl=COMMAND_CLAIM_TTL):
-            log.info("command message %s already answered; skipped", message.id)
-            return
-        issuer = Issuer(message.user_id, message.username, message.rid, message.room_type)
-        # Label by known command only: anyone can type /instagram <anything>.
-        known = self.registry.get(invocation.name) is not None
-        self.metrics.commands.labels(invocation.name if known else "unknown").inc()
-        log.info("command %s from %s (message %s)", invocation.name, issuer.username, message.id)
-        await dispatch(self.registry, CommandContext(self, issuer), invocation)
+        # Answered once per message _id across every process on the store: with several
+        # replicas on one database each logged-in replica sees the message; one answers
+        # it, and if it dies before it is done another one does (also: this process
+        # seeing the message again, e.g. caught up after a reconnect, answers nothing).
+        async with self.store.once(f"command:{message.id}", COMMAND_CLAIM_TTL) as mine:
+            if not mine:
+                log.info("command message %s already answered; skipped", message.id)
+                return
+            issuer = Issuer(message.user_id, message.username, message.rid, message.room_type)
+            # Label by known command only: anyone can type /instagram <anything>.
+            known = self.registry.get(invocation.name) is not None
+            self.metrics.commands.labels(invocation.name if known else "unknown").inc()
+            log.info("command %s from %s (message %s)", invocation.name, issuer.username,
+                     message.id)
+            await dispatch(self.registry, CommandContext(self, issuer), invocation)
 
     async def is_admin(self, user_id: str) -> bool:
         roles = await self.rest.user_roles(user_id)

@@ -64,6 +64,9 @@ R = TypeVar("R")
 
 #: Advisory-lock namespaces (first int4 key) of conversation locks, per queue.
 CONVERSATION_LOCKS: dict[str, int] = {"inbound": 0x52434711, "outbound": 0x52434712}
+#: Advisory-lock namespace of Store.once keys, and how often a waiter tries again.
+ONCE_LOCK = 0x52434720
+ONCE_POLL = 0.2
 #: Seconds after which a worker looks again at an inbound head that is not settled yet.
 UNSETTLED_RECHECK = 0.05
 #: Pooled sessions for the repository calls (the inbox and the locks have their own).
@@ -649,6 +652,39 @@ class PostgresStore(Store):
                     self.replica_id, self.where)
         self._locks = locks
         return locks
+
+    @contextlib.asynccontextmanager
+    async def once(self, key: str, ttl: float) -> AsyncIterator[bool]:
+        """See :meth:`Store.once`: across replicas, by an advisory lock on ``key`` held
+        by the lock session while the block runs (a dead process drops it at once)."""
+        # In-process first: the lock session's advisory locks are re-entrant.
+        async with self._once_in_process(key), self._once_across_replicas(key, ttl) as mine:
+            yield mine
+
+    @contextlib.asynccontextmanager
+    async def _once_across_replicas(self, key: str, ttl: float) -> AsyncIterator[bool]:
+        k = lock_key(key)
+        while True:
+            async with self._locks_guard:
+                cur = await (await self._lock_session()).execute(
+                    "SELECT pg_try_advisory_lock(%s, %s)", (ONCE_LOCK, k))
+                row = await cur.fetchone()
+            if row and row[0]:
+                break
+            await asyncio.sleep(ONCE_POLL)  # another replica is inside
+        try:
+            if await self.seen(key):
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                await self.remember(key, ttl)
+        finally:
+            with contextlib.suppress(psycopg.Error, StorageError):
+                async with self._locks_guard:
+                    await (await self._lock_session()).execute(
+                        "SELECT pg_advisory_unlock(%s, %s)", (ONCE_LOCK, k))
 
     async def head(self, queue: QueueName, conversation: str) -> WorkItem | None:
         """See :meth:`Store.head`; an inbound head that is not settled yet (see

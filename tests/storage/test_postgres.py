@@ -198,6 +198,37 @@ async def test_killed_replica_leaves_its_conversations_to_the_others(replicas, c
     assert sorted(i.item_id for i in got) == ["a1", "b1"]
 
 
+async def test_once_is_taken_over_when_its_replica_dies_inside(replicas):
+    """A command claimed by a replica that dies before answering is answered by another;
+    one that finished is not answered again."""
+    a, b = await replicas(), await replicas()
+    inside = asyncio.Event()
+
+    async def claimer() -> None:
+        async with a.once("command:m1", ttl=60) as mine:
+            assert mine
+            inside.set()
+            await asyncio.sleep(30)  # answering... when the process dies
+
+    task = asyncio.create_task(claimer())
+    await inside.wait()
+    waiter_result: list[bool] = []
+
+    async def waiter() -> None:
+        async with b.once("command:m1", ttl=60) as mine:
+            waiter_result.append(mine)
+
+    waiting = asyncio.create_task(waiter())
+    await asyncio.sleep(0.5)
+    assert waiter_result == []  # A is inside: B waits
+    await crash(a)
+    task.cancel()
+    await asyncio.wait_for(waiting, 5)
+    assert waiter_result == [True]
+    async with b.once("command:m1", ttl=60) as mine:
+        assert not mine
+
+
 async def test_killed_replica_inbox_is_taken_by_a_live_one(replicas):
     """Webhooks a dead replica acknowledged are taken by another within seconds; a live
     replica's are left alone."""

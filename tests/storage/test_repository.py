@@ -262,6 +262,24 @@ async def test_remember_reports_first_time_only(store):
     assert await store.seen("k")
 
 
+async def test_once_lets_exactly_one_caller_do_it(store, clock):
+    """Of concurrent callers of once(key) one gets True; later ones False until the ttl."""
+    results: list[bool] = []
+
+    async def caller() -> None:
+        async with store.once("command:m1", ttl=60) as mine:
+            results.append(mine)
+            await asyncio.sleep(0.01)  # inside: the others must wait, not enter
+
+    await asyncio.gather(*(caller() for _ in range(5)))
+    assert sorted(results) == [False] * 4 + [True]
+    async with store.once("command:m1", ttl=60) as mine:
+        assert not mine
+    clock.advance(61)
+    async with store.once("command:m1", ttl=60) as mine:
+        assert mine
+
+
 async def test_closed_store_refuses_calls(make_store):
     """Using a store after close raises StorageError instead of hanging."""
     store = await make_store()
