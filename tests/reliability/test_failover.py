@@ -5,8 +5,10 @@ the same ``storage.url``, behind a round-robin load balancer (a small reverse pr
 here) that Meta's and Rocket.Chat's webhooks go through; a backend that refuses or
 drops a request is skipped, as a load balancer's health check would. Visitors write,
 agents reply and an admin types commands, all interleaved, while replica A is killed
-and restarted. Nothing acknowledged may be lost, duplicated or reordered, and every
-command is answered exactly once although both replicas see it.
+and restarted. Nothing acknowledged may be lost, inbound nothing duplicated or
+reordered, outbound nothing reordered that the bot had acknowledged (a late Rocket.Chat
+webhook can reorder replies, see drill 1), and every command is answered exactly once
+although both replicas see it.
 
 Fast variant (default, CI): 300 inbound messages from 30 visitors, 90 replies, 10
 commands, 1 kill. Long variant (``--run-slow`` or ``RCIG_LONG_DRILLS=1``): 1,000 inbound
@@ -31,8 +33,19 @@ from aiohttp import web
 from sandbox.meta import DEFAULT_IG_ID, DEFAULT_PAGE_ID, DEFAULT_PAGE_NAME, SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
 from storage import Page, open_store
-from tests.reliability.drills import BotProcess, deliver_until_ok, save_page, tally
-from tests.reliability.test_kill9_mixed import inbound_texts, outbound_texts, rooms_by_token
+from tests.reliability.drills import (
+    BotProcess,
+    deliver_until_ok,
+    reorderings_by_the_bot,
+    save_page,
+    tally,
+)
+from tests.reliability.test_kill9_mixed import (
+    SEND_IN_FLIGHT,
+    inbound_texts,
+    outbound_texts,
+    rooms_by_token,
+)
 from tests.scenarios.harness import (
     ADMIN,
     AGENT,
@@ -152,6 +165,7 @@ async def test_replica_killed_mid_relay_loses_duplicates_and_reorders_nothing(
             token = {v: f"instagram-{DEFAULT_PAGE_ID}-{v}" for v in visitors}
             expected_in = {token[v]: [f"{v} hello"] for v in visitors}
             expected_out: dict[str, list[str]] = {v: [] for v in visitors}
+            agent_ids: dict[str, str] = {}  # Rocket.Chat message _id -> text
             started = time.monotonic()
             await asyncio.gather(*(r.start() for r in replicas))
             try:
@@ -175,7 +189,7 @@ async def test_replica_killed_mid_relay_loses_duplicates_and_reorders_nothing(
                                                    meta.text_event(DEFAULT_IG_ID, v, text))
                             expected_in[token[v]].append(text)
                         else:
-                            rc.agent_reply(AGENT, room_of[v], text)
+                            agent_ids[rc.agent_reply(AGENT, room_of[v], text)["_id"]] = text
                             expected_out[v].append(text)
                         await asyncio.sleep(own.uniform(0.02, 0.08))
 
@@ -212,11 +226,15 @@ async def test_replica_killed_mid_relay_loses_duplicates_and_reorders_nothing(
     inbound = tally("inbound", expected_in, inbound_texts(rc))
     outbound = tally("outbound", expected_out, outbound_texts(meta))
     answered = len(answers(rc, ADMIN))
+    unexplained, retried, _, _ = reorderings_by_the_bot(rc, meta, DEFAULT_PAGE_ID, agent_ids,
+                                                  outbound.late, SEND_IN_FLIGHT)
     print(f"\n[failover] {inbound.expected} inbound, {outbound.expected} outbound, "
           f"{commands_n} commands; replica A killed {replicas[0].kills}x, "
           f"sent in {sent_done - started:.1f} s")
     print(f"[failover] {inbound.line()}")
-    print(f"[failover] {outbound.line()}")
+    print(f"[failover] {outbound.line()}; reorderings by a late webhook {retried} retried, "
+          f"{len(outbound.late) - len(unexplained) - retried} slow; "
+          f"by the bot {len(unexplained)} {unexplained}")
     print(f"[failover] commands typed {commands_n}, answered {answered}")
     for example in inbound.examples + outbound.examples:
         print(f"[failover]   {example}")
@@ -228,5 +246,7 @@ async def test_replica_killed_mid_relay_loses_duplicates_and_reorders_nothing(
     # A send Meta accepted at the instant of a kill can repeat (the Send API has no
     # idempotency key): at most one per conversation and kill.
     assert outbound.duplicated <= kills * visitors_n
-    assert outbound.out_of_order == 0, outbound.examples
+    # Outbound order is kept for everything the bot had acknowledged (drill 1 explains
+    # the reorderings a late Rocket.Chat webhook makes).
+    assert unexplained == [], outbound.examples
     assert answered == commands_n
