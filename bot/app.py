@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 import time
@@ -76,7 +77,11 @@ class CommandContext:
 
     bot: Bot
     issuer: Issuer
+    #: The command message's ``_id``: the replies' ids derive from it, so a replica that
+    #: answers again after another died mid-answer posts nothing twice.
+    command_id: str = ""
     _admin: bool | None = field(default=None, repr=False)
+    _replies: int = field(default=0, repr=False)
 
     @property
     def store(self) -> Store:
@@ -99,7 +104,11 @@ class CommandContext:
         return self.bot.config
 
     async def reply(self, text: str, rows: Sequence[ButtonRow] = ()) -> None:
-        msg_id = random_id()  # the same _id on every attempt: a retry never posts twice
+        # The same _id on every attempt (and, with command_id, on every replica): a retry
+        # never posts twice.
+        self._replies += 1
+        msg_id = (random_id() if not self.command_id else "cmd-" + hashlib.sha256(
+            f"{self.command_id}:{self._replies}".encode()).hexdigest()[:24])
         attachments = button_attachments(rows) or None
         await self._patiently(
             f"reply to {self.issuer.username}",
@@ -360,7 +369,7 @@ class Bot:
             self.metrics.commands.labels(invocation.name if known else "unknown").inc()
             log.info("command %s from %s (message %s)", invocation.name, issuer.username,
                      message.id)
-            await dispatch(self.registry, CommandContext(self, issuer), invocation)
+            await dispatch(self.registry, CommandContext(self, issuer, message.id), invocation)
 
     async def is_admin(self, user_id: str) -> bool:
         roles = await self.rest.user_roles(user_id)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from bot.app import CommandContext
+from commands.base import Issuer
 from storage import PostgresStore
 from tests.scenarios.harness import ADMIN, BOT_USER, running_bridge, start_bot, stop_bot
 from tests.scenarios.outbound_helpers import (
@@ -59,3 +61,19 @@ async def test_two_replicas_answer_each_command_once(rocketchat, meta, tmp_path,
                 assert len(answers(rocketchat, ADMIN)) == 5
             finally:
                 await stop_bot(second, task)
+
+
+async def test_answer_repeated_by_a_second_replica_is_posted_once(rocketchat, meta, tmp_path,
+                                                                  pg_url, eventually):
+    """A replica taking over a command whose first replica died mid-answer re-sends the
+    same reply ids: the issuer gets each reply once."""
+    with postgres_server.fresh_schema(pg_url) as url:
+        async with running_bridge(rocketchat, meta, tmp_path, store_url=url) as bridge:
+            user = rocketchat.user(ADMIN)
+            issuer = Issuer(user["_id"], ADMIN, "rid-ops", "c")
+            first = CommandContext(bridge.bot, issuer, "command-message-1")
+            await first.reply("part one")  # ...and the first replica dies here
+            again = CommandContext(bridge.bot, issuer, "command-message-1")
+            await again.reply("part one")
+            await again.reply("part two")
+            await eventually(lambda: answers(rocketchat, ADMIN) == ["part one", "part two"])
