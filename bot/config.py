@@ -140,7 +140,8 @@ class StorageConfig:
             password = urlsplit(url).password or ""
         except ValueError:
             password = ""
-        return [v for v in (url, password, unquote(password)) if v]
+        # Without a password the URL is shown as it is (where), so not redacted either.
+        return [v for v in (url, password, unquote(password)) if v] if password else []
 
 
 @dataclass(frozen=True)

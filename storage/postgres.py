@@ -54,7 +54,7 @@ from storage.base import (
     WorkItem,
 )
 from storage.crypto import TokenCipher
-from storage.postgres_inbox import ADOPT_INTERVAL, REPLICA_LOCK, PostgresInbox
+from storage.postgres_inbox import ADOPT_INTERVAL, PostgresInbox
 from storage.postgres_schema import migrate
 
 log = logging.getLogger("storage")
@@ -62,10 +62,11 @@ log = logging.getLogger("storage")
 Clock = Callable[[], float]
 R = TypeVar("R")
 
-#: Advisory-lock namespaces (first int4 key) of conversation locks, per queue.
-CONVERSATION_LOCKS: dict[str, int] = {"inbound": 0x52434711, "outbound": 0x52434712}
-#: Advisory-lock namespace of Store.once keys, and how often a waiter tries again.
-ONCE_LOCK = 0x52434720
+#: Kinds of advisory lock. Each store's namespaces (the first int4 key) derive from the
+#: kind and the oid of its schema, so two bridges in two schemas of one database never
+#: take each other's locks (advisory locks are per database).
+LOCK_KINDS = ("replica", "inbound", "outbound", "once")
+#: How often a waiter of Store.once tries again.
 ONCE_POLL = 0.2
 #: Seconds after which a worker looks again at an inbound head that is not settled yet.
 UNSETTLED_RECHECK = 0.05
@@ -91,6 +92,11 @@ def lock_key(conversation: str) -> int:
     """The conversation's advisory-lock key (second int4), stable across processes."""
     value = zlib.crc32(conversation.encode())
     return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def lock_namespaces(schema_oid: int) -> dict[str, int]:
+    """The first int4 key of each kind of advisory lock, for the schema with that oid."""
+    return {kind: lock_key(f"rc-instagram:{kind}:{schema_oid}") for kind in LOCK_KINDS}
 
 
 def _fields(cls: type) -> tuple[str, ...]:
@@ -210,6 +216,7 @@ class PostgresStore(Store):
         self._locks_guard = asyncio.Lock()
         self._held: dict[str, dict[str, int]] = {q: {} for q in QUEUES}
         self.replica_id = 0
+        self._ns: dict[str, int] = {}
         self._healthy = False
         self.last_error: str | None = None
         self._next_expire = 0.0
@@ -279,16 +286,19 @@ class PostgresStore(Store):
                 log.info("storage: created the rc-instagram tables in %s", self.where)
             async with locks.transaction():
                 await self._check_key(locks)
-            cur = await locks.execute("SELECT nextval('rcig_replicas')")
+            cur = await locks.execute(
+                "SELECT nextval('rcig_replicas'), (SELECT oid FROM pg_namespace "
+                "WHERE nspname = current_schema())")
             row = await cur.fetchone()
             assert row is not None
             self.replica_id = int(row[0])
+            self._ns = lock_namespaces(int(row[1]))
             await locks.execute("SELECT pg_advisory_lock(%s, %s)",
-                                (REPLICA_LOCK, self.replica_id))
+                                (self._ns["replica"], self.replica_id))
             self._locks = locks
             self._held = {q: {} for q in QUEUES}
             self._pool = _Pool(self._connect, self.pool_size)
-            await self.inbox.start(self.replica_id)
+            await self.inbox.start(self.replica_id, self._ns["replica"])
         except BaseException as exc:
             self._pool = None
             self._locks = None
@@ -567,7 +577,7 @@ class PostgresStore(Store):
     async def _next_items(
         self, queue: QueueName, now: float, exclude: set[str], limit: int
     ) -> list[WorkItem]:
-        ns = CONVERSATION_LOCKS[queue]
+        ns = self._ns[queue]
         await self._unlock(queue, [c for c in self._held[queue] if c not in exclude])
         if limit <= 0:
             return []
@@ -606,7 +616,7 @@ class PostgresStore(Store):
         if new_keys:
             cur = await (await self._lock_session()).execute(
                 "SELECT k FROM unnest(%s::int[]) AS k WHERE pg_try_advisory_lock(%s, k)",
-                (new_keys, CONVERSATION_LOCKS[queue]))
+                (new_keys, self._ns[queue]))
             granted = {row[0] for row in await cur.fetchall()}
         mine = ours | granted
         result = []
@@ -623,7 +633,7 @@ class PostgresStore(Store):
         if keys:
             await (await self._lock_session()).execute(
                 "SELECT pg_advisory_unlock(%s, k) FROM unnest(%s::int[]) AS k",
-                (CONVERSATION_LOCKS[queue], sorted(keys)))
+                (self._ns[queue], sorted(keys)))
 
     async def _lock_session(self) -> psycopg.AsyncConnection:
         """The session holding this replica's locks, reconnected if it was lost."""
@@ -643,7 +653,7 @@ class PostgresStore(Store):
         locks = await self._connect()
         try:
             await locks.execute("SELECT pg_advisory_lock(%s, %s)",
-                                (REPLICA_LOCK, self.replica_id))
+                                (self._ns["replica"], self.replica_id))
         except BaseException:
             with contextlib.suppress(Exception):
                 await locks.close()
@@ -667,7 +677,7 @@ class PostgresStore(Store):
         while True:
             async with self._locks_guard:
                 cur = await (await self._lock_session()).execute(
-                    "SELECT pg_try_advisory_lock(%s, %s)", (ONCE_LOCK, k))
+                    "SELECT pg_try_advisory_lock(%s, %s)", (self._ns["once"], k))
                 row = await cur.fetchone()
             if row and row[0]:
                 break
@@ -684,7 +694,7 @@ class PostgresStore(Store):
             with contextlib.suppress(psycopg.Error, StorageError):
                 async with self._locks_guard:
                     await (await self._lock_session()).execute(
-                        "SELECT pg_advisory_unlock(%s, %s)", (ONCE_LOCK, k))
+                        "SELECT pg_advisory_unlock(%s, %s)", (self._ns["once"], k))
 
     async def head(self, queue: QueueName, conversation: str) -> WorkItem | None:
         """See :meth:`Store.head`; an inbound head that is not settled yet (see
@@ -774,7 +784,7 @@ class PostgresStore(Store):
         rows = await self._read(
             f"SELECT min({due}) FROM ({_heads()}) h "
             f"WHERE (lock_key::bigint & 4294967295) NOT IN ({_LOCKED} AND pid <> %(me)s)",
-            {"queue": queue, "ns": CONVERSATION_LOCKS[queue], "me": me,
+            {"queue": queue, "ns": self._ns[queue], "me": me,
              "later": self.clock() + UNSETTLED_RECHECK})
         return rows[0][0]
 
@@ -839,7 +849,7 @@ class PostgresStore(Store):
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
             "AND classid = %s::oid AND objsubid = 2 AND objid::bigint <> %s "
             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            (REPLICA_LOCK, self.replica_id))
+            (self._ns["replica"], self.replica_id))
         return int(rows[0][0])
 
     # -- moving to another store ---------------------------------------------------------

@@ -37,8 +37,6 @@ from storage.inbox import InboxEvent
 
 log = logging.getLogger("storage")
 
-#: Advisory-lock namespace (first int4 key) of the replica locks; the second is the id.
-REPLICA_LOCK = 0x52434700
 #: Seconds between looks for the inbox rows of replicas that died.
 ADOPT_INTERVAL = 5.0
 
@@ -59,6 +57,7 @@ class PostgresInbox:
         self._connect = connect
         self.adopt_interval = adopt_interval
         self.owner = 0
+        self._replica_lock = 0
         self._conn: psycopg.AsyncConnection | None = None
         self._pending: deque[InboxEvent] = deque()
         self._released = 0  # highest id released by the intake
@@ -71,11 +70,12 @@ class PostgresInbox:
         self._next_adopt = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
-    async def start(self, owner: int) -> None:
-        """Take this replica's rows (a restart with the same id) and dead replicas' rows."""
+    async def start(self, owner: int, replica_lock: int) -> None:
+        """Take dead replicas' rows; ``replica_lock`` is the replica locks' namespace."""
         if self._task is not None:
             raise StorageError("the inbox is already open")
         self.owner = owner
+        self._replica_lock = replica_lock
         self._pending.clear()
         self._batch = _Batch()
         self._conn = await self._connect()
@@ -231,7 +231,7 @@ class PostgresInbox:
         for owner in owners:
             async with conn.transaction():
                 cur = await conn.execute(
-                    "SELECT pg_try_advisory_xact_lock(%s, %s)", (REPLICA_LOCK, owner))
+                    "SELECT pg_try_advisory_xact_lock(%s, %s)", (self._replica_lock, owner))
                 row = await cur.fetchone()
                 if not (row and row[0]):
                     continue  # that replica is alive and takes its own rows

@@ -167,8 +167,8 @@ async def test_replica_killed_mid_relay_loses_duplicates_and_reorders_nothing(
             expected_out: dict[str, list[str]] = {v: [] for v in visitors}
             agent_ids: dict[str, str] = {}  # Rocket.Chat message _id -> text
             started = time.monotonic()
-            await asyncio.gather(*(r.start() for r in replicas))
             try:
+                await asyncio.gather(*(r.start() for r in replicas))
                 await asyncio.gather(*(
                     deliver_until_ok(meta, url, meta.text_event(DEFAULT_IG_ID, v, f"{v} hello"))
                     for v in visitors))

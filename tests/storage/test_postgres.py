@@ -95,6 +95,29 @@ async def test_a_server_default_of_asynchronous_commit_is_overridden(pg_location
         await store.close()
 
 
+async def test_bridges_in_two_schemas_of_one_database_do_not_share_locks(pg_url, clock):
+    """Two stores in two schemas (both replica 1 of their own) open and work side by side:
+    advisory locks are per database, so their namespaces derive from the schema."""
+    with postgres_server.fresh_schema(pg_url) as one, \
+            postgres_server.fresh_schema(pg_url) as two:
+        first, second = open_store(one, clock=clock), open_store(two, clock=clock)
+        await asyncio.wait_for(first.open(), 10)
+        try:
+            await asyncio.wait_for(second.open(), 10)
+            try:
+                assert first.replica_id == second.replica_id == 1
+                await first.enqueue([item("m1")])
+                await second.enqueue([item("m1")])
+                for store in (first, second):
+                    got = await store.next_items("inbound", clock(), set(), 5)
+                    assert [i.item_id for i in got] == ["m1"]
+                    assert await store.other_replicas() == 0
+            finally:
+                await second.close()
+        finally:
+            await first.close()
+
+
 # -- losing the database -----------------------------------------------------------------
 def kill_sessions(store) -> None:
     """End every session of ``store`` on the server (a restart or network cut would)."""
