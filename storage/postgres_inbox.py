@@ -68,6 +68,10 @@ class PostgresInbox:
         self._healthy = True
         self.last_error: str | None = None
         self._next_adopt = 0.0
+        self._resync = False
+        #: Called when events of a replica that stopped were taken while running: the
+        #: intake waits for a webhook's notification otherwise, and none may come.
+        self.on_adopted: Callable[[], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self, owner: int, replica_lock: int) -> None:
@@ -169,8 +173,14 @@ class PostgresInbox:
                     if count:
                         log.warning("inbox: took %d webhook(s) left by a replica that stopped",
                                     count)
+                        if self.on_adopted is not None:
+                            self.on_adopted()
             batch, self._batch = self._batch, _Batch()
-            if batch.waiters or self._released > self._deleted:
+            if self._resync and not await self._take_own_rows():
+                # Until we know which of our rows committed, commit nothing newer: their
+                # ids must stay below every later event's (release is by prefix).
+                self._fail(batch, self.last_error or "the database is unavailable")
+            elif batch.waiters or self._released > self._deleted:
                 await self._commit(batch)
             if stopping and not self._batch.waiters:
                 return
@@ -202,11 +212,16 @@ class PostgresInbox:
                 if not waiter.done():
                     waiter.set_result(None)
         else:
-            self._healthy = False
-            self.last_error = error
-            for waiter in batch.waiters:
-                if not waiter.done():
-                    waiter.set_exception(StorageError(f"cannot write the inbox: {error}"))
+            # The COMMIT may have succeeded with only its answer lost: look for our rows.
+            self._resync = self._resync or bool(batch.raws)
+            self._fail(batch, error)
+
+    def _fail(self, batch: _Batch, error: str) -> None:
+        self._healthy = False
+        self.last_error = error
+        for waiter in batch.waiters:
+            if not waiter.done():
+                waiter.set_exception(StorageError(f"cannot write the inbox: {error}"))
 
     async def _insert(self, conn: psycopg.AsyncConnection, raws: list[bytes]) -> list[int]:
         cur = await conn.execute(
@@ -217,6 +232,33 @@ class PostgresInbox:
         )
         # nextval() runs row by row in ``n`` order: sorted ids are in body order.
         return sorted(row[0] for row in await cur.fetchall())
+
+    async def _take_own_rows(self) -> bool:
+        """After a failed commit: rows of ours that did commit (unacknowledged, but kept:
+        left unread they would hold every replica's inbound relay, see
+        storage.postgres's settled heads) join the pending events."""
+        try:
+            conn = await self._connection()
+            cur = await conn.execute(
+                "SELECT id, raw FROM rcig_inbox WHERE owner = %s AND id > %s ORDER BY id",
+                (self.owner, self._deleted))
+            rows = await cur.fetchall()
+        except (psycopg.Error, StorageError) as exc:
+            await self._drop_connection()
+            self.last_error = str(exc)
+            return False  # still down: the next pass tries again
+        self._resync = False
+        known = {event.seq for event in self._pending}
+        now = time.monotonic()
+        extra = [InboxEvent(row[0], bytes(row[1]), now) for row in rows
+                 if row[0] not in known and row[0] > self._released]
+        if extra:
+            log.warning("inbox: %d webhook(s) committed although their commit reported a "
+                        "failure; taking them", len(extra))
+            self._pending.extend(extra)  # newer than every pending event (see _run)
+            if self.on_adopted is not None:
+                self.on_adopted()
+        return True
 
     async def _adopt(self) -> int:
         """Move the rows of replicas that are gone to this one; return how many.

@@ -257,6 +257,8 @@ async def test_killed_replica_inbox_is_taken_by_a_live_one(replicas):
     replica's are left alone."""
     live = await replicas()
     taker = await replicas(adopt_interval=0.05)
+    adopted = asyncio.Event()
+    taker.inbox.on_adopted = adopted.set  # the intake's wake-up
     doomed = await replicas()
     await live.inbox.append(b"live's own")
     acked = [await doomed.inbox.append(f"w{n}".encode()) for n in range(3)]
@@ -267,6 +269,7 @@ async def test_killed_replica_inbox_is_taken_by_a_live_one(replicas):
     while taker.inbox.backlog < 3 and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     assert [e.raw for e in taker.inbox.pending()] == [e.raw for e in acked]
+    assert adopted.is_set()
     assert [e.raw for e in live.inbox.pending()] == [b"live's own"]
     taker.inbox.release(taker.inbox.pending()[-1].seq)
     assert await taker.inbox.probe()
