@@ -470,6 +470,13 @@ class PostgresStore(Store):
         rows = await self._read("SELECT doc FROM rcig_conversations WHERE waiting ORDER BY key")
         return [self._conv_record(row[0]) for row in rows]
 
+    async def visitors_since(self, since: float) -> dict[str, int]:
+        rows = await self._read(
+            "SELECT doc->>'page_id', count(*) FROM rcig_conversations "
+            "WHERE jsonb_typeof(doc->'last_inbound_at') = 'number' "
+            "AND (doc->>'last_inbound_at')::double precision >= %s GROUP BY 1", (since,))
+        return {page_id: int(n) for page_id, n in rows}
+
     # -- work queues -------------------------------------------------------------------
     async def enqueue(
         self, items: list[WorkItem], dedupe_keys: list[str | None] | None = None

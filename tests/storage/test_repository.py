@@ -104,6 +104,16 @@ async def test_waiting_conversations_follow_the_flag(store):
     assert [c.igsid for c in await store.conversations_waiting()] == ["b"]
 
 
+async def test_visitors_since_counts_recent_writers_per_page(store):
+    """visitors_since counts, per page, the visitors whose last message is that recent."""
+    for page_id, igsid, last in [("p1", "a", 100.0), ("p1", "b", 250.0), ("p2", "c", 300.0),
+                                 ("p2", "d", None), ("p3", "e", 50.0)]:
+        await store.save_conversation(Conversation(page_id, igsid, f"instagram-{page_id}-{igsid}",
+                                                   last_inbound_at=last))
+    assert await store.visitors_since(100.0) == {"p1": 2, "p2": 1}
+    assert await store.visitors_since(1000.0) == {}
+
+
 # -- queues ------------------------------------------------------------------------------
 async def test_duplicate_webhook_enqueues_once(store):
     """The same item id stored twice (pending, then after completion) is stored once."""
