@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 import time
@@ -53,6 +54,9 @@ T = TypeVar("T")
 #: REST outage. The command was heard over the realtime socket; without this wait the
 #: answer was dropped after the REST client's own ~2 s of retries: silence.
 REPLY_PATIENCE = 300.0
+#: How long a command message's claim is kept: longer than a replica could see it again
+#: (a reconnect's catch-up reads back to the moment of the disconnect).
+COMMAND_CLAIM_TTL = 7 * 24 * 3600.0
 REPLY_BACKOFF: BackoffFactory = exponential_backoff(initial=0.5, factor=2.0, max_delay=15.0)
 
 
@@ -73,7 +77,11 @@ class CommandContext:
 
     bot: Bot
     issuer: Issuer
+    #: The command message's ``_id``: the replies' ids derive from it, so a replica that
+    #: answers again after another died mid-answer posts nothing twice.
+    command_id: str = ""
     _admin: bool | None = field(default=None, repr=False)
+    _replies: int = field(default=0, repr=False)
 
     @property
     def store(self) -> Store:
@@ -96,7 +104,11 @@ class CommandContext:
         return self.bot.config
 
     async def reply(self, text: str, rows: Sequence[ButtonRow] = ()) -> None:
-        msg_id = random_id()  # the same _id on every attempt: a retry never posts twice
+        # The same _id on every attempt (and, with command_id, on every replica): a retry
+        # never posts twice.
+        self._replies += 1
+        msg_id = (random_id() if not self.command_id else "cmd-" + hashlib.sha256(
+            f"{self.command_id}:{self._replies}".encode()).hexdigest()[:24])
         attachments = button_attachments(rows) or None
         await self._patiently(
             f"reply to {self.issuer.username}",
@@ -150,7 +162,7 @@ class Bot:
         self.registry = registry or default_registry()
         rc = config.rocketchat
         self.store: Store = open_store(
-            config.storage.path, config.storage.encryption_key.reveal() or None, clock=clock
+            config.storage.location, config.storage.encryption_key.reveal() or None, clock=clock
         )
         self.rest = RocketChatREST(
             rc.url,
@@ -343,12 +355,21 @@ class Bot:
         invocation = parse(message.text or "", direct=message.room_type == "d")
         if invocation is None:
             return
-        issuer = Issuer(message.user_id, message.username, message.rid, message.room_type)
-        # Label by known command only: anyone can type /instagram <anything>.
-        known = self.registry.get(invocation.name) is not None
-        self.metrics.commands.labels(invocation.name if known else "unknown").inc()
-        log.info("command %s from %s (message %s)", invocation.name, issuer.username, message.id)
-        await dispatch(self.registry, CommandContext(self, issuer), invocation)
+        # Answered once per message _id across every process on the store: with several
+        # replicas on one database each logged-in replica sees the message; one answers
+        # it, and if it dies before it is done another one does (also: this process
+        # seeing the message again, e.g. caught up after a reconnect, answers nothing).
+        async with self.store.once(f"command:{message.id}", COMMAND_CLAIM_TTL) as mine:
+            if not mine:
+                log.info("command message %s already answered; skipped", message.id)
+                return
+            issuer = Issuer(message.user_id, message.username, message.rid, message.room_type)
+            # Label by known command only: anyone can type /instagram <anything>.
+            known = self.registry.get(invocation.name) is not None
+            self.metrics.commands.labels(invocation.name if known else "unknown").inc()
+            log.info("command %s from %s (message %s)", invocation.name, issuer.username,
+                     message.id)
+            await dispatch(self.registry, CommandContext(self, issuer, message.id), invocation)
 
     async def is_admin(self, user_id: str) -> bool:
         roles = await self.rest.user_roles(user_id)

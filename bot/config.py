@@ -13,9 +13,11 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
+
+from storage import is_postgres_url, mask_url
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -114,6 +116,32 @@ class ServerConfig:
 class StorageConfig:
     path: str = "data/rc-instagram.json"
     encryption_key: Secret = field(default_factory=lambda: Secret(""))
+    #: ``postgresql://…``: the PostgreSQL store instead of the TinyDB file at ``path``.
+    #: A Secret because it may carry a password; show it with :attr:`where`.
+    url: Secret = field(default_factory=lambda: Secret(""))
+
+    @property
+    def location(self) -> str:
+        """What ``storage.open_store`` takes: the URL when set, else the path."""
+        return self.url.reveal() or self.path
+
+    @property
+    def where(self) -> str:
+        """The store for messages and logs (a URL's password masked)."""
+        return mask_url(self.url.reveal()) if self.url else self.path
+
+    @property
+    def url_secrets(self) -> list[str]:
+        """The URL and its password (raw and decoded), for the log redaction filter."""
+        url = self.url.reveal()
+        if not url:
+            return []
+        try:
+            password = urlsplit(url).password or ""
+        except ValueError:
+            password = ""
+        # Without a password the URL is shown as it is (where), so not redacted either.
+        return [v for v in (url, password, unquote(password)) if v] if password else []
 
 
 @dataclass(frozen=True)
@@ -149,6 +177,7 @@ _SECRETS = {
     "instagram.verify_token",
     "instagram.instagram_login.app_secret",
     "storage.encryption_key",
+    "storage.url",
 }
 _URLS = {
     "rocketchat.url", "instagram.graph_url", "instagram.dialog_url", "server.public_url",
@@ -264,6 +293,8 @@ def _convert(key: str, value: Any, env: dict[str, str]) -> Any:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ConfigError(key, "must be a string")
     text = expand(str(value), env, key).strip()
+    if key == "storage.url":
+        _check_storage_url(key, text)
     if key in _SECRETS:
         return Secret(text)
     if key in _URLS:
@@ -292,6 +323,18 @@ def _check_url(key: str, text: str) -> None:
         raise ConfigError(key, f"must be an http(s) URL, got {text!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(key, f"must be an http(s) URL, got {text!r}")
+
+
+def _check_storage_url(key: str, text: str) -> None:
+    if not text:
+        return  # the TinyDB file at storage.path
+    # The message shows the URL masked: it may carry the database password.
+    if not is_postgres_url(text):
+        raise ConfigError(key, f"must be empty or a postgresql:// URL, got {mask_url(text)!r}")
+    try:
+        urlsplit(text).port  # noqa: B018  (raises ValueError for a bad port)
+    except ValueError:
+        raise ConfigError(key, f"is not a valid URL: {mask_url(text)!r}") from None
 
 
 def _check_listen(key: str, text: str) -> None:

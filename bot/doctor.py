@@ -891,6 +891,8 @@ def storage_files(path: str) -> list[Path]:
 def check_storage_files(c: Checkup) -> CheckResult:
     """The data directory is usable and no data file is readable by others (tokens)."""
     name = "storage.files"
+    if c.config.storage.url:
+        return CheckResult(name, PASS, "storage.url is set: PostgreSQL, no data files")
     path = Path(c.config.storage.path)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.exists():
@@ -959,8 +961,8 @@ async def check_store_and_pages(c: Checkup, now: float) -> list[CheckResult]:
     from storage.base import StorageError, StoreLocked
 
     name = "storage.open"
-    path = c.config.storage.path
-    if not storage_files(path):
+    path = c.config.storage.where
+    if not c.config.storage.url and not storage_files(path):
         return [
             CheckResult(name, PASS, f"{path}: no data yet"),
             CheckResult("pages", WARN, "no page connected yet",
@@ -968,7 +970,7 @@ async def check_store_and_pages(c: Checkup, now: float) -> list[CheckResult]:
         ]
     key = c.config.storage.encryption_key.reveal() or None
     try:
-        store = open_store(path, key)
+        store = open_store(c.config.storage.location, key)
     except StorageError as exc:
         return [CheckResult(name, FAIL, str(exc), "set a valid storage.encryption_key")]
     try:
