@@ -293,9 +293,18 @@ class TokenRefresher:
         self._retry_at: dict[str, float] = {}
 
     async def run(self) -> None:
-        """Check now, then every ``interval`` (±10%), until cancelled."""
+        """Check now, then every ``interval`` (±10%), until cancelled. With several
+        replicas on one store, each interval's check runs on one of them (the first to
+        claim its slot, :meth:`Store.once`), so a token is never refreshed twice."""
         while True:
-            await self.check()
+            slot = int(self.clock() // self.interval)
+            try:
+                async with self.store.once(f"ig-token-refresh:{slot}",
+                                           2 * self.interval) as mine:
+                    if mine:
+                        await self.check()
+            except Exception:
+                log.exception("instagram token check failed; next one as planned")
             await asyncio.sleep(self.interval * random.uniform(0.9, 1.1))
 
     async def check(self) -> None:

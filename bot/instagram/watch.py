@@ -71,11 +71,18 @@ class MetaWatch:
         return self.interval * (1 - JITTER + 2 * JITTER * self.rand())
 
     async def run(self) -> None:
-        """Rounds forever (cancel to stop); a failing round never ends the watch."""
+        """Rounds forever (cancel to stop); a failing round never ends the watch.
+
+        With several replicas on one store, each interval's round runs on one of them:
+        the first to reach it claims the interval's slot (:meth:`Store.once`).
+        """
         while True:
             await self.sleep(self.next_wait())
             try:
-                await self.run_once()
+                slot = int(self.clock() // self.interval)
+                async with self.store.once(f"meta-watch:{slot}", 2 * self.interval) as mine:
+                    if mine:
+                        await self.run_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
