@@ -712,6 +712,14 @@ class RocketChatREST:
         )
         return data.get("room") or {}, bool(data.get("newRoom"))
 
+    async def close_room(self, rid: str) -> None:
+        """Close a livechat room as staff (``livechat/room.closeByUser``; the bot's
+        livechat-manager role holds ``close-others-livechat-room``)."""
+        await self._authed(
+            "livechat/room.closeByUser",
+            lambda: self._api.call_api_post("livechat/room.closeByUser", body={"rid": rid}),
+        )
+
     async def post_visitor_message(self, token: str, rid: str, text: str, msg_id: str) -> dict:
         """Post as the visitor (``POST livechat/message``); a repeated ``msg_id`` is a success.
 
