@@ -13,11 +13,11 @@ from tests.scenarios.outbound_helpers import enable_omnichannel_webhooks
 async def test_agent_reply_in_a_room_the_bridge_did_not_open_is_not_sent(
     bridge: Bridge, eventually
 ) -> None:
-    """A widget visitor who picks an ``instagram-<page>-<igsid>`` token gets no bridge:
-    the agent's reply in that room never reaches the Instagram user."""
+    """A widget visitor who picks the guessable ``instagram-<page>-<igsid>`` token gets no
+    bridge: the agent's reply in that room never reaches the Instagram user."""
     enable_omnichannel_webhooks(bridge)
     igsid = bridge.meta.new_igsid()
-    token = bridge.token(igsid)
+    token = f"instagram-{bridge.page_id}-{igsid}"
     base = f"{bridge.rc.url}/api/v1"
 
     def impersonate() -> str:
@@ -32,7 +32,7 @@ async def test_agent_reply_in_a_room_the_bridge_did_not_open_is_not_sent(
 
     def dropped() -> float:
         return bridge.bot.metrics.registry.get_sample_value(
-            "rcig_events_dropped_total", {"direction": "outbound", "reason": "foreign_room"}
+            "rcig_events_dropped_total", {"direction": "outbound", "reason": "not_ours"}
         ) or 0.0
 
     await eventually(lambda: dropped() >= 1)
