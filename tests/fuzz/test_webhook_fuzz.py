@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 from typing import Any
 
 import aiohttp
@@ -20,6 +21,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from storage.base import Conversation
 from tests.fuzz.conftest import FUZZ, LoopBridge, internal_errors, pending, run_property
 from tests.fuzz.strategies import instagram_bodies, json_values, rocketchat_bodies
 from tests.scenarios.harness import APP_SECRET, WEBHOOK_SECRET, Bridge
@@ -153,6 +155,11 @@ async def test_fuzzed_rocketchat_webhooks_never_5xx_and_drain(
                "Content-Type": "application/json"}
     for igsid in IGSIDS:  # the visitors wrote recently: sends to them succeed
         bridge.meta.set_last_inbound(bridge.ig_id, igsid)
+        # Conversations the bridge holds (stored tokens, as from a store of the old
+        # token form), each with room-1 as the room it opened: only those relay.
+        await bridge.bot.store.save_conversation(Conversation(
+            page_id, igsid, f"instagram-{page_id}-{igsid}", room_id="room-1",
+            visitor_registered=True, last_inbound_at=time.time()))
     async with aiohttp.ClientSession() as http:
         loop = LoopBridge(asyncio.get_running_loop())
 
