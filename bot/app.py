@@ -250,6 +250,10 @@ class Bot:
     async def start(self) -> None:
         """Open the store, log in, and start serving; the realtime client starts in run()."""
         await self.store.open()
+        if not self.config.storage.encryption_key.reveal():
+            log.warning("storage.encryption_key is not set: page and user access tokens are "
+                        "stored in plain text in %s (mode 0600); see README \"Security\"",
+                        self.config.storage.path)
         await self.rest.login()
         self._runner = web.AppRunner(self.web_app, access_log=None)
         await self._runner.setup()
@@ -330,6 +334,9 @@ class Bot:
         visitors = await self.store.visitors_since(month_start(self.clock()))
         self.metrics.monthly_visitors.set(sum(visitors.values()))
         self.metrics.set_aside_items.set(len(await self.store.set_aside_items()))
+        stats = await self.store.stats()
+        if "conversations" in stats:
+            self.metrics.conversations.set(stats["conversations"])
 
     def _watch_round(self, result: WatchRound) -> None:
         self.metrics.meta_watch_last_round.set(result.at)

@@ -56,7 +56,7 @@ def deep(depth: int) -> str:
 def ig_message(ig_id: str, **message: Any) -> dict[str, Any]:
     return {"object": "instagram", "entry": [{"id": ig_id, "time": 1, "messaging": [{
         "sender": {"id": "6543210987654321"}, "recipient": {"id": ig_id},
-        "timestamp": 1735689599870, "message": {"mid": "m-x", **message}}]}]}
+        "timestamp": int(time.time() * 1000), "message": {"mid": "m-x", **message}}]}]}
 
 
 def counted(bridge: Bridge, metric_name: str, direction: str) -> dict[str, float]:
@@ -167,6 +167,9 @@ async def test_fuzzed_rocketchat_webhooks_never_5xx_and_drain(
         @given(body=st.one_of(rocketchat_bodies(page_id), rocketchat_bodies(page_id), json_values))
         @example(body=b"{" * 200_000)
         @example(body=f'{{"type": "Message", "messages": {deep(5000)}}}'.encode())
+        @example(body={"type": "Message", "_id": "room-1",
+                       "visitor": {"token": "instagram-PAGE-1"},
+                       "messages": [{"_id": "r-ok", "agentId": "a-1", "msg": "hi"}]})
         @example(body={"type": "Message", "visitor": {"token": "instagram-PAGE-1"},
                        "messages": 5})
         @example(body={"type": "Message", "visitor": {"token": "instagram-PAGE-1"},

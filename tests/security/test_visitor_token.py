@@ -69,12 +69,13 @@ async def test_reply_for_a_message_without_room_id_is_not_sent(bridge: Bridge) -
     """A right-secret webhook naming no room (with a ``file://`` attachment) reaches no
     Send API call: a missing room id is a foreign room."""
     enable_omnichannel_webhooks(bridge)
-    igsid, rid = await visitor_with_room(bridge)
+    igsid, _ = await visitor_with_room(bridge)
     body = {
         "_id": "", "type": "Message", "visitor": {"token": bridge.token(igsid)},
         "messages": [{"_id": "forged-1", "msg": "pay here", "agentId": "x",
                       "u": {"_id": "x", "username": AGENT},
-                      "fileUpload": {"publicFilePath": "file:///etc/passwd", "type": "text/plain"}}],
+                      "fileUpload": {"publicFilePath": "file:///etc/passwd",
+                                     "type": "text/plain"}}],
     }
     assert await post_webhook(bridge, body, {"X-RocketChat-Livechat-Token": WEBHOOK_SECRET}) == 200
     await asyncio.sleep(0.5)
