@@ -378,8 +378,9 @@ class Bot:
                      message.id)
             await dispatch(self.registry, CommandContext(self, issuer, message.id), invocation)
 
-    async def is_admin(self, user_id: str) -> bool:
-        roles = await self.rest.user_roles(user_id)
+    async def is_admin(self, user_id: str, *, fresh: bool = False) -> bool:
+        """Whether the user holds an admin role (``fresh``: not from the roles cache)."""
+        roles = await self.rest.user_roles(user_id, fresh=fresh)
         return bool(roles & set(self.config.rocketchat.admin_roles))
 
     async def notify_admins(self, text: str) -> None:

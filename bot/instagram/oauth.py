@@ -170,6 +170,9 @@ class OAuthFlow:
     #: Awaited with the page id after a page is (re)connected and subscribed, so work
     #: held while it needed re-authorization resumes at once (``Bot.on_page_reauthorized``).
     on_connected: Callable[[str], Awaitable[None]] | None = None
+    #: Whether a user id holds an admin role now (not cached): a link issued before a
+    #: demotion must not connect a page afterwards. None: not checked (unit tests).
+    is_admin: Callable[[str], Awaitable[bool]] | None = None
 
     # -- GET /oauth/callback -------------------------------------------------------------
     async def handle_callback(self, params: Mapping[str, str]) -> tuple[int, str]:
@@ -183,6 +186,8 @@ class OAuthFlow:
             log.warning("oauth callback with an unknown, expired or used state")
             return 400, messages.oauth_invalid_state_page()
         ref = state_ref(state)
+        if not await self._still_admin(login):
+            return 403, messages.oauth_not_admin_page()
         if params.get("error") or params.get("error_reason"):
             log.info(
                 "login %s by %s cancelled at Meta (%s)",
@@ -194,7 +199,8 @@ class OAuthFlow:
         if not code:
             log.warning("oauth callback for login %s without code or error", ref)
             await self._dm(
-                login.username, messages.OAUTH_DM_FAILED.format(reason="Meta sent no code")
+                login.username,
+                messages.render(messages.OAUTH_DM_FAILED, reason="Meta sent no code"),
             )
             return 400, messages.oauth_failed_page("Meta sent no authorization code")
         try:
@@ -208,7 +214,7 @@ class OAuthFlow:
             raw_pages += await self._unlisted_pages(ref, token_info, raw_pages, user_token)
         except GraphError as exc:
             log.warning("login %s by %s failed at Meta: %s", ref, login.username, exc)
-            await self._dm(login.username, messages.OAUTH_DM_FAILED.format(reason=exc))
+            await self._dm(login.username, messages.render(messages.OAUTH_DM_FAILED, reason=exc))
             return 502, messages.oauth_failed_page(str(exc))
         candidates: list[Candidate] = []
         skipped: list[tuple[str, str]] = []
@@ -280,6 +286,8 @@ class OAuthFlow:
         if choice is None:
             log.warning("page choice with an unknown, expired or used form state")
             return 400, messages.oauth_invalid_state_page()
+        if not await self._still_admin(choice):
+            return 403, messages.oauth_not_admin_page()
         data = choice.data
         candidates = [Candidate(**c) for c in data.get("candidates", [])]
         skipped = [tuple(s) for s in data.get("skipped", [])]
@@ -292,6 +300,14 @@ class OAuthFlow:
             )
             return 400, page
         return await self._connect(choice, picked, data.get("user_token", ""), skipped)
+
+    async def _still_admin(self, login: LoginState) -> bool:
+        """Whether the admin who asked for the link holds an admin role now."""
+        if self.is_admin is None or await self.is_admin(login.user_id):
+            return True
+        log.warning("login %s by %s refused: no admin role any more",
+                    state_ref(login.state), login.username)
+        return False
 
     # -- connecting ----------------------------------------------------------------------
     async def connect_page(
@@ -368,21 +384,22 @@ class OAuthFlow:
         page, reconnected, outcome = await self.connect_page(candidate, user_token, login.user_id)
         fmt = dict(name=page.name, page_id=page.page_id, username=page.username)
         if isinstance(outcome, GraphError):
-            text = messages.OAUTH_DM_SUBSCRIBE_FAILED.format(reason=str(outcome), **fmt)
+            text = messages.render(messages.OAUTH_DM_SUBSCRIBE_FAILED, reason=str(outcome), **fmt)
             if page.subscribed:
-                text += " " + messages.SUBSCRIBE_EARLIER_KEPT
+                text = messages.Markup(text + " " + messages.SUBSCRIBE_EARLIER_KEPT)
             await self._dm(login.username, text)
             return 502, messages.oauth_subscribe_failed_page(
                 page.name, page.page_id, str(outcome)
             )
         text = (messages.OAUTH_DM_RECONNECTED if reconnected else messages.OAUTH_DM_CONNECTED)
-        lines = [text.format(**fmt)]
+        lines = [messages.render(text, **fmt)]
         if outcome is None:
             lines.append(messages.OAUTH_DM_SUBSCRIPTION_UNCONFIRMED)
         else:
-            fields = ", ".join(f"`{f}`" for f in outcome) or "no field"
-            lines.append(messages.OAUTH_DM_SUBSCRIPTION_LISTED.format(fields=fields))
-        lines += [messages.OAUTH_DM_SKIPPED.format(page_id=p, name=n) for p, n in skipped]
+            fields = messages.Markup(
+                ", ".join(messages.render(messages.CODE, value=f) for f in outcome) or "no field")
+            lines.append(messages.render(messages.OAUTH_DM_SUBSCRIPTION_LISTED, fields=fields))
+        lines += [messages.render(messages.OAUTH_DM_SKIPPED, page_id=p, name=n) for p, n in skipped]
         await self._dm(login.username, "\n".join(lines), page)
         return 200, messages.oauth_connected_page(page.name, page.username, page.page_id, skipped)
 
@@ -425,7 +442,7 @@ class OAuthFlow:
         if not skipped:
             return messages.OAUTH_DM_NO_PAGES
         lines = [messages.OAUTH_DM_NO_ELIGIBLE]
-        lines += [messages.OAUTH_DM_SKIPPED.format(page_id=p, name=n) for p, n in skipped]
+        lines += [messages.render(messages.OAUTH_DM_SKIPPED, page_id=p, name=n) for p, n in skipped]
         return "\n".join(lines)
 
     async def _dm(self, username: str, text: str, page: Page | None = None) -> None:

@@ -49,6 +49,7 @@ def flow_for(bot: Bot) -> OAuthFlow:
     return OAuthFlow(
         bot.store, bot.graph, bot.config, bot.rest.send_dm,
         clock=bot.clock, on_connected=bot.on_page_reauthorized,
+        is_admin=lambda user_id: bot.is_admin(user_id, fresh=True),
     )
 
 

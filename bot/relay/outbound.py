@@ -560,8 +560,10 @@ class OutboundRelay:
             page_id, igsid = split_conversation(item.conversation)
             conversation = await self.store.conversation(page_id, igsid)
         visitor = (conversation.visitor_name if conversation else "") or "the visitor"
-        partial = messages.OUTBOUND_PARTIAL.format(sent=sent, total=total) if sent else ""
-        text = template.format(visitor=visitor, error=error, partial=partial, name=name)
+        partial = (messages.render(messages.OUTBOUND_PARTIAL, sent=sent, total=total)
+                   if sent else "")
+        text = messages.render(template, visitor=visitor, error=error,
+                               partial=messages.Markup(partial), name=name)
         note = WorkItem(
             item_id=f"note:{key or item.item_id}",
             queue="outbound",

@@ -38,7 +38,7 @@ log = logging.getLogger("bot.rest")
 
 T = TypeVar("T")
 
-ROLES_CACHE_SECONDS = 30.0
+ROLES_CACHE_SECONDS = 10.0
 #: Who holds the (never public) ``bot`` role changes rarely; listing it pages users.list.
 BOT_ACCOUNTS_CACHE_SECONDS = 300.0
 #: Page size for paged routes: the server clamps ``count`` at API_Upper_Count_Limit (100).
@@ -470,15 +470,16 @@ class RocketChatREST:
                     return item.get("value")
         raise NotAllowed(f"settings: {setting_id} is not readable", error_type="error-not-allowed")
 
-    async def _public_roles(self) -> dict[str, tuple[str | None, set[str]]]:
-        """``user_id -> (username, roles)`` for holders of public roles, cached ~30 s.
+    async def _public_roles(self, fresh: bool = False) -> dict[str, tuple[str | None, set[str]]]:
+        """``user_id -> (username, roles)`` for holders of public roles, cached
+        ROLES_CACHE_SECONDS (``fresh``: ask the server now).
 
         Servers without the REST route (6.x and 7.0) answer it with an HTML page (200),
         others may with a 404: either way the same list then comes from the DDP method
         ``getUserRoles`` (present through 7.x) through ``public_roles_fallback``.
         """
         async with self._roles_lock:
-            if self._clock() - self._roles_at > ROLES_CACHE_SECONDS:
+            if fresh or self._clock() - self._roles_at > ROLES_CACHE_SECONDS:
                 try:
                     data = await self._authed(
                         "roles.getUsersInPublicRoles", self._api.roles_get_users_in_public_roles
@@ -502,13 +503,19 @@ class RocketChatREST:
                 self._roles_at = self._clock()
             return self._roles
 
-    async def user_roles(self, user_id: str) -> set[str]:
+    async def user_roles(self, user_id: str, *, fresh: bool = False) -> set[str]:
         """Public roles of a user (``roles.getUsersInPublicRoles``, no permission needed).
 
-        The list is cached for ~30 s; a user without public roles gets an empty set.
+        The list is cached for ROLES_CACHE_SECONDS (``fresh``: not the cached list); a
+        user without public roles gets an empty set.
         """
-        entry = (await self._public_roles()).get(user_id)
+        entry = (await self._public_roles(fresh)).get(user_id)
         return set(entry[1]) if entry else set()
+
+    async def username_of(self, user_id: str) -> str | None:
+        """The username of a holder of public roles, by user id (same cache)."""
+        entry = (await self._public_roles()).get(user_id)
+        return entry[0] if entry else None
 
     async def users_with_roles(self, roles: list[str] | set[str]) -> list[str]:
         """Usernames holding any of ``roles`` (public roles only; same cache as user_roles)."""

@@ -37,11 +37,16 @@ async def test_unsubscribe_uninstalls_and_stops_relaying(
     await bridge.command("/instagram subscribe 301")
     assert bridge.meta.subscription("301") == ["feed"]
     assert "Bridging is on" in bridge.dms()[-1]
-    assert not [r for r in bridge.rc.livechat_rooms() if igsid in r["v"]["token"]]
+    assert await bridge.bot.store.conversation("301", igsid) is None  # nothing relayed
 
     # Subscribed again: the next message is relayed.
     await bridge.meta.adeliver(url, bridge.meta.text_event(NORTH_IG, igsid, "hello again"))
-    await eventually(lambda: [r for r in bridge.rc.livechat_rooms() if igsid in r["v"]["token"]])
+    async def room_opened() -> bool:
+        conv = await bridge.bot.store.conversation("301", igsid)
+        return conv is not None and any(
+            r["v"]["token"] == conv.visitor_token for r in bridge.rc.livechat_rooms())
+
+    await eventually(room_opened)
 
 
 @pytest.mark.parametrize("verb", ["subscribe", "unsubscribe"])
