@@ -18,8 +18,6 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from aiohttp import web
-
 from bot.backoff import BackoffFactory, exponential_backoff
 from bot.config import Config
 from bot.contacts import month_start
@@ -37,7 +35,7 @@ from bot.relay.worker import QueueWorker
 from bot.rocketchat.actions import button_attachments
 from bot.rocketchat.realtime import IncomingMessage, RealtimeClient
 from bot.rocketchat.rest import RocketChatREST, Unavailable, random_id
-from bot.web import create_app
+from bot.web import Receiver
 from commands.base import ButtonRow, Issuer
 from commands.registry import Registry, default_registry
 from commands.router import dispatch, parse
@@ -239,11 +237,11 @@ class Bot:
             lambda page_id: mark_needs_reauth(self.store, self.notify_admins, page_id),
             clock=clock, interval=watch_interval, on_round=self._watch_round,
         )
-        self.web_app = create_app(self)
-        self._runner: web.AppRunner | None = None
+        self.receiver = Receiver(self)
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopped = asyncio.Event()
         self.port: int | None = None
+        self.metrics_port: int | None = None  # server.metrics_listen's port, when set
         self._reconnects_counted = 0
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -255,14 +253,14 @@ class Bot:
                         "stored in plain text in %s (mode 0600); see README \"Security\"",
                         self.config.storage.path)
         await self.rest.login()
-        self._runner = web.AppRunner(self.web_app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.server.host, self.config.server.port)
-        await site.start()
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            self.port = server.sockets[0].getsockname()[1]
-        log.info("web receiver listening on %s (port %s)", self.config.server.listen, self.port)
+        await self.receiver.start()
+        self.port = self.receiver.public.port
+        log.info("web receiver listening on %s (port %s, at most %d connections)",
+                 self.config.server.listen, self.port, self.receiver.public.max_connections)
+        if self.receiver.monitoring is not None:
+            self.metrics_port = self.receiver.monitoring.port
+            log.info("/metrics and /healthz listening on %s (port %s)",
+                     self.config.server.metrics_listen, self.metrics_port)
         self._tasks.append(asyncio.create_task(self.outbound.run(), name="outbound"))
         self._tasks.append(asyncio.create_task(self.inbound.run(), name="inbound"))
         self._tasks.append(asyncio.create_task(self.intake.run(), name="intake"))
@@ -298,8 +296,7 @@ class Bot:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self.receiver.stop()
         await self.graphs.close()
         await self.rest.close()
         await self.store.close()

@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 # Page names, usernames, display names, department names and command arguments are
 # chosen by other people. Put into a DM or a note as they are, `Shop [Re-authorize
 # here](https://evil.example)` is a live link, `*`/`_` restyle the text, a backtick ends
-# a code span and a display name `@all` pings a room. (A bare URL stays a visible URL.) Every template below is filled with render(),
-# which escapes each value for where it stands.
+# a code span and a display name `@all` pings a room (a bare URL stays a visible URL).
+# Every template below is filled with render(), which escapes each value for where it
+# stands.
 
 #: Zero-width space: splits link and mention syntax without changing what is shown.
 _ZWSP = "\u200b"
