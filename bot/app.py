@@ -110,8 +110,9 @@ class CommandContext:
         attachments = button_attachments(rows) or None
         await self._patiently(
             f"reply to {self.issuer.username}",
-            lambda: self.bot.rest.send_dm(
-                self.issuer.username, clip_reply(text), msg_id, attachments
+            # By user id: the username in a message is only what the sender is called.
+            lambda: self.bot.rest.send_dm_to_user(
+                self.issuer.user_id, clip_reply(text), msg_id, attachments
             ),
         )
 

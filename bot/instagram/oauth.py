@@ -58,7 +58,7 @@ STATE_TTL = 600.0  # seconds a login link (and a choice form) stays usable
 STATE_BYTES = 32  # 256 random bits (the brief asks for at least 128)
 SELECT_PATH = "/oauth/select"
 
-#: (username, text, attachments=None) → DM; ``bot.rocketchat.rest.RocketChatREST.send_dm``.
+#: (user id, text, attachments=None) → DM; ``RocketChatREST.send_dm_to_user``.
 Notify = Callable[..., Awaitable[object]]
 
 
@@ -193,13 +193,13 @@ class OAuthFlow:
                 "login %s by %s cancelled at Meta (%s)",
                 ref, login.username, params.get("error_reason") or params.get("error"),
             )
-            await self._dm(login.username, messages.OAUTH_DM_CANCELLED)
+            await self._dm(login, messages.OAUTH_DM_CANCELLED)
             return 200, messages.oauth_cancelled_page()
         code = params.get("code") or ""
         if not code:
             log.warning("oauth callback for login %s without code or error", ref)
             await self._dm(
-                login.username,
+                login,
                 messages.render(messages.OAUTH_DM_FAILED, reason="Meta sent no code"),
             )
             return 400, messages.oauth_failed_page("Meta sent no authorization code")
@@ -214,7 +214,7 @@ class OAuthFlow:
             raw_pages += await self._unlisted_pages(ref, token_info, raw_pages, user_token)
         except GraphError as exc:
             log.warning("login %s by %s failed at Meta: %s", ref, login.username, exc)
-            await self._dm(login.username, messages.render(messages.OAUTH_DM_FAILED, reason=exc))
+            await self._dm(login, messages.render(messages.OAUTH_DM_FAILED, reason=exc))
             return 502, messages.oauth_failed_page(str(exc))
         candidates: list[Candidate] = []
         skipped: list[tuple[str, str]] = []
@@ -229,7 +229,7 @@ class OAuthFlow:
             ref, login.username, len(raw_pages), len(candidates), len(skipped),
         )
         if not candidates:
-            await self._dm(login.username, self._no_pages_dm(skipped))
+            await self._dm(login, self._no_pages_dm(skipped))
             return 200, messages.oauth_no_pages_page(skipped)
         if len(candidates) == 1:
             return await self._connect(login, candidates[0], user_token, skipped)
@@ -248,7 +248,7 @@ class OAuthFlow:
             now=self.clock(), rerequest=True,
         )
         await self._dm(
-            login.username,
+            login,
             messages.oauth_missing_permissions_dm(
                 missing, config_id, url, int(STATE_TTL // 60)
             ),
@@ -387,7 +387,7 @@ class OAuthFlow:
             text = messages.render(messages.OAUTH_DM_SUBSCRIBE_FAILED, reason=str(outcome), **fmt)
             if page.subscribed:
                 text = messages.Markup(text + " " + messages.SUBSCRIBE_EARLIER_KEPT)
-            await self._dm(login.username, text)
+            await self._dm(login, text)
             return 502, messages.oauth_subscribe_failed_page(
                 page.name, page.page_id, str(outcome)
             )
@@ -400,7 +400,7 @@ class OAuthFlow:
                 ", ".join(messages.render(messages.CODE, value=f) for f in outcome) or "no field")
             lines.append(messages.render(messages.OAUTH_DM_SUBSCRIPTION_LISTED, fields=fields))
         lines += [messages.render(messages.OAUTH_DM_SKIPPED, page_id=p, name=n) for p, n in skipped]
-        await self._dm(login.username, "\n".join(lines), page)
+        await self._dm(login, "\n".join(lines), page)
         return 200, messages.oauth_connected_page(page.name, page.username, page.page_id, skipped)
 
     async def _offer_choice(
@@ -428,7 +428,7 @@ class OAuthFlow:
             )
         )
         if notify:
-            await self._dm(login.username, messages.OAUTH_DM_CHOOSE)
+            await self._dm(login, messages.OAUTH_DM_CHOOSE)
         log.info("page choice %s offered to %s", state_ref(state), login.username)
         return 200, messages.oauth_choose_page(
             SELECT_PATH,
@@ -445,15 +445,16 @@ class OAuthFlow:
         lines += [messages.render(messages.OAUTH_DM_SKIPPED, page_id=p, name=n) for p, n in skipped]
         return "\n".join(lines)
 
-    async def _dm(self, username: str, text: str, page: Page | None = None) -> None:
+    async def _dm(self, login: LoginState, text: str, page: Page | None = None) -> None:
         # The browser page already tells the admin the outcome; a failed DM must not
         # turn a successful connection into an error page. A connected page's DM carries
-        # its buttons (Edit, Unsubscribe), as /instagram pages does.
+        # its buttons (Edit, Unsubscribe), as /instagram pages does. Addressed by user id:
+        # a username can be taken over (a livechat visitor may call itself anything).
         try:
             if page is None:
-                await self.notify(username, text)
+                await self.notify(login.user_id, text)
             else:
                 rows = button_attachments([page_buttons(page)])
-                await self.notify(username, text, attachments=rows)
+                await self.notify(login.user_id, text, attachments=rows)
         except Exception:
-            log.exception("could not DM %s the outcome of the login", username)
+            log.exception("could not DM %s the outcome of the login", login.username)

@@ -47,7 +47,7 @@ def _bot(request: web.Request) -> Bot:
 def flow_for(bot: Bot) -> OAuthFlow:
     """The OAuth flow over the running bot's store, Graph client and config."""
     return OAuthFlow(
-        bot.store, bot.graph, bot.config, bot.rest.send_dm,
+        bot.store, bot.graph, bot.config, bot.rest.send_dm_to_user,
         clock=bot.clock, on_connected=bot.on_page_reauthorized,
         is_admin=lambda user_id: bot.is_admin(user_id, fresh=True),
     )

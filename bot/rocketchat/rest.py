@@ -663,6 +663,20 @@ class RocketChatREST:
             rid = await self.dm_room(username)
             return await self.send_message(rid, text, msg_id, attachments)
 
+    async def send_dm_to_user(
+        self, user_id: str, text: str, msg_id: str | None = None,
+        attachments: list[dict] | None = None,
+    ) -> dict:
+        """Direct-message the user with ``user_id`` (``users.info`` names them now; a
+        livechat visitor is no user, so a visitor posing as one gets nothing)."""
+        data = await self._authed(
+            "users.info", lambda: self._api.users_info(user_id=user_id)
+        )
+        username = (data.get("user") or {}).get("username")
+        if not username:
+            raise RocketChatError(f"users.info: no user {user_id}")
+        return await self.send_dm(username, text, msg_id, attachments)
+
     async def subscriptions_since(self, since: datetime) -> list[dict]:
         """Subscriptions updated after ``since`` (``subscriptions.get?updatedSince``)."""
         stamp = self._q(iso_date(since))

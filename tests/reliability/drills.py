@@ -69,7 +69,7 @@ class BotProcess:
             self.proc = subprocess.Popen(
                 [*bot_command(), "run", "--config", str(self.config)],
                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                preexec_fn=self._limit if self.nofile else None,  # noqa: PLW1509
+                preexec_fn=self._limit if self.nofile else None,
             )
         self.starts += 1
         deadline = started + timeout

@@ -78,7 +78,7 @@ async def test_aborted_upload_logs_no_traceback(bridge: Bridge, log_text: io.Str
     """A client announcing a large body that hangs up half-way leaves no traceback and
     no error in the log; the receiver keeps answering."""
     for _ in range(5):
-        reader, writer = await asyncio.open_connection("127.0.0.1", bridge.bot.port)
+        _, writer = await asyncio.open_connection("127.0.0.1", bridge.bot.port)
         writer.write(b"POST /webhooks/instagram HTTP/1.1\r\nHost: x\r\n"
                      b"Content-Type: application/json\r\nContent-Length: 500000\r\n\r\n{\"a\":")
         await writer.drain()
