@@ -7,6 +7,7 @@ from typing import Any
 
 import requests
 
+from storage.base import Conversation
 from tests.scenarios.harness import AGENT, WEBHOOK_SECRET, Bridge
 from tests.scenarios.outbound_helpers import (
     enable_omnichannel_webhooks,
@@ -110,3 +111,43 @@ async def test_file_url_outside_https_or_rocketchat_is_never_sent(bridge: Bridge
         await asyncio.sleep(0.02)
     messages = [s["body"]["message"] for s in await sent()]
     assert messages == [{"text": "see file"}]
+
+
+async def test_room_opened_with_a_legacy_token_is_never_adopted(bridge: Bridge) -> None:
+    """A conversation from an old store keeps its guessable token; an outsider who opened
+    a room with it before the visitor writes again gets that room closed, and the
+    visitor's message goes into a new room the bridge opened."""
+    igsid = bridge.meta.new_igsid()
+    legacy = f"instagram-{bridge.page_id}-{igsid}"
+    await bridge.bot.store.save_conversation(Conversation(
+        bridge.page_id, igsid, legacy, visitor_name="Old Friend", visitor_registered=True))
+    base = _api(bridge)
+
+    def squat() -> str:
+        requests.post(f"{base}/livechat/visitor", timeout=5, json={
+            "visitor": {"token": legacy, "name": "Old Friend",
+                        "department": bridge.department_id}}).raise_for_status()
+        room = requests.get(f"{base}/livechat/room", params={"token": legacy}, timeout=5)
+        room.raise_for_status()
+        return room.json()["room"]["_id"]
+
+    squatted = await asyncio.to_thread(squat)
+    status, _ = await bridge.deliver(bridge.meta.text_event(bridge.ig_id, igsid, "back again"))
+    assert status == 200
+
+    async def relayed() -> dict[str, Any] | None:
+        conv = await bridge.bot.store.conversation(bridge.page_id, igsid)
+        return conv if conv is not None and conv.room_id else None
+
+    for _ in range(500):
+        if await relayed():
+            break
+        await asyncio.sleep(0.02)
+    conv = await relayed()
+    assert conv is not None and conv.room_id != squatted
+    assert conv.visitor_token == legacy  # the conversation keeps its token for life
+    rooms = {r["_id"]: r for r in bridge.rc.livechat_rooms()}
+    assert not rooms[squatted].get("open") and rooms[squatted].get("closedAt")
+    assert [m["msg"] for m in bridge.rc.room_messages(squatted) if m.get("token")] == []
+    assert [m["msg"] for m in bridge.rc.room_messages(conv.room_id)
+            if m.get("token")] == ["back again"]
