@@ -11,7 +11,7 @@ single-use state holding the candidates, so the form itself never carries a toke
 cannot be replayed or forged cross-site.
 
 Everything here is plain async code over a store, a Graph client, the config and a
-``notify(username, text)`` callback; the HTTP layer is :mod:`bot.instagram.oauth_routes`.
+``notify(user_id, text)`` callback; the HTTP layer is :mod:`bot.instagram.oauth_routes`.
 """
 
 from __future__ import annotations
