@@ -426,14 +426,14 @@ class InboundRelay:
                                                            item.payload.get("event") or {}))
             if len(excerpt) > NOTE_EXCERPT:
                 excerpt = excerpt[: NOTE_EXCERPT - 1] + "…"
-            text = messages.IN_SET_ASIDE_NOTE.format(
+            text = messages.render(messages.IN_SET_ASIDE_NOTE,
                 visitor=conv.visitor_name or "the visitor", reason=reason, excerpt=excerpt
             )
             await self._queue_outbound(f"setaside:{item.item_id}", "note", text, conv,
                                        conv.room_id, note=True)
         code = exc.error_type or type(exc).__name__
         if await self.store.remember(f"set-aside-dm:{page.page_id}:{code}", SET_ASIDE_DM_TTL):
-            await self._tell_admins(messages.IN_SET_ASIDE_DM.format(
+            await self._tell_admins(messages.render(messages.IN_SET_ASIDE_DM,
                 username=page.username or page.instagram_id, name=page.name,
                 page_id=page.page_id, reason=reason,
             ))
@@ -600,7 +600,7 @@ class InboundRelay:
                     "a department", department, page.page_id)
         if await self.store.remember(f"department-gone:{page.page_id}:{department}",
                                      DEPARTMENT_GONE_TTL):
-            await self._tell_admins(messages.IN_DEPARTMENT_GONE_DM.format(
+            await self._tell_admins(messages.render(messages.IN_DEPARTMENT_GONE_DM,
                 department=page.department_name or department, name=page.name,
                 page_id=page.page_id,
             ))

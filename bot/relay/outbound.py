@@ -513,7 +513,7 @@ class OutboundRelay:
             return
         log.warning("page %s: Meta configuration problem (%s); telling the admins",
                     page.page_id, exc)
-        text = messages.META_CONFIG_PROBLEM.format(
+        text = messages.render(messages.META_CONFIG_PROBLEM,
             username=page.username or page.instagram_id, name=page.name,
             page_id=page.page_id, error=exc,
         )
