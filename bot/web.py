@@ -103,15 +103,21 @@ def routes() -> list[web.RouteDef]:
 class _Held:
     """One held connection: its protocol, transport and current deadline."""
 
-    __slots__ = ("deadline", "inner", "opened", "phase", "transport")
+    __slots__ = ("deadline", "inner", "opened", "phase", "request", "transport")
 
     def __init__(self, inner: asyncio.Protocol, opened: float) -> None:
         self.inner = inner
         self.transport: asyncio.Transport | None = None
         self.opened = opened
-        #: "head" (waiting for a request), "body" (reading one), "handler" (our code runs).
+        #: "head" (waiting for a request) or "request" (one is being handled).
         self.phase = "head"
         self.deadline = 0.0
+        self.request: web.Request | None = None
+
+    @property
+    def busy(self) -> bool:
+        """A request whose body has fully arrived: our handler runs, never cut it off."""
+        return self.request is not None and self.request.content.is_eof()
 
 
 class _GuardedProtocol(asyncio.Protocol):
@@ -199,7 +205,7 @@ class ConnectionGuard:
 
     def _evict(self) -> bool:
         """Close the connection held longest that is not running a handler."""
-        candidates = [c for c in self._held.values() if c.phase != "handler"]
+        candidates = [c for c in self._held.values() if not c.busy]
         if not candidates:
             return False
         victim = min(candidates, key=lambda c: c.opened)
@@ -208,22 +214,19 @@ class ConnectionGuard:
         self._held.pop(id(victim.transport), None)
         return True
 
-    def request_started(self, transport: Any) -> None:
-        conn = self._held.get(id(transport))
+    def request_started(self, request: web.Request) -> None:
+        """A request head arrived: its body now has ``body_timeout`` to arrive."""
+        conn = self._held.get(id(request.transport))
         if conn is not None:
-            conn.phase, conn.deadline = "body", self.clock() + self.body_timeout
+            conn.phase, conn.request = "request", request
+            conn.deadline = self.clock() + self.body_timeout
 
-    def handler_started(self, transport: Any) -> None:
-        conn = self._held.get(id(transport))
-        if conn is not None:
-            conn.phase = "handler"
-
-    def request_done(self, transport: Any) -> None:
-        conn = self._held.get(id(transport))
+    def request_done(self, request: web.Request) -> None:
+        conn = self._held.get(id(request.transport))
         if conn is not None:
             # The next request on a kept-alive connection counts from now.
             now = self.clock()
-            conn.phase, conn.opened = "head", now
+            conn.phase, conn.request, conn.opened = "head", None, now
             conn.deadline = now + min(self.keepalive_timeout, self.head_timeout)
 
     @staticmethod
@@ -235,7 +238,7 @@ class ConnectionGuard:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             now = self.clock()
-            late = [c for c in self._held.values() if c.phase != "handler" and c.deadline < now]
+            late = [c for c in self._held.values() if c.deadline < now and not c.busy]
             for conn in late:
                 self.timed_out += 1
                 self._close(conn)
@@ -263,33 +266,21 @@ def _source(path: str) -> str | None:
 
 @web.middleware
 async def guard_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Bound the body's arrival, then run the handler; tell the guard each phase."""
+    """Tell the guard a request runs (its body is on the clock until it has arrived;
+    the guard cuts off a body still missing at the deadline) and when it is done."""
     guard = request.app[GUARD]
-    guard.request_started(request.transport)
+    guard.request_started(request)
     try:
-        if request.can_read_body and (request.content_length or 0) <= MAX_BODY:
-            # Read here, against the body deadline (aiohttp caches it for the handler).
-            try:
-                await asyncio.wait_for(request.read(), guard.body_timeout)
-            except TimeoutError:
-                return _refused(request, 408, "slow_body")
-            except web.HTTPRequestEntityTooLarge:
-                return _refused(request, 413, "too_large")
-            except (ConnectionError, RequestPayloadError):
-                # The client went away mid-upload: nobody is left to answer.
-                log.debug("request to %s aborted by the client", request.path)
-                return web.Response(status=400, text="aborted")
-        guard.handler_started(request.transport)
         return await handler(request)
+    except (ConnectionError, RequestPayloadError):
+        # The client went away (or was cut off) mid-body: nobody is left to answer.
+        source = _source(request.path)
+        if source is not None:
+            request.app[BOT].metrics.webhooks_rejected.labels(source, "aborted").inc()
+        log.debug("request to %s aborted mid-body", request.path)
+        return web.Response(status=400, text="aborted")
     finally:
-        guard.request_done(request.transport)
-
-
-def _refused(request: web.Request, status: int, reason: str) -> web.Response:
-    source = _source(request.path)
-    if source is not None:
-        request.app[BOT].metrics.webhooks_rejected.labels(source, reason).inc()
-    return web.Response(status=status, text=reason)
+        guard.request_done(request)
 
 
 def create_app(bot: Bot, table: list[web.RouteDef] | None = None) -> web.Application:
