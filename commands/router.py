@@ -81,8 +81,8 @@ async def _admin_or_told(ctx: CommandContext, command: Command) -> bool | None:
         reason = str(exc) if isinstance(exc, RocketChatError) else type(exc).__name__
         log.warning("admin check for %s (command %s) failed (ref %s): %s",
                     ctx.issuer.username, command.name, ref, reason)
-        await ctx.reply(messages.render(messages.ADMIN_CHECK_FAILED, name=command.name, reason=reason,
-                                                           ref=ref))
+        await ctx.reply(messages.render(messages.ADMIN_CHECK_FAILED, name=command.name,
+                                        reason=reason, ref=ref))
         return None
 
 

@@ -512,11 +512,6 @@ class RocketChatREST:
         entry = (await self._public_roles(fresh)).get(user_id)
         return set(entry[1]) if entry else set()
 
-    async def username_of(self, user_id: str) -> str | None:
-        """The username of a holder of public roles, by user id (same cache)."""
-        entry = (await self._public_roles()).get(user_id)
-        return entry[0] if entry else None
-
     async def users_with_roles(self, roles: list[str] | set[str]) -> list[str]:
         """Usernames holding any of ``roles`` (public roles only; same cache as user_roles)."""
         wanted = set(roles)
