@@ -31,8 +31,8 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
     if len(args) == 1:
         url = await issue_link(ctx.store, ctx.config, ctx.issuer.user_id,
                                ctx.issuer.username, page.page_id)
-        text = settings_text(page) + "\n" + messages.render(messages.EDIT_FORM_LINK,
-            url=url, minutes=int(SETTINGS_TTL // 60))
+        text = settings_text(page) + "\n" + messages.render(
+            messages.EDIT_FORM_LINK, url=messages.Markup(url), minutes=int(SETTINGS_TTL // 60))
         await ctx.reply(text, [ButtonRow((Button(messages.EDIT_FORM_BUTTON, url=url),))])
         return
     setting = args[1].lower()
