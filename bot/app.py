@@ -18,8 +18,6 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from aiohttp import web
-
 from bot.backoff import BackoffFactory, exponential_backoff
 from bot.config import Config
 from bot.contacts import month_start
@@ -37,7 +35,7 @@ from bot.relay.worker import QueueWorker
 from bot.rocketchat.actions import button_attachments
 from bot.rocketchat.realtime import IncomingMessage, RealtimeClient
 from bot.rocketchat.rest import RocketChatREST, Unavailable, random_id
-from bot.web import create_app
+from bot.web import Receiver
 from commands.base import ButtonRow, Issuer
 from commands.registry import Registry, default_registry
 from commands.router import dispatch, parse
@@ -112,8 +110,9 @@ class CommandContext:
         attachments = button_attachments(rows) or None
         await self._patiently(
             f"reply to {self.issuer.username}",
-            lambda: self.bot.rest.send_dm(
-                self.issuer.username, clip_reply(text), msg_id, attachments
+            # By user id: the username in a message is only what the sender is called.
+            lambda: self.bot.rest.send_dm_to_user(
+                self.issuer.user_id, clip_reply(text), msg_id, attachments
             ),
         )
 
@@ -239,26 +238,30 @@ class Bot:
             lambda page_id: mark_needs_reauth(self.store, self.notify_admins, page_id),
             clock=clock, interval=watch_interval, on_round=self._watch_round,
         )
-        self.web_app = create_app(self)
-        self._runner: web.AppRunner | None = None
+        self.receiver = Receiver(self)
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopped = asyncio.Event()
         self.port: int | None = None
+        self.metrics_port: int | None = None  # server.metrics_listen's port, when set
         self._reconnects_counted = 0
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         """Open the store, log in, and start serving; the realtime client starts in run()."""
         await self.store.open()
+        if not self.config.storage.encryption_key.reveal():
+            log.warning("storage.encryption_key is not set: page and user access tokens are "
+                        "stored in plain text in %s (mode 0600); see README \"Security\"",
+                        self.config.storage.path)
         await self.rest.login()
-        self._runner = web.AppRunner(self.web_app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.server.host, self.config.server.port)
-        await site.start()
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            self.port = server.sockets[0].getsockname()[1]
-        log.info("web receiver listening on %s (port %s)", self.config.server.listen, self.port)
+        await self.receiver.start()
+        self.port = self.receiver.public.port
+        log.info("web receiver listening on %s (port %s, at most %d connections)",
+                 self.config.server.listen, self.port, self.receiver.public.max_connections)
+        if self.receiver.monitoring is not None:
+            self.metrics_port = self.receiver.monitoring.port
+            log.info("/metrics and /healthz listening on %s (port %s)",
+                     self.config.server.metrics_listen, self.metrics_port)
         self._tasks.append(asyncio.create_task(self.outbound.run(), name="outbound"))
         self._tasks.append(asyncio.create_task(self.inbound.run(), name="inbound"))
         self._tasks.append(asyncio.create_task(self.intake.run(), name="intake"))
@@ -294,8 +297,7 @@ class Bot:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self.receiver.stop()
         await self.graphs.close()
         await self.rest.close()
         await self.store.close()
@@ -330,6 +332,9 @@ class Bot:
         visitors = await self.store.visitors_since(month_start(self.clock()))
         self.metrics.monthly_visitors.set(sum(visitors.values()))
         self.metrics.set_aside_items.set(len(await self.store.set_aside_items()))
+        stats = await self.store.stats()
+        if "conversations" in stats:
+            self.metrics.conversations.set(stats["conversations"])
 
     def _watch_round(self, result: WatchRound) -> None:
         self.metrics.meta_watch_last_round.set(result.at)
@@ -371,8 +376,9 @@ class Bot:
                      message.id)
             await dispatch(self.registry, CommandContext(self, issuer, message.id), invocation)
 
-    async def is_admin(self, user_id: str) -> bool:
-        roles = await self.rest.user_roles(user_id)
+    async def is_admin(self, user_id: str, *, fresh: bool = False) -> bool:
+        """Whether the user holds an admin role (``fresh``: not from the roles cache)."""
+        roles = await self.rest.user_roles(user_id, fresh=fresh)
         return bool(roles & set(self.config.rocketchat.admin_roles))
 
     async def notify_admins(self, text: str) -> None:

@@ -102,6 +102,16 @@ class InstagramConfig:
 class ServerConfig:
     listen: str = "0.0.0.0:8080"
     public_url: str = ""
+    #: Optional HOST:PORT serving /metrics and /healthz alone (empty: on ``listen``).
+    metrics_listen: str = ""
+
+    @property
+    def metrics_host_port(self) -> tuple[str, int] | None:
+        """Where /metrics and /healthz listen apart from the rest (None: on ``listen``)."""
+        if not self.metrics_listen or self.metrics_listen == self.listen:
+            return None
+        host, _, port = self.metrics_listen.rpartition(":")
+        return host, int(port)
 
     @property
     def host(self) -> str:
@@ -300,7 +310,7 @@ def _convert(key: str, value: Any, env: dict[str, str]) -> Any:
     if key in _URLS:
         _check_url(key, text)
         return text.rstrip("/")
-    if key == "server.listen":
+    if key == "server.listen" or (key == "server.metrics_listen" and text):
         _check_listen(key, text)
     if key == "instagram.app_id" and not (text.isascii() and text.isdigit()):
         raise ConfigError(key, "must be the numeric Meta app id")

@@ -22,6 +22,7 @@ the reason and the tail of the bot's log, and the exit code is 1.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import html
 import os
@@ -41,6 +42,9 @@ from urllib.parse import urljoin
 
 import requests
 import yaml
+
+from bot.instagram.events import visitor_token
+from storage import open_store
 
 T = TypeVar("T")
 
@@ -67,6 +71,16 @@ OFFLINE = "We are offline right now; we will answer here as soon as someone is b
 FINISHED = "Thanks for chatting with Sandbox Shop. Write any time!"
 
 STEP_TIMEOUT = 15.0
+
+
+async def _bridge_secret(path: str, key: str) -> bytes:
+    """The bridge secret of the store at ``path`` (created now if the store is new)."""
+    store = open_store(path, key or None)
+    await store.open()
+    try:
+        return await store.bridge_secret()
+    finally:
+        await store.close()
 _URL = re.compile(r"https?://[^\s)>\]]+")
 
 
@@ -126,6 +140,7 @@ class Demo:
         self.t = Transcript(echo)
         self.echo = echo
         self.tmp = Path(tempfile.mkdtemp(prefix="rc-instagram-demo-"))
+        self.secret = b""  # the store's bridge secret, read in write_config()
         self.rc: Any = None
         self.meta: Any = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -208,6 +223,10 @@ class Demo:
         }
         self.config_path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
         os.chmod(self.config_path, 0o600)
+        # Visitor tokens are opaque (keyed by the store's secret): read the secret now,
+        # before the bot holds the store, to find the visitors' rooms as an observer.
+        self.secret = asyncio.run(_bridge_secret(raw["storage"]["path"],
+                                                 raw["storage"]["encryption_key"]))
 
     def start_bot(self) -> None:
         self.step = "start the bot"
@@ -372,7 +391,7 @@ class Demo:
 
     # -- 2. a visitor, a room, an agent ---------------------------------------------------
     def visitor_token(self, igsid: str) -> str:
-        return f"instagram-{SHOP['id']}-{igsid}"
+        return visitor_token(self.secret, SHOP["id"], igsid)
 
     def rooms_of(self, igsid: str) -> list[dict]:
         token = self.visitor_token(igsid)

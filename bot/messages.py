@@ -9,11 +9,65 @@ from __future__ import annotations
 
 import html
 import re
+import string
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from commands.base import Command
+
+# --- escaping what comes from outside ---------------------------------------------------
+# Page names, usernames, display names, department names and command arguments are
+# chosen by other people. Put into a DM or a note as they are, `Shop [Re-authorize
+# here](https://evil.example)` is a live link, `*`/`_` restyle the text, a backtick ends
+# a code span and a display name `@all` pings a room (a bare URL stays a visible URL).
+# Every template below is filled with render(), which escapes each value for where it
+# stands.
+
+#: Zero-width space: splits link and mention syntax without changing what is shown.
+_ZWSP = "\u200b"
+#: Characters Rocket.Chat's message parser takes as markup and honours a backslash before.
+_MARKUP = re.compile(r"([\\*_~`])")
+#: Link syntaxes: ``[label](url)`` and ``<url|label>``.
+_LINKS = re.compile(r"(\]|<)(?=[(\S])")
+
+
+class Markup(str):
+    """Text already fit for a message (a rendered template, a trusted fragment)."""
+
+
+def md(value: object) -> str:
+    """``value`` as literal text in a Rocket.Chat message (outside code spans)."""
+    if isinstance(value, Markup):
+        return value
+    text = _MARKUP.sub(r"\\\1", " ".join(str(value).splitlines()))
+    text = _LINKS.sub(lambda m: m.group(1) + _ZWSP, text)
+    return text.replace("@", "@" + _ZWSP)  # "@all" in a display name pings nobody
+
+
+def code(value: object) -> str:
+    """``value`` for inside a `` `code span` `` (where a backslash escapes nothing)."""
+    if isinstance(value, Markup):
+        return value
+    return " ".join(str(value).splitlines()).replace("`", "\u02cb")  # ˋ cannot end the span
+
+
+def render(template: str, **values: object) -> Markup:
+    """``template.format(**values)`` with every value escaped for where it stands: inside
+    a backtick code span with :func:`code`, elsewhere with :func:`md`. :class:`Markup`
+    values (fragments rendered before) are inserted as they are."""
+    out: list[str] = []
+    ticks = 0
+    for literal, field, spec, conversion in string.Formatter().parse(template):
+        out.append(literal)
+        ticks += literal.count("`")
+        if field is None:
+            continue
+        value = values[field]
+        if conversion or spec:
+            value = format(value if conversion != "r" else repr(value), spec or "")
+        out.append(code(value) if ticks % 2 else md(value))
+    return Markup("".join(out))
 
 # --- commands: router -----------------------------------------------------------------
 
@@ -305,6 +359,14 @@ def oauth_invalid_state_page() -> str:
     )
 
 
+def oauth_not_admin_page() -> str:
+    return html_page(
+        "This link cannot be used",
+        "The Rocket.Chat user who asked for this link is no longer an administrator. "
+        "Nothing was connected.",
+    )
+
+
 def oauth_cancelled_page() -> str:
     return html_page(
         "Login cancelled",
@@ -565,7 +627,15 @@ EDIT_SETTINGS = (
     "`department`, `welcome`, `finished` or `offline`; the value `none` clears it. "
     "Changes apply to the next conversation or message."
 )
-EDIT_UNSET = "_(not set)_"
+EDIT_UNSET = Markup("_(not set)_")
+EDIT_DEPARTMENTS_FAILED = "I could not list the Omnichannel departments ({error})"
+#: Fragments of lists (filled with render() like every template).
+PAGE_REF = "*{name}* (`{page_id}`)"
+BULLET = "• {item}"
+CODE = "`{value}`"
+BOLD = "*{value}*"
+QUOTED = "“{value}”"
+SEP_USERNAME = ", @{username}"
 EDIT_UNKNOWN_SETTING = (
     "`{setting}` is not a setting; use `department`, `welcome`, `finished` or `offline`."
 )

@@ -41,6 +41,11 @@ class Metrics:
             "rcig_inbox_backlog", "Acknowledged webhooks not yet taken into the inbound queue",
             registry=r,
         )
+        self.conversations = Gauge(
+            "rcig_conversations", "Conversations the store holds (one per visitor and page; "
+            "each costs memory and a livechat visitor: README \"Security\")",
+            registry=r,
+        )
         self.waiting_for_agent = Gauge(
             "rcig_conversations_waiting_for_agent", "Conversations waiting for an agent",
             registry=r,

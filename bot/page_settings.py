@@ -30,17 +30,19 @@ def apply_department(page: Page, departments: Sequence[dict], wanted: str | None
     """
     if wanted is None:
         page.department_id = page.department_name = None
-        return messages.EDIT_DEPARTMENT_CLEARED.format(name=page.name)
+        return messages.render(messages.EDIT_DEPARTMENT_CLEARED, name=page.name)
     found = find_department(departments, wanted)
     if found is None:
         names = sorted(str(d.get("name")) for d in departments if d.get("name"))
         if not names:
-            raise SettingError(messages.EDIT_NO_DEPARTMENTS.format(name=wanted))
-        known = ", ".join(f"`{n}`" for n in names)
-        raise SettingError(messages.EDIT_UNKNOWN_DEPARTMENT.format(name=wanted, known=known))
+            raise SettingError(messages.render(messages.EDIT_NO_DEPARTMENTS, name=wanted))
+        known = messages.Markup(", ".join(messages.render(messages.CODE, value=n) for n in names))
+        raise SettingError(
+            messages.render(messages.EDIT_UNKNOWN_DEPARTMENT, name=wanted, known=known))
     page.department_id = str(found["_id"])
     page.department_name = str(found.get("name") or found["_id"])
-    return messages.EDIT_DEPARTMENT_SET.format(name=page.name, department=page.department_name)
+    return messages.render(
+        messages.EDIT_DEPARTMENT_SET, name=page.name, department=page.department_name)
 
 
 def find_department(departments: Sequence[dict], wanted: str) -> dict | None:
@@ -65,11 +67,12 @@ def apply_text(page: Page, setting: str, text: str | None) -> str:
     attribute = TEXT_SETTINGS[setting]
     if text is None:
         setattr(page, attribute, None)
-        return messages.EDIT_TEXT_CLEARED.format(name=page.name, setting=setting)
+        return messages.render(messages.EDIT_TEXT_CLEARED, name=page.name, setting=setting)
     size = len(text.encode("utf-8"))
     if size > MAX_TEXT_BYTES:
         raise SettingError(
-            messages.EDIT_TOO_LONG.format(setting=setting, size=size, limit=MAX_TEXT_BYTES)
+            messages.render(
+                messages.EDIT_TOO_LONG, setting=setting, size=size, limit=MAX_TEXT_BYTES)
         )
     setattr(page, attribute, text)
-    return messages.EDIT_TEXT_SET.format(name=page.name, setting=setting, text=text)
+    return messages.render(messages.EDIT_TEXT_SET, name=page.name, setting=setting, text=text)

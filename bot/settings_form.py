@@ -152,7 +152,7 @@ async def settings_post(request: web.Request) -> web.Response:
     await bot.store.save_page(page)
     log.info("page %s: settings saved from the form by %s", page.page_id, login.username)
     try:
-        await bot.rest.send_dm(login.username, summary)
+        await bot.rest.send_dm_to_user(login.user_id, summary)
     except Exception as exc:
         log.warning("settings saved, but the summary DM to %s failed: %s", login.username, exc)
     return _page_response(200, messages.settings_saved_page(page.name, summary))
@@ -176,7 +176,7 @@ async def _apply(bot: Bot, page: Page, fields: Mapping[str, str]) -> str:
             lines.append(apply_text(candidate, setting, texts[setting]))
     vars(page).update(vars(candidate))
     if not lines:
-        return messages.SETTINGS_UNCHANGED.format(name=page.name)
+        return messages.render(messages.SETTINGS_UNCHANGED, name=page.name)
     return "\n".join(lines)
 
 

@@ -20,11 +20,13 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
     if ctx.config.instagram.instagram_login.enabled:
         ig_url = await instagram_login.start_login(
             ctx.store, ctx.config, ctx.issuer.user_id, ctx.issuer.username)
-        text = messages.AUTHORIZE_LINKS.format(url=url, instagram_url=ig_url, minutes=minutes)
+        text = messages.render(messages.AUTHORIZE_LINKS, url=messages.Markup(url),
+                               instagram_url=messages.Markup(ig_url), minutes=minutes)
         buttons = [Button(messages.AUTHORIZE_BUTTON_FACEBOOK, url=url),
                    Button(messages.AUTHORIZE_BUTTON_INSTAGRAM, url=ig_url)]
     else:
-        text = messages.AUTHORIZE_LINK.format(url=url, minutes=minutes)
+        text = messages.render(messages.AUTHORIZE_LINK, url=messages.Markup(url),
+                               minutes=minutes)
     if ctx.issuer.room_type != "d":
         text += "\n" + messages.AUTHORIZE_LINK_FROM_CHANNEL
     # Always a DM: the link must never be posted in a room. The button opens the same link

@@ -31,16 +31,16 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
     if len(args) == 1:
         url = await issue_link(ctx.store, ctx.config, ctx.issuer.user_id,
                                ctx.issuer.username, page.page_id)
-        text = settings_text(page) + "\n" + messages.EDIT_FORM_LINK.format(
-            url=url, minutes=int(SETTINGS_TTL // 60))
+        text = settings_text(page) + "\n" + messages.render(
+            messages.EDIT_FORM_LINK, url=messages.Markup(url), minutes=int(SETTINGS_TTL // 60))
         await ctx.reply(text, [ButtonRow((Button(messages.EDIT_FORM_BUTTON, url=url),))])
         return
     setting = args[1].lower()
     if setting not in SETTINGS:
-        raise UsageError(messages.EDIT_UNKNOWN_SETTING.format(setting=args[1]))
+        raise UsageError(messages.render(messages.EDIT_UNKNOWN_SETTING, setting=args[1]))
     value = " ".join(args[2:]).strip()
     if not value:
-        raise UsageError(messages.EDIT_MISSING_VALUE.format(setting=setting))
+        raise UsageError(messages.render(messages.EDIT_MISSING_VALUE, setting=setting))
     clear = value.lower() == "none"
     if setting == "department":
         departments = [] if clear else await _departments(ctx, page)
@@ -57,14 +57,16 @@ def settings_text(page: Page) -> str:
     """The page's current settings and how to change them."""
 
     def shown(text: str | None) -> str:
-        return f"“{text}”" if text else messages.EDIT_UNSET
+        return messages.render(messages.QUOTED, value=text) if text else messages.EDIT_UNSET
 
     department = page.department_name or page.department_id
-    return messages.EDIT_SETTINGS.format(
+    return messages.render(messages.EDIT_SETTINGS,
         name=page.name,
         page_id=page.page_id,
-        username=f", @{page.username}" if page.username else "",
-        department=f"*{department}*" if department else messages.EDIT_UNSET,
+        username=messages.render(messages.SEP_USERNAME, username=page.username)
+        if page.username else "",
+        department=messages.render(messages.BOLD, value=department)
+        if department else messages.EDIT_UNSET,
         welcome=shown(page.welcome_text),
         finished=shown(page.finished_text),
         offline=shown(page.offline_text),
@@ -76,7 +78,7 @@ async def _departments(ctx: CommandContext, page: Page) -> list[dict]:
         return await ctx.rest.departments()
     except Exception as exc:
         log.warning("could not list departments for edit of page %s: %s", page.page_id, exc)
-        raise CommandError(f"I could not list the Omnichannel departments ({exc})") from None
+        raise CommandError(messages.render(messages.EDIT_DEPARTMENTS_FAILED, error=exc)) from None
 
 
 command = Command(

@@ -23,7 +23,8 @@ async def require_page(store: Store, page_id: str) -> Page:
         return page
     known = sorted(p.page_id for p in await store.pages())
     if not known:
-        raise UsageError(messages.UNKNOWN_PAGE_NONE.format(page_id=page_id))
+        raise UsageError(messages.render(messages.UNKNOWN_PAGE_NONE, page_id=page_id))
     raise UsageError(
-        messages.UNKNOWN_PAGE.format(page_id=page_id, known=", ".join(f"`{k}`" for k in known))
+        messages.render(messages.UNKNOWN_PAGE, page_id=page_id, known=messages.Markup(
+            ", ".join(messages.render(messages.CODE, value=k) for k in known)))
     )

@@ -18,14 +18,14 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
     if not pages:
         await ctx.reply(messages.PAGES_NONE)
         return
-    lines = [messages.PAGES_HEADER.format(count=len(pages))]
+    lines = [messages.render(messages.PAGES_HEADER, count=len(pages))]
     rows = [page_buttons(page) for page in pages]
     visitors = await ctx.store.visitors_since(month_start(time.time()))
     set_aside: dict[str, list[SetAsideItem]] = {}
     for kept in await ctx.store.set_aside_items():
         set_aside.setdefault(kept.page_id, []).append(kept)
     for page in pages:
-        line = messages.PAGES_LINE.format(
+        line = messages.render(messages.PAGES_LINE,
             page_id=page.page_id,
             name=page.name,
             username=page.username or "?",
@@ -34,16 +34,17 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
         )
         if page.route == "instagram":
             until = time.strftime("%Y-%m-%d", time.gmtime(page.token_expires_at))
-            line += messages.PAGES_ROUTE_INSTAGRAM.format(until=until)
-        line += messages.PAGES_VISITORS.format(count=visitors.get(page.page_id, 0))
+            line += messages.render(messages.PAGES_ROUTE_INSTAGRAM, until=until)
+        line += messages.render(messages.PAGES_VISITORS, count=visitors.get(page.page_id, 0))
         if page.needs_reauth:
             line += messages.PAGES_NEEDS_REAUTH
         kept = set_aside.get(page.page_id)
         if kept:
-            line += messages.PAGES_SET_ASIDE.format(count=len(kept), reason=kept[-1].reason)
+            line += messages.render(messages.PAGES_SET_ASIDE, count=len(kept),
+                                    reason=kept[-1].reason)
         lines.append(line)
     total = sum(visitors.values())
-    lines.append(messages.PAGES_CONTACTS.format(total=total, included=INCLUDED_CONTACTS))
+    lines.append(messages.render(messages.PAGES_CONTACTS, total=total, included=INCLUDED_CONTACTS))
     await ctx.reply("\n".join(lines), rows)
 
 

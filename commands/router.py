@@ -81,8 +81,8 @@ async def _admin_or_told(ctx: CommandContext, command: Command) -> bool | None:
         reason = str(exc) if isinstance(exc, RocketChatError) else type(exc).__name__
         log.warning("admin check for %s (command %s) failed (ref %s): %s",
                     ctx.issuer.username, command.name, ref, reason)
-        await ctx.reply(messages.ADMIN_CHECK_FAILED.format(name=command.name, reason=reason,
-                                                           ref=ref))
+        await ctx.reply(messages.render(messages.ADMIN_CHECK_FAILED, name=command.name,
+                                        reason=reason, ref=ref))
         return None
 
 
@@ -92,28 +92,32 @@ async def dispatch(registry: Registry, ctx: CommandContext, invocation: Invocati
     issuer = ctx.issuer
     if command is None:
         log.info("unknown command %r from %s", invocation.name[:100], issuer.username)
-        await ctx.reply(messages.UNKNOWN_COMMAND.format(name=invocation.name))
+        await ctx.reply(messages.render(messages.UNKNOWN_COMMAND, name=invocation.name))
         return
     admin = await _admin_or_told(ctx, command) if command.requires_admin else True
     if admin is None:
         return
     if not admin:
         log.info("refused %s for non-admin %s", command.name, issuer.username)
-        roles = ", ".join(f"`{r}`" for r in ctx.config.rocketchat.admin_roles)
-        await ctx.reply(messages.NOT_ADMIN.format(name=command.name, roles=roles))
+        roles = messages.Markup(", ".join(
+            messages.render(messages.CODE, value=r) for r in ctx.config.rocketchat.admin_roles))
+        await ctx.reply(messages.render(messages.NOT_ADMIN, name=command.name, roles=roles))
         return
     if invocation.error is not None and command.verbatim_after is None:
         problem = f"I could not read the arguments ({invocation.error})."
-        await ctx.reply(messages.USAGE.format(problem=problem, usage=command.usage))
+        await ctx.reply(messages.render(messages.USAGE, problem=problem, usage=command.usage))
         return
     log.info("running %s for %s", command.name, issuer.username)
     try:
         await command.handle(ctx, invocation.arguments_for(command))
     except UsageError as exc:
-        await ctx.reply(messages.USAGE.format(problem=str(exc), usage=command.usage))
+        # Usage and command errors are our own wording, already rendered.
+        await ctx.reply(messages.render(messages.USAGE, problem=messages.Markup(exc),
+                                        usage=command.usage))
     except CommandError as exc:
-        await ctx.reply(messages.COMMAND_FAILED.format(name=command.name, reason=exc))
+        await ctx.reply(messages.render(messages.COMMAND_FAILED, name=command.name,
+                                        reason=messages.Markup(exc)))
     except Exception:
         ref = secrets.token_hex(4)
         log.exception("command %s failed (ref %s)", command.name, ref)
-        await ctx.reply(messages.INTERNAL_ERROR.format(name=command.name, ref=ref))
+        await ctx.reply(messages.render(messages.INTERNAL_ERROR, name=command.name, ref=ref))

@@ -20,7 +20,7 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
     try:
         fields = await install(ctx.graphs.for_page(page), page.page_id, page.page_token)
     except GraphError as exc:
-        reason = messages.SUBSCRIBE_FAILED.format(page_id=page.page_id, reason=exc)
+        reason = messages.render(messages.SUBSCRIBE_FAILED, page_id=page.page_id, reason=exc)
         if isinstance(exc, GraphAuthError):
             await mark_needs_reauth(ctx.store, ctx.notify_admins, page.page_id)
             reason += ". " + messages.NEEDS_REAUTH_HINT.rstrip(".")
@@ -38,7 +38,9 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
     await ctx.store.save_page(page)
     log.info("page %s subscribed by %s (Meta lists %s)", page.page_id, ctx.issuer.username, fields)
     await ctx.reply(
-        messages.SUBSCRIBED.format(name=page.name, page_id=page.page_id, username=page.username)
+        messages.render(
+            messages.SUBSCRIBED, name=page.name, page_id=page.page_id, username=page.username
+        )
     )
 
 

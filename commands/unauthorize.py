@@ -43,11 +43,13 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
         "unauthorize by %s: %d page(s) forgotten, %d login(s) revoked, %d Meta call(s) failed",
         ctx.issuer.username, len(pages), len(user_tokens), len(failures),
     )
-    names = ", ".join(f"*{p.name}* (`{p.page_id}`)" for p in pages)
-    lines = [messages.UNAUTHORIZE_SUMMARY.format(count=len(pages), pages=names)]
+    names = messages.Markup(", ".join(
+        messages.render(messages.PAGE_REF, name=p.name, page_id=p.page_id) for p in pages))
+    lines = [messages.render(messages.UNAUTHORIZE_SUMMARY, count=len(pages), pages=names)]
     if failures:
         lines.append(
-            messages.UNAUTHORIZE_FAILURES.format(failures="\n".join(f"• {f}" for f in failures))
+            messages.render(messages.UNAUTHORIZE_FAILURES, failures=messages.Markup("\n".join(
+                messages.render(messages.BULLET, item=f) for f in failures)))
         )
     else:
         lines.append(messages.UNAUTHORIZE_ALL_OK)

@@ -26,9 +26,9 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
     except GraphError as exc:
         if isinstance(exc, GraphAuthError):
             await mark_needs_reauth(ctx.store, ctx.notify_admins, page.page_id)
-        await ctx.reply(messages.UNSUBSCRIBE_META_FAILED.format(reason=exc, **fmt))
+        await ctx.reply(messages.render(messages.UNSUBSCRIBE_META_FAILED, reason=exc, **fmt))
         return
-    await ctx.reply(messages.UNSUBSCRIBED.format(**fmt))
+    await ctx.reply(messages.render(messages.UNSUBSCRIBED, **fmt))
 
 
 command = Command(

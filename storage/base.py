@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -105,6 +106,17 @@ class Conversation:
     @property
     def key(self) -> str:
         return conversation_key(self.page_id, self.igsid)
+
+    @property
+    def label(self) -> str:
+        """How log lines name this conversation (no IGSID: :func:`conversation_label`)."""
+        return conversation_label(self.page_id, self.igsid)
+
+
+def conversation_label(page_id: str, igsid: str) -> str:
+    """``<pageId>:~<10 hex>``: a stable log name for a conversation that leaves the IGSID
+    out of INFO logs (log readers need not learn who wrote; DEBUG lines may name it)."""
+    return f"{page_id}:~{hashlib.sha256(igsid.encode()).hexdigest()[:10]}"
 
 
 def conversation_key(page_id: str, igsid: str) -> str:
@@ -231,6 +243,17 @@ class Store(abc.ABC):
         """Remove and return the state if it exists, has this kind and is unexpired.
 
         Single use: a second call with the same value returns None.
+        """
+
+    # -- the bridge's own secret ---------------------------------------------------
+    @abc.abstractmethod
+    async def bridge_secret(self) -> bytes:
+        """The bridge's random 32-byte secret, generated and stored durably on first call.
+
+        It keys the opaque visitor tokens (DESIGN.md "Omnichannel mapping"), so it must
+        never change for a store: every replica sharing the store gets the same bytes
+        (a concurrent first call must not create two). Encrypted at rest like tokens
+        when the store has an encryption key.
         """
 
     # -- conversations -----------------------------------------------------------

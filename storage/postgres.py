@@ -31,6 +31,7 @@ import dataclasses
 import json
 import logging
 import re
+import secrets
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -331,6 +332,12 @@ class PostgresStore(Store):
                 record = self._login_record(doc)
                 await conn.execute("UPDATE rcig_login_states SET doc = %s WHERE state = %s",
                                    (Jsonb(self._login_doc(record)), state))
+            cur = await conn.execute(
+                "SELECT value FROM rcig_meta WHERE key = 'bridge_secret' FOR UPDATE")
+            row = await cur.fetchone()
+            if row is not None:
+                await conn.execute("UPDATE rcig_meta SET value = %s WHERE key = 'bridge_secret'",
+                                   (Jsonb(self._cipher.encrypt(row[0])),))
             await conn.execute(
                 "INSERT INTO rcig_meta (key, value) VALUES ('key_check', %s)",
                 (Jsonb(self._cipher.key_check()),))
@@ -392,6 +399,17 @@ class PostgresStore(Store):
     @staticmethod
     def _conv_record(doc: dict[str, Any]) -> Conversation:
         return Conversation(**{k: v for k, v in doc.items() if k in _CONV_FIELDS})
+
+    # -- the bridge secret ---------------------------------------------------------------
+    async def bridge_secret(self) -> bytes:
+        # Replicas starting at once race here: the first row written wins for all of them.
+        await self._write(
+            "INSERT INTO rcig_meta (key, value) VALUES ('bridge_secret', %s) "
+            "ON CONFLICT (key) DO NOTHING",
+            (Jsonb(self._cipher.encrypt(secrets.token_hex(32))),),
+        )
+        rows = await self._read("SELECT value FROM rcig_meta WHERE key = 'bridge_secret'")
+        return bytes.fromhex(self._cipher.decrypt(rows[0][0]))
 
     # -- pages -------------------------------------------------------------------------
     async def save_page(self, page: Page) -> None:

@@ -42,6 +42,7 @@ import heapq
 import json
 import logging
 import os
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -76,6 +77,8 @@ log = logging.getLogger("storage")
 
 STORE_FORMAT = 1
 _META_ID = "store"
+#: The ``_meta`` document holding the bridge secret (Store.bridge_secret).
+_BRIDGE_ID = "bridge"
 
 Clock = Callable[[], float]
 R = TypeVar("R")
@@ -301,6 +304,9 @@ class TinyDBStore(Store):
                 _put(self._pages_t, doc.doc_id, self._page_doc(self._page_record(doc)))
             for doc in list(self._logins_t):
                 _put(self._logins_t, doc.doc_id, self._login_doc(self._login_record(doc)))
+            bridge = self._meta_t.get(doc_id=_BRIDGE_ID)
+            if bridge is not None:
+                _put(self._meta_t, _BRIDGE_ID, {"secret": self._cipher.encrypt(bridge["secret"])})
             log.info("storage: encrypted the stored tokens with the configured key")
             meta = {**meta, "key_check": self._cipher.key_check()}
             _put(self._meta_t, _META_ID, dict(meta))
@@ -396,6 +402,17 @@ class TinyDBStore(Store):
         item = WorkItem(**{k: v for k, v in doc.items() if k in _ITEM_FIELDS})
         item.payload = _clone(item.payload)
         return item
+
+    # -- the bridge secret ---------------------------------------------------------------
+    async def bridge_secret(self) -> bytes:
+        return await self._write(self._bridge_secret)
+
+    def _bridge_secret(self) -> bytes:
+        doc = self._meta_t.get(doc_id=_BRIDGE_ID)
+        if doc is None:
+            doc = {"secret": self._cipher.encrypt(secrets.token_hex(32))}
+            _put(self._meta_t, _BRIDGE_ID, doc)
+        return bytes.fromhex(self._cipher.decrypt(doc["secret"]))
 
     # -- pages -------------------------------------------------------------------------
     async def save_page(self, page: Page) -> None:

@@ -9,6 +9,7 @@ an item into Omnichannel. Shapes: protocols/instagram.md §2.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 from collections.abc import Iterator, Mapping
@@ -474,6 +475,22 @@ def visitor_name(profile: Mapping[str, Any] | None, igsid: str) -> str:
     return messages.IN_UNKNOWN_VISITOR.format(igsid=igsid)
 
 
-def visitor_token(page_id: str, igsid: str) -> str:
-    """The Omnichannel visitor token (DESIGN.md "Omnichannel mapping")."""
-    return f"instagram-{page_id}-{igsid}"
+#: Every visitor token the bridge makes starts with this (rooms without it are not ours).
+TOKEN_PREFIX = "instagram-"
+
+
+def visitor_token(secret: bytes, page_id: str, igsid: str) -> str:
+    """The Omnichannel visitor token (DESIGN.md "Omnichannel mapping"): ``instagram-`` +
+    hex HMAC-SHA256 of ``<pageId>:<igsid>`` keyed by the store's bridge secret.
+
+    The token is the visitor's only credential on Rocket.Chat's public livechat API
+    (history, posting, renaming, closing), so it must not follow from the public ids.
+    """
+    digest = hmac.new(secret, f"{page_id}:{igsid}".encode(), hashlib.sha256).hexdigest()
+    return TOKEN_PREFIX + digest
+
+
+def legacy_token(token: str) -> bool:
+    """Whether ``token`` has the guessable ``instagram-<pageId>-<igsid>`` form that stores
+    written before opaque tokens hold (such conversations keep their token for life)."""
+    return token.startswith(TOKEN_PREFIX) and "-" in token[len(TOKEN_PREFIX):]

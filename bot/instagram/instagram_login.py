@@ -51,7 +51,7 @@ MIN_REFRESH_AGE = 24 * 3600
 CHECK_INTERVAL = 3600.0
 MAX_RETRY_DELAY = 3600.0
 
-Notify = Callable[..., Awaitable[object]]  # RocketChatREST.send_dm
+Notify = Callable[..., Awaitable[object]]  # RocketChatREST.send_dm_to_user (by user id)
 
 
 class InstagramLoginClient(GraphClient):
@@ -180,12 +180,13 @@ class InstagramLoginFlow:
         if params.get("error") or params.get("error_reason"):
             log.info("instagram login %s by %s cancelled (%s)", ref, login.username,
                      (params.get("error_reason") or params.get("error") or "")[:100])
-            await self._dm(login.username, messages.OAUTH_DM_CANCELLED)
+            await self._dm(login, messages.OAUTH_DM_CANCELLED)
             return 200, messages.oauth_cancelled_page()
         code = (params.get("code") or "").removesuffix("#_")
         if not code:
-            await self._dm(login.username,
-                           messages.OAUTH_DM_FAILED.format(reason="Instagram sent no code"))
+            await self._dm(login,
+                           messages.render(messages.OAUTH_DM_FAILED,
+                                           reason="Instagram sent no code"))
             return 400, messages.oauth_failed_page("Instagram sent no authorization code")
         try:
             admin = await self.is_admin(login.user_id)
@@ -204,7 +205,7 @@ class InstagramLoginFlow:
             account = await self.client.account(token)
         except GraphError as exc:
             log.warning("instagram login %s by %s failed at Meta: %s", ref, login.username, exc)
-            await self._dm(login.username, messages.OAUTH_DM_FAILED.format(reason=exc))
+            await self._dm(login, messages.render(messages.OAUTH_DM_FAILED, reason=exc))
             return 502, messages.oauth_failed_page(str(exc))
         ig_id = str(account.get("user_id") or user_id or account.get("id") or "")
         if not ig_id:
@@ -213,12 +214,13 @@ class InstagramLoginFlow:
             ig_id, account, token, lifetime, login.user_id)
         fmt = {"name": page.name, "page_id": page.page_id, "username": page.username}
         if error is not None:
-            await self._dm(login.username,
-                           messages.OAUTH_DM_SUBSCRIBE_FAILED.format(reason=str(error), **fmt))
+            await self._dm(login,
+                           messages.render(messages.OAUTH_DM_SUBSCRIBE_FAILED,
+                                           reason=str(error), **fmt))
             return 502, messages.oauth_subscribe_failed_page(page.name, page.page_id, str(error))
         text = (messages.IG_LOGIN_DM_RECONNECTED if reconnected
                 else messages.IG_LOGIN_DM_CONNECTED)
-        await self._dm(login.username, text.format(**fmt), page)
+        await self._dm(login, messages.render(text, **fmt), page)
         return 200, messages.ig_login_connected_page(page.username, page.page_id)
 
     async def _save_and_subscribe(
@@ -255,15 +257,15 @@ class InstagramLoginFlow:
                  "re-authorized" if existing else "connected")
         return page, existing is not None, None
 
-    async def _dm(self, username: str, text: str, page: Page | None = None) -> None:
+    async def _dm(self, login: LoginState, text: str, page: Page | None = None) -> None:
         try:
             if page is None:
-                await self.notify(username, text)
+                await self.notify(login.user_id, text)
             else:  # the connected account's buttons, as /instagram pages shows them
                 rows = button_attachments([page_buttons(page)])
-                await self.notify(username, text, attachments=rows)
+                await self.notify(login.user_id, text, attachments=rows)
         except Exception:
-            log.exception("could not DM %s the outcome of the instagram login", username)
+            log.exception("could not DM %s the outcome of the instagram login", login.username)
 
 
 def refresh_due(page: Page, now: float) -> bool:

@@ -11,7 +11,7 @@ single-use state holding the candidates, so the form itself never carries a toke
 cannot be replayed or forged cross-site.
 
 Everything here is plain async code over a store, a Graph client, the config and a
-``notify(username, text)`` callback; the HTTP layer is :mod:`bot.instagram.oauth_routes`.
+``notify(user_id, text)`` callback; the HTTP layer is :mod:`bot.instagram.oauth_routes`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ STATE_TTL = 600.0  # seconds a login link (and a choice form) stays usable
 STATE_BYTES = 32  # 256 random bits (the brief asks for at least 128)
 SELECT_PATH = "/oauth/select"
 
-#: (username, text, attachments=None) → DM; ``bot.rocketchat.rest.RocketChatREST.send_dm``.
+#: (user id, text, attachments=None) → DM; ``RocketChatREST.send_dm_to_user``.
 Notify = Callable[..., Awaitable[object]]
 
 
@@ -170,6 +170,9 @@ class OAuthFlow:
     #: Awaited with the page id after a page is (re)connected and subscribed, so work
     #: held while it needed re-authorization resumes at once (``Bot.on_page_reauthorized``).
     on_connected: Callable[[str], Awaitable[None]] | None = None
+    #: Whether a user id holds an admin role now (not cached): a link issued before a
+    #: demotion must not connect a page afterwards. None: not checked (unit tests).
+    is_admin: Callable[[str], Awaitable[bool]] | None = None
 
     # -- GET /oauth/callback -------------------------------------------------------------
     async def handle_callback(self, params: Mapping[str, str]) -> tuple[int, str]:
@@ -183,18 +186,21 @@ class OAuthFlow:
             log.warning("oauth callback with an unknown, expired or used state")
             return 400, messages.oauth_invalid_state_page()
         ref = state_ref(state)
+        if not await self._still_admin(login):
+            return 403, messages.oauth_not_admin_page()
         if params.get("error") or params.get("error_reason"):
             log.info(
                 "login %s by %s cancelled at Meta (%s)",
                 ref, login.username, params.get("error_reason") or params.get("error"),
             )
-            await self._dm(login.username, messages.OAUTH_DM_CANCELLED)
+            await self._dm(login, messages.OAUTH_DM_CANCELLED)
             return 200, messages.oauth_cancelled_page()
         code = params.get("code") or ""
         if not code:
             log.warning("oauth callback for login %s without code or error", ref)
             await self._dm(
-                login.username, messages.OAUTH_DM_FAILED.format(reason="Meta sent no code")
+                login,
+                messages.render(messages.OAUTH_DM_FAILED, reason="Meta sent no code"),
             )
             return 400, messages.oauth_failed_page("Meta sent no authorization code")
         try:
@@ -208,7 +214,7 @@ class OAuthFlow:
             raw_pages += await self._unlisted_pages(ref, token_info, raw_pages, user_token)
         except GraphError as exc:
             log.warning("login %s by %s failed at Meta: %s", ref, login.username, exc)
-            await self._dm(login.username, messages.OAUTH_DM_FAILED.format(reason=exc))
+            await self._dm(login, messages.render(messages.OAUTH_DM_FAILED, reason=exc))
             return 502, messages.oauth_failed_page(str(exc))
         candidates: list[Candidate] = []
         skipped: list[tuple[str, str]] = []
@@ -223,7 +229,7 @@ class OAuthFlow:
             ref, login.username, len(raw_pages), len(candidates), len(skipped),
         )
         if not candidates:
-            await self._dm(login.username, self._no_pages_dm(skipped))
+            await self._dm(login, self._no_pages_dm(skipped))
             return 200, messages.oauth_no_pages_page(skipped)
         if len(candidates) == 1:
             return await self._connect(login, candidates[0], user_token, skipped)
@@ -242,7 +248,7 @@ class OAuthFlow:
             now=self.clock(), rerequest=True,
         )
         await self._dm(
-            login.username,
+            login,
             messages.oauth_missing_permissions_dm(
                 missing, config_id, url, int(STATE_TTL // 60)
             ),
@@ -280,6 +286,8 @@ class OAuthFlow:
         if choice is None:
             log.warning("page choice with an unknown, expired or used form state")
             return 400, messages.oauth_invalid_state_page()
+        if not await self._still_admin(choice):
+            return 403, messages.oauth_not_admin_page()
         data = choice.data
         candidates = [Candidate(**c) for c in data.get("candidates", [])]
         skipped = [tuple(s) for s in data.get("skipped", [])]
@@ -292,6 +300,14 @@ class OAuthFlow:
             )
             return 400, page
         return await self._connect(choice, picked, data.get("user_token", ""), skipped)
+
+    async def _still_admin(self, login: LoginState) -> bool:
+        """Whether the admin who asked for the link holds an admin role now."""
+        if self.is_admin is None or await self.is_admin(login.user_id):
+            return True
+        log.warning("login %s by %s refused: no admin role any more",
+                    state_ref(login.state), login.username)
+        return False
 
     # -- connecting ----------------------------------------------------------------------
     async def connect_page(
@@ -368,22 +384,23 @@ class OAuthFlow:
         page, reconnected, outcome = await self.connect_page(candidate, user_token, login.user_id)
         fmt = dict(name=page.name, page_id=page.page_id, username=page.username)
         if isinstance(outcome, GraphError):
-            text = messages.OAUTH_DM_SUBSCRIBE_FAILED.format(reason=str(outcome), **fmt)
+            text = messages.render(messages.OAUTH_DM_SUBSCRIBE_FAILED, reason=str(outcome), **fmt)
             if page.subscribed:
-                text += " " + messages.SUBSCRIBE_EARLIER_KEPT
-            await self._dm(login.username, text)
+                text = messages.Markup(text + " " + messages.SUBSCRIBE_EARLIER_KEPT)
+            await self._dm(login, text)
             return 502, messages.oauth_subscribe_failed_page(
                 page.name, page.page_id, str(outcome)
             )
         text = (messages.OAUTH_DM_RECONNECTED if reconnected else messages.OAUTH_DM_CONNECTED)
-        lines = [text.format(**fmt)]
+        lines = [messages.render(text, **fmt)]
         if outcome is None:
             lines.append(messages.OAUTH_DM_SUBSCRIPTION_UNCONFIRMED)
         else:
-            fields = ", ".join(f"`{f}`" for f in outcome) or "no field"
-            lines.append(messages.OAUTH_DM_SUBSCRIPTION_LISTED.format(fields=fields))
-        lines += [messages.OAUTH_DM_SKIPPED.format(page_id=p, name=n) for p, n in skipped]
-        await self._dm(login.username, "\n".join(lines), page)
+            fields = messages.Markup(
+                ", ".join(messages.render(messages.CODE, value=f) for f in outcome) or "no field")
+            lines.append(messages.render(messages.OAUTH_DM_SUBSCRIPTION_LISTED, fields=fields))
+        lines += [messages.render(messages.OAUTH_DM_SKIPPED, page_id=p, name=n) for p, n in skipped]
+        await self._dm(login, "\n".join(lines), page)
         return 200, messages.oauth_connected_page(page.name, page.username, page.page_id, skipped)
 
     async def _offer_choice(
@@ -411,7 +428,7 @@ class OAuthFlow:
             )
         )
         if notify:
-            await self._dm(login.username, messages.OAUTH_DM_CHOOSE)
+            await self._dm(login, messages.OAUTH_DM_CHOOSE)
         log.info("page choice %s offered to %s", state_ref(state), login.username)
         return 200, messages.oauth_choose_page(
             SELECT_PATH,
@@ -425,18 +442,19 @@ class OAuthFlow:
         if not skipped:
             return messages.OAUTH_DM_NO_PAGES
         lines = [messages.OAUTH_DM_NO_ELIGIBLE]
-        lines += [messages.OAUTH_DM_SKIPPED.format(page_id=p, name=n) for p, n in skipped]
+        lines += [messages.render(messages.OAUTH_DM_SKIPPED, page_id=p, name=n) for p, n in skipped]
         return "\n".join(lines)
 
-    async def _dm(self, username: str, text: str, page: Page | None = None) -> None:
+    async def _dm(self, login: LoginState, text: str, page: Page | None = None) -> None:
         # The browser page already tells the admin the outcome; a failed DM must not
         # turn a successful connection into an error page. A connected page's DM carries
-        # its buttons (Edit, Unsubscribe), as /instagram pages does.
+        # its buttons (Edit, Unsubscribe), as /instagram pages does. Addressed by user id:
+        # a username can be taken over (a livechat visitor may call itself anything).
         try:
             if page is None:
-                await self.notify(username, text)
+                await self.notify(login.user_id, text)
             else:
                 rows = button_attachments([page_buttons(page)])
-                await self.notify(username, text, attachments=rows)
+                await self.notify(login.user_id, text, attachments=rows)
         except Exception:
-            log.exception("could not DM %s the outcome of the login", username)
+            log.exception("could not DM %s the outcome of the login", login.username)

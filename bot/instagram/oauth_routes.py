@@ -47,8 +47,9 @@ def _bot(request: web.Request) -> Bot:
 def flow_for(bot: Bot) -> OAuthFlow:
     """The OAuth flow over the running bot's store, Graph client and config."""
     return OAuthFlow(
-        bot.store, bot.graph, bot.config, bot.rest.send_dm,
+        bot.store, bot.graph, bot.config, bot.rest.send_dm_to_user,
         clock=bot.clock, on_connected=bot.on_page_reauthorized,
+        is_admin=lambda user_id: bot.is_admin(user_id, fresh=True),
     )
 
 
@@ -95,7 +96,8 @@ async def instagram_callback(request: web.Request) -> web.Response:
     if bot.ig_graph is None:
         return html_response(404, messages.oauth_invalid_state_page())
     flow = InstagramLoginFlow(
-        bot.store, bot.ig_graph, bot.config, bot.rest.send_dm, bot.is_admin,
+        bot.store, bot.ig_graph, bot.config, bot.rest.send_dm_to_user,
+        lambda user_id: bot.is_admin(user_id, fresh=True),
         clock=bot.clock, on_connected=bot.on_page_reauthorized,
     )
     status, page = await flow.handle_callback(request.query)

@@ -53,7 +53,7 @@ async def mark_needs_reauth(store: Store, notify_admins: NotifyAdmins, page_id: 
             page.needs_reauth = True
             await store.save_page(page)
             log.warning("page %s needs re-authorization (Graph error 190)", page_id)
-        text = messages.REAUTH_NEEDED.format(
+        text = messages.render(messages.REAUTH_NEEDED,
             name=page.name, page_id=page.page_id, username=page.username or page.instagram_id
         )
         try:

@@ -127,12 +127,14 @@ class MetaWatch:
             return "reauth"
         except GraphError as exc:
             await self._tell_once(
-                page.page_id, messages.WATCH_RESUBSCRIBE_FAILED.format(reason=exc, **fmt)
+                page.page_id, messages.render(messages.WATCH_RESUBSCRIBE_FAILED, reason=exc, **fmt)
             )
             return "resubscribe_failed"
-        listed = ", ".join(f"`{f}`" for f in fields) if fields else "the requested fields"
+        listed = messages.Markup(
+            ", ".join(messages.render(messages.CODE, value=f) for f in fields)
+            if fields else "the requested fields")
         self._told.discard(page.page_id)  # a new spell may be reported again
-        await self._notify(messages.WATCH_RESUBSCRIBED.format(fields=listed, **fmt))
+        await self._notify(messages.render(messages.WATCH_RESUBSCRIBED, fields=listed, **fmt))
         log.info("standing watch: page %s subscribed again (%s)", page.page_id, fields)
         return "resubscribed"
 

@@ -30,6 +30,7 @@ from bot.instagram.events import (
     UNSEND,
     VISITOR_KINDS,
     agent_text,
+    legacy_token,
     message_link,
     policy_text,
     rc_message_id,
@@ -57,7 +58,7 @@ from bot.rocketchat.rest import (
     RoomClosed,
     Unavailable,
 )
-from storage.base import Conversation, Page, Store, WorkItem
+from storage.base import Conversation, Page, Store, WorkItem, conversation_label
 
 log = logging.getLogger("bot.relay")
 
@@ -233,6 +234,8 @@ class InboundRelay:
         self._gone_departments: set[str] = set()
         self._site_url: tuple[str, float] | None = None
         self._character_limit: int | None = None
+        #: The store's bridge secret (keys visitor tokens), read on first need.
+        self._token_secret: bytes | None = None
         self._wakers: set[asyncio.Task[None]] = set()
         self._routes: dict[str, tuple[str, float]] = {}
         self.notify_delay = NOTIFY_DELAY
@@ -364,7 +367,7 @@ class InboundRelay:
             self.metrics.dropped.labels("inbound", "reaction_no_room").inc()
             return Done()
         if conv is None:
-            conv = Conversation(page_id, igsid, visitor_token(page_id, igsid))
+            conv = await self._new_conversation(page_id, igsid)
         changed = False
         if item.kind in VISITOR_KINDS and (
             conv.last_inbound_at is None or item.order_ts > conv.last_inbound_at
@@ -380,7 +383,7 @@ class InboundRelay:
             outcome, registered = self._retry_rate_limited(item, exc), False
         except InvalidVisitor:
             # The server forgot the visitor (deleted contact?): register again, then retry.
-            log.warning("visitor of %s unknown to Omnichannel; registering again", conv.key)
+            log.warning("visitor of %s unknown to Omnichannel; registering again", conv.label)
             conv.visitor_registered = False
             conv.room_id = None
             outcome, registered = Retry(self.clock() + 1.0, "invalid visitor"), True
@@ -423,14 +426,14 @@ class InboundRelay:
                                                            item.payload.get("event") or {}))
             if len(excerpt) > NOTE_EXCERPT:
                 excerpt = excerpt[: NOTE_EXCERPT - 1] + "…"
-            text = messages.IN_SET_ASIDE_NOTE.format(
+            text = messages.render(messages.IN_SET_ASIDE_NOTE,
                 visitor=conv.visitor_name or "the visitor", reason=reason, excerpt=excerpt
             )
             await self._queue_outbound(f"setaside:{item.item_id}", "note", text, conv,
                                        conv.room_id, note=True)
         code = exc.error_type or type(exc).__name__
         if await self.store.remember(f"set-aside-dm:{page.page_id}:{code}", SET_ASIDE_DM_TTL):
-            await self._tell_admins(messages.IN_SET_ASIDE_DM.format(
+            await self._tell_admins(messages.render(messages.IN_SET_ASIDE_DM,
                 username=page.username or page.instagram_id, name=page.name,
                 page_id=page.page_id, reason=reason,
             ))
@@ -445,6 +448,15 @@ class InboundRelay:
             await self._notify_admins(text)
         except Exception:
             log.exception("could not tell the admins")
+
+    async def _new_conversation(self, page_id: str, igsid: str) -> Conversation:
+        """A conversation with an opaque token, stored before the token is ever used: the
+        Omnichannel webhook knows our rooms only by the tokens the store holds."""
+        if self._token_secret is None:
+            self._token_secret = await self.store.bridge_secret()
+        conv = Conversation(page_id, igsid, visitor_token(self._token_secret, page_id, igsid))
+        await self.store.save_conversation(conv)
+        return conv
 
     async def _deliver(
         self, item: WorkItem, page: Page, conv: Conversation, event: dict[str, Any]
@@ -465,7 +477,7 @@ class InboundRelay:
                 self.metrics.dropped.labels("inbound", "reaction_no_room").inc()
                 return Done(), changed
             log.info("room %s of %s is closed; opening a new one for %s",
-                     conv.room_id, conv.key, item.item_id)
+                     conv.room_id, conv.label, item.item_id)
             conv.room_id = None
             retry, _ = await self._room(item, page, conv)
             if retry is not None:
@@ -552,12 +564,12 @@ class InboundRelay:
         except GraphRetryable as exc:
             if item.attempts + 1 < PROFILE_ATTEMPTS:
                 delay = retry_delay(item.attempts + 1, base=2.0, cap=60.0)
-                log.warning("profile of %s: %s; retry in %.1f s", conv.key, exc, delay)
+                log.warning("profile of %s: %s; retry in %.1f s", conv.label, exc, delay)
                 return Retry(self.clock() + delay, "graph profile")
-            log.warning("profile of %s unavailable (%s); using a placeholder name", conv.key, exc)
+            log.warning("profile of %s unavailable (%s); using a placeholder name", conv.label, exc)
             profile = None
         except GraphError as exc:
-            log.info("profile of %s unavailable (%s); using a fallback name", conv.key, exc)
+            log.info("profile of %s unavailable (%s); using a fallback name", conv.label, exc)
             profile = None
         name = visitor_name(profile, conv.igsid)
         department = self._department(page)
@@ -573,8 +585,7 @@ class InboundRelay:
         conv.visitor_name = name
         conv.visitor_registered = True
         conv.visitor_department = department
-        log.info("registered visitor %s for page %s (department %s)",
-                 conv.visitor_token, page.page_id, department)
+        log.info("registered visitor %s (department %s)", conv.label, department)
         return None
 
     async def _department_gone(self, page: Page, department: str) -> None:
@@ -589,7 +600,7 @@ class InboundRelay:
                     "a department", department, page.page_id)
         if await self.store.remember(f"department-gone:{page.page_id}:{department}",
                                      DEPARTMENT_GONE_TTL):
-            await self._tell_admins(messages.IN_DEPARTMENT_GONE_DM.format(
+            await self._tell_admins(messages.render(messages.IN_DEPARTMENT_GONE_DM,
                 department=page.department_name or department, name=page.name,
                 page_id=page.page_id,
             ))
@@ -606,7 +617,7 @@ class InboundRelay:
         except NoAgentOnline:
             at = self.gate.failed(conv.key, self.clock())
             log.info("no agent online for %s (%s); next probe in %.1f s",
-                     conv.key, item.item_id, at - self.clock())
+                     conv.label, item.item_id, at - self.clock())
             await self._offline_spell(item, page, conv)
             return Retry(at, "no agent online")
         except BaseException:
@@ -616,10 +627,20 @@ class InboundRelay:
         if not rid:
             self.gate.released(conv.key)
             raise RocketChatError("livechat/room: answer without a room id")
+        if not new_room and legacy_token(conv.visitor_token):
+            # A guessable token (a store from before opaque tokens): anyone may have
+            # opened this room with it. Never adopt it; close it as staff and open ours.
+            self.gate.released(conv.key)
+            log.warning("room %s for %s was not opened by the bridge; closing it",
+                        rid, conv.label)
+            self.metrics.dropped.labels("inbound", "foreign_room_closed").inc()
+            async with self._paced(item):
+                await self.rest.close_room(rid)
+            return Retry(self.clock(), "foreign room closed")
         ended_spell = self.gate.succeeded(conv.key)
         if new_room and page.welcome_text:
             await self._queue_outbound(f"welcome:{rid}", "welcome", page.welcome_text, conv, rid)
-        log.info("%s room %s for %s", "opened" if new_room else "reusing", rid, conv.key)
+        log.info("%s room %s for %s", "opened" if new_room else "reusing", rid, conv.label)
         conv.room_id = rid
         if conv.waiting_for_agent:
             conv.waiting_for_agent = False
@@ -639,7 +660,7 @@ class InboundRelay:
             )
         conv.waiting_for_agent = True
         await self.store.save_conversation(conv)
-        log.info("%s waits for an agent (offline text %s)", conv.key,
+        log.info("%s waits for an agent (offline text %s)", conv.label,
                  "queued" if page.offline_text else "not configured")
 
     async def _queue_outbound(
@@ -840,7 +861,3 @@ def same_app(echo_app_id: object, app_id: str) -> bool:
     # A number loses leading zeros on the wire; compare the digits without them.
     return str(echo_app_id).lstrip("0") == app_id.lstrip("0")
 
-
-def conversation_label(page_id: str, igsid: str) -> str:
-    """How a conversation is named in log lines."""
-    return f"{page_id}:{igsid}"

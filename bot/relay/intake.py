@@ -19,12 +19,13 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from bot.instagram.events import account_ids, parse_webhook
 from bot.relay.pressure import ReceiverLoad
 from bot.relay.worker import retry_delay
-from storage.base import Store, WorkItem
+from storage.base import DEFAULT_DEDUPE_TTL, Store, WorkItem
 from storage.inbox import InboxEvent
 
 if TYPE_CHECKING:
@@ -39,6 +40,10 @@ MAX_DEFER = 2.0
 #: batches up to hundreds of items per body, and one enqueue holds the store's writer.
 BATCH_BODIES = 256
 BATCH_ITEMS = 512
+#: Events older than this (by their own timestamp) are dropped as replays: an item's
+#: dedupe key is remembered this long after it was queued (which is after it happened),
+#: so within the window a replay is a known duplicate and beyond it nothing is relayed.
+REPLAY_WINDOW = DEFAULT_DEDUPE_TTL
 
 
 class Intake:
@@ -52,6 +57,8 @@ class Intake:
         load: ReceiverLoad,
         *,
         max_defer: float = MAX_DEFER,
+        replay_window: float = REPLAY_WINDOW,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.inbox = store.inbox
@@ -61,6 +68,8 @@ class Intake:
         self.metrics = metrics
         self.load = load
         self.max_defer = max_defer
+        self.replay_window = replay_window
+        self.clock = clock
         self._wake = asyncio.Event()
 
     def notify(self) -> None:
@@ -139,7 +148,13 @@ class Intake:
                               "skipped", event.seq, len(event.raw))
                 dropped.append(("unparseable", str(event.seq)))
                 continue
-            items.extend(parsed.items)
+            oldest = self.clock() - self.replay_window
+            for item in parsed.items:
+                if item.order_ts < oldest:
+                    # A signature does not expire: a body signed long ago is a replay.
+                    dropped.append(("too_old", item.item_id))
+                else:
+                    items.append(item)
             dropped.extend(parsed.dropped)
         added = await self.store.enqueue(items) if items else []
         self.inbox.release(events[taken - 1].seq)

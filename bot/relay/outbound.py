@@ -259,6 +259,21 @@ class OutboundRelay:
             self._dropped("unknown_kind")
             return Done()
         page_id, igsid = split_conversation(item.conversation)
+        # The room first, then the page: a note about an unconnected page goes only into
+        # a room the bridge opened, never into one a forged webhook names.
+        conversation = await self.store.conversation(page_id, igsid)
+        if item.kind in RC_WEBHOOK_KINDS:
+            room_id = item.payload.get("room_id")
+            if not room_id or conversation is None or conversation.room_id != room_id:
+                # A room the bridge did not open (or none named) must not be able to make
+                # the page message an Instagram user. A room opened a moment ago may not
+                # be recorded yet, so look again a few times before giving up.
+                if room_id and item.attempts < FOREIGN_ROOM_CHECKS:
+                    return Retry(self.clock() + 1.0, "room not known yet")
+                log.warning("outbound item %s: room %s was not opened by the bridge; not sent",
+                            item.item_id, room_id or "(none)")
+                self._dropped("foreign_room")
+                return Done()
         page = await self.store.page(page_id)
         if page is None or not page.page_token or not page.subscribed:
             log.warning(
@@ -273,19 +288,6 @@ class OutboundRelay:
         parts = build_parts(item.payload.get("text") or "", item.payload.get("files") or [])
         if item.progress >= len(parts):
             # Nothing (left) to send: an empty text, or every part went out before a crash.
-            return Done()
-        conversation = await self.store.conversation(page_id, igsid)
-        room_id = item.payload.get("room_id") if item.kind in RC_WEBHOOK_KINDS else None
-        if room_id and (conversation is None or conversation.room_id != room_id):
-            # Livechat visitor tokens are public API input: a room the bridge did not
-            # open (say, a widget visitor who chose an instagram-… token) must not be
-            # able to make the page message an Instagram user. A room opened a moment
-            # ago may not be recorded yet, so look again a few times before giving up.
-            if item.attempts < FOREIGN_ROOM_CHECKS:
-                return Retry(self.clock() + 1.0, "room not known yet")
-            log.warning("outbound item %s: room %s was not opened by the bridge; not sent",
-                        item.item_id, room_id)
-            self._dropped("foreign_room")
             return Done()
         last_inbound = conversation.last_inbound_at if conversation else None
         now = self.clock()
@@ -511,7 +513,7 @@ class OutboundRelay:
             return
         log.warning("page %s: Meta configuration problem (%s); telling the admins",
                     page.page_id, exc)
-        text = messages.META_CONFIG_PROBLEM.format(
+        text = messages.render(messages.META_CONFIG_PROBLEM,
             username=page.username or page.instagram_id, name=page.name,
             page_id=page.page_id, error=exc,
         )
@@ -558,8 +560,10 @@ class OutboundRelay:
             page_id, igsid = split_conversation(item.conversation)
             conversation = await self.store.conversation(page_id, igsid)
         visitor = (conversation.visitor_name if conversation else "") or "the visitor"
-        partial = messages.OUTBOUND_PARTIAL.format(sent=sent, total=total) if sent else ""
-        text = template.format(visitor=visitor, error=error, partial=partial, name=name)
+        partial = (messages.render(messages.OUTBOUND_PARTIAL, sent=sent, total=total)
+                   if sent else "")
+        text = messages.render(template, visitor=visitor, error=error,
+                               partial=messages.Markup(partial), name=name)
         note = WorkItem(
             item_id=f"note:{key or item.item_id}",
             queue="outbound",

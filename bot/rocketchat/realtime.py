@@ -80,8 +80,9 @@ def skip_reason(
 ) -> str | None:
     """Why a message must not reach the bot, or None to deliver it (pure).
 
-    Own messages, system messages (``t``), rooms we do not participate in and — on the
-    live stream — updates of existing messages are skipped.
+    Own messages, system messages (``t``), livechat visitors' messages, edited messages
+    (live and in the catch-up alike), rooms we do not participate in and — on the live
+    stream — other updates of existing messages are skipped.
     """
     if not message.get("_id") or not message.get("rid"):
         return "malformed"
@@ -89,6 +90,13 @@ def skip_reason(
         return "system message"
     if self_id and (message.get("u") or {}).get("_id") == self_id:
         return "own message"
+    if message.get("token"):
+        # A livechat visitor (anyone on the internet picks its name and username).
+        return "livechat visitor"
+    if message.get("editedAt"):
+        # A command is a message as first posted: room owners and moderators may edit
+        # others' messages, which must not make them run a command as the author.
+        return "edited message"
     if meta.get("roomParticipant") is False:
         return "not a participant"
     if live:

@@ -38,7 +38,7 @@ log = logging.getLogger("bot.rest")
 
 T = TypeVar("T")
 
-ROLES_CACHE_SECONDS = 30.0
+ROLES_CACHE_SECONDS = 10.0
 #: Who holds the (never public) ``bot`` role changes rarely; listing it pages users.list.
 BOT_ACCOUNTS_CACHE_SECONDS = 300.0
 #: Page size for paged routes: the server clamps ``count`` at API_Upper_Count_Limit (100).
@@ -470,15 +470,16 @@ class RocketChatREST:
                     return item.get("value")
         raise NotAllowed(f"settings: {setting_id} is not readable", error_type="error-not-allowed")
 
-    async def _public_roles(self) -> dict[str, tuple[str | None, set[str]]]:
-        """``user_id -> (username, roles)`` for holders of public roles, cached ~30 s.
+    async def _public_roles(self, fresh: bool = False) -> dict[str, tuple[str | None, set[str]]]:
+        """``user_id -> (username, roles)`` for holders of public roles, cached
+        ROLES_CACHE_SECONDS (``fresh``: ask the server now).
 
         Servers without the REST route (6.x and 7.0) answer it with an HTML page (200),
         others may with a 404: either way the same list then comes from the DDP method
         ``getUserRoles`` (present through 7.x) through ``public_roles_fallback``.
         """
         async with self._roles_lock:
-            if self._clock() - self._roles_at > ROLES_CACHE_SECONDS:
+            if fresh or self._clock() - self._roles_at > ROLES_CACHE_SECONDS:
                 try:
                     data = await self._authed(
                         "roles.getUsersInPublicRoles", self._api.roles_get_users_in_public_roles
@@ -502,12 +503,13 @@ class RocketChatREST:
                 self._roles_at = self._clock()
             return self._roles
 
-    async def user_roles(self, user_id: str) -> set[str]:
+    async def user_roles(self, user_id: str, *, fresh: bool = False) -> set[str]:
         """Public roles of a user (``roles.getUsersInPublicRoles``, no permission needed).
 
-        The list is cached for ~30 s; a user without public roles gets an empty set.
+        The list is cached for ROLES_CACHE_SECONDS (``fresh``: not the cached list); a
+        user without public roles gets an empty set.
         """
-        entry = (await self._public_roles()).get(user_id)
+        entry = (await self._public_roles(fresh)).get(user_id)
         return set(entry[1]) if entry else set()
 
     async def users_with_roles(self, roles: list[str] | set[str]) -> list[str]:
@@ -656,6 +658,20 @@ class RocketChatREST:
             rid = await self.dm_room(username)
             return await self.send_message(rid, text, msg_id, attachments)
 
+    async def send_dm_to_user(
+        self, user_id: str, text: str, msg_id: str | None = None,
+        attachments: list[dict] | None = None,
+    ) -> dict:
+        """Direct-message the user with ``user_id`` (``users.info`` names them now; a
+        livechat visitor is no user, so a visitor posing as one gets nothing)."""
+        data = await self._authed(
+            "users.info", lambda: self._api.users_info(user_id=user_id)
+        )
+        username = (data.get("user") or {}).get("username")
+        if not username:
+            raise RocketChatError(f"users.info: no user {user_id}")
+        return await self.send_dm(username, text, msg_id, attachments)
+
     async def subscriptions_since(self, since: datetime) -> list[dict]:
         """Subscriptions updated after ``since`` (``subscriptions.get?updatedSince``)."""
         stamp = self._q(iso_date(since))
@@ -711,6 +727,14 @@ class RocketChatREST:
             "livechat/room", lambda: self._api.call_api_get("livechat/room", token=tok)
         )
         return data.get("room") or {}, bool(data.get("newRoom"))
+
+    async def close_room(self, rid: str) -> None:
+        """Close a livechat room as staff (``livechat/room.closeByUser``; the bot's
+        livechat-manager role holds ``close-others-livechat-room``)."""
+        await self._authed(
+            "livechat/room.closeByUser",
+            lambda: self._api.call_api_post("livechat/room.closeByUser", body={"rid": rid}),
+        )
 
     async def post_visitor_message(self, token: str, rid: str, text: str, msg_id: str) -> dict:
         """Post as the visitor (``POST livechat/message``); a repeated ``msg_id`` is a success.

@@ -9,8 +9,11 @@ ids (type + message ``_id``, or type + room ``_id`` for a close), so a repeated 
 stores nothing new.
 
 We use two event types: ``Message`` (agents' replies → Instagram) and
-``LivechatSession`` with ``closedAt`` (→ the page's finished text). Rooms whose visitor
-token is not ``instagram-<pageId>-<igsid>`` are someone else's and are ignored.
+``LivechatSession`` with ``closedAt`` (→ the page's finished text). A room is ours only
+when its visitor token is one the store holds (tokens are opaque: DESIGN.md "Omnichannel
+mapping"); others, and messages without a room id, are someone else's and are ignored.
+Attachment URLs are never handed on: only their ``/file-upload/`` path is fetched, from
+``rocketchat.url`` (:func:`bot.relay.outbound.upload_path`).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from bot.appkeys import BOT, MAX_BODY, ROCKETCHAT_MAX_BODY
+from bot.instagram.events import TOKEN_PREFIX
 from bot.relay.outbound import parse_timestamp
-from storage.base import WorkItem, conversation_key
+from storage.base import Conversation, StorageError, WorkItem
 
 if TYPE_CHECKING:
     from bot.app import Bot
@@ -36,7 +40,6 @@ log = logging.getLogger("bot.web")
 
 SOURCE = "rocketchat"
 SECRET_HEADER = "X-RocketChat-Livechat-Token"
-TOKEN_PREFIX = "instagram-"
 
 
 def _bot(request: web.Request) -> Bot:
@@ -50,14 +53,13 @@ def secret_valid(header: str | None, secret: str) -> bool:
     return hmac.compare_digest(header.encode("utf-8"), secret.encode("utf-8"))
 
 
-def parse_visitor_token(token: Any) -> tuple[str, str] | None:
-    """``(page_id, igsid)`` from ``instagram-<pageId>-<igsid>``; None for other rooms."""
+def visitor_token_of(body: dict[str, Any]) -> str | None:
+    """The body's visitor token when it could be one of ours (``instagram-…``), else None."""
+    visitor = body.get("visitor")
+    token = visitor.get("token") if isinstance(visitor, dict) else None
     if not isinstance(token, str) or not token.startswith(TOKEN_PREFIX):
         return None
-    page_id, sep, igsid = token[len(TOKEN_PREFIX):].partition("-")
-    if not sep or not page_id or not igsid:
-        return None
-    return page_id, igsid
+    return token
 
 
 @dataclass
@@ -116,19 +118,25 @@ def _caption(message: dict[str, Any]) -> str:
     return ""
 
 
-def parse_webhook(body: dict[str, Any], *, bot_user_id: str | None, now: float) -> Parsed:
-    """Turn one Omnichannel webhook body into outbound work items (pure)."""
+def parse_webhook(
+    body: dict[str, Any],
+    *,
+    conversation: Conversation | None,
+    bot_user_id: str | None,
+    now: float,
+) -> Parsed:
+    """Turn one Omnichannel webhook body into outbound work items (pure).
+
+    ``conversation`` is the one whose visitor token the body names (None: not ours).
+    """
     parsed = Parsed()
     event = body.get("type")
-    visitor = body.get("visitor") if isinstance(body.get("visitor"), dict) else {}
-    ours = parse_visitor_token(visitor.get("token"))
-    if ours is None:
+    if conversation is None:
         parsed.dropped.append("not_ours")
         return parsed
-    page_id, igsid = ours
-    key = conversation_key(page_id, igsid)
+    key = conversation.key
     room_id = str(body.get("_id") or "")
-    parsed.page_id, parsed.room_id = page_id, room_id
+    parsed.page_id, parsed.room_id = conversation.page_id, room_id
 
     if event == "LivechatSession" and body.get("closedAt") and room_id:
         parsed.close = True
@@ -149,6 +157,10 @@ def parse_webhook(body: dict[str, Any], *, bot_user_id: str | None, now: float) 
         if not isinstance(message, dict) or not message.get("_id"):
             parsed.dropped.append("malformed")
             continue
+        rid = str(message.get("rid") or room_id)
+        if not rid:
+            parsed.dropped.append("foreign_room")  # no room, no way to check it is ours
+            continue
         author = message.get("u") if isinstance(message.get("u"), dict) else {}
         if not message.get("agentId"):
             parsed.dropped.append("visitor_message")
@@ -165,7 +177,7 @@ def parse_webhook(body: dict[str, Any], *, bot_user_id: str | None, now: float) 
                 kind="agent_message",
                 payload={
                     "message_id": str(message["_id"]),
-                    "room_id": str(message.get("rid") or room_id),
+                    "room_id": rid,
                     "text": _caption(message),
                     "files": _files(message),
                     "agent_id": str(message.get("agentId")),
@@ -209,7 +221,16 @@ async def receive(request: web.Request) -> web.Response:
         bot.metrics.webhooks_rejected.labels(SOURCE, "not_object").inc()
         return web.Response(status=400, text="not a JSON object")
 
-    parsed = parse_webhook(body, bot_user_id=bot.rest.user_id, now=bot.clock())
+    token = visitor_token_of(body)
+    try:
+        conversation = await bot.store.conversation_by_token(token) if token else None
+    except StorageError:
+        log.exception("Omnichannel webhook (room %s) not looked up; answering 503",
+                      body.get("_id"))
+        bot.metrics.webhooks_rejected.labels(SOURCE, "storage").inc()
+        return web.Response(status=503, text="storage unavailable")
+    parsed = parse_webhook(body, conversation=conversation, bot_user_id=bot.rest.user_id,
+                           now=bot.clock())
     try:
         if parsed.close:
             await _add_finished_text(bot, parsed)

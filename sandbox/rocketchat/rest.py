@@ -189,9 +189,11 @@ class RestAPI:
         route = self.routes.get((method, name))
         if route is not None:
             return route, None, name
-        for prefix in ("settings/", "livechat/visitor/", "livechat/message/"):
+        params = {"settings/": ":_id", "livechat/visitor/": ":token",
+                  "livechat/message/": ":_id", "livechat/messages.history/": ":rid"}
+        for prefix, param in params.items():
             if name.startswith(prefix) and len(name) > len(prefix):
-                pattern = prefix + (":token" if prefix == "livechat/visitor/" else ":_id")
+                pattern = prefix + param
                 route = self.routes.get((method, pattern))
                 if route is not None:
                     return route, name[len(prefix) :], pattern
@@ -308,6 +310,9 @@ class RestAPI:
         r[("POST", "livechat/message")] = Route(self.livechat_message, auth=False)
         r[("PUT", "livechat/message/:_id")] = Route(self.livechat_message_update, auth=False)
         r[("DELETE", "livechat/message/:_id")] = Route(self.livechat_message_delete, auth=False)
+        r[("GET", "livechat/messages.history/:rid")] = Route(
+            self.livechat_messages_history, auth=False
+        )
         r[("POST", "livechat/room.close")] = Route(self.livechat_room_close, auth=False)
         r[("POST", "livechat/room.closeByUser")] = Route(
             self.livechat_close_by_user, auth=True, permissions_any=("close-livechat-room",)
@@ -749,6 +754,21 @@ class RestAPI:
         self.state.delete_visitor_message(body["token"], body["rid"], msg_id)
         return {"message": {"_id": msg_id, "ts": iso(self.state.now())},
                 "success": True}
+    def livechat_messages_history(self, call: Call) -> dict[str, Any]:
+        """The room's messages for whoever holds the visitor's token: the token is the
+        only credential (``v1/message.ts`` ``livechat/messages.history/:rid``: plain
+        errors ``error-token-param-not-provided``, ``invalid-token``, ``invalid-room``)."""
+        token = call.query.get("token")
+        if not token:
+            raise PlainError("error-token-param-not-provided")
+        if token not in self.state.visitors:
+            raise PlainError("invalid-token")
+        room = self.state.rooms.get(call.url_param or "")
+        if room is None or room.get("t") != "l" or (room.get("v") or {}).get("token") != token:
+            raise PlainError("invalid-room")
+        limit = int(call.query.get("limit") or 20)
+        history = self.state.visible_messages(room["_id"])
+        return {"messages": history[::-1][:limit], "success": True}  # newest first
 
     def livechat_room_close(self, call: Call) -> dict[str, Any]:
         token, rid = call.body.get("token"), call.body.get("rid")

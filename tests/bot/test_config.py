@@ -85,6 +85,7 @@ _DELETE = object()
         (["rocketchat", "urll"], "http://x", "rocketchat.urll"),
         (["server", "listen"], "nonsense", "server.listen"),
         (["server", "listen"], "0.0.0.0:99999", "server.listen"),
+        (["server", "metrics_listen"], "9090", "server.metrics_listen"),
         (["rocketchat", "url"], "localhost:3000", "rocketchat.url"),
         (["rocketchat", "admin_roles"], [], "rocketchat.admin_roles"),
         (["rocketchat", "admin_roles"], {"a": 1}, "rocketchat.admin_roles"),

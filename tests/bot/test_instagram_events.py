@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import pytest
 
 from bot import messages
@@ -321,6 +324,12 @@ def test_visitor_name_falls_back(profile, name):
     assert ev.visitor_name(profile, USER) == name
 
 
-def test_visitor_token_format():
-    """The visitor token names the page and the Instagram user."""
-    assert ev.visitor_token(PAGE, USER) == f"instagram-{PAGE}-{USER}"
+def test_visitor_token_cannot_be_derived_from_public_ids():
+    """The token is ``instagram-`` + HMAC-SHA256 of ``<page>:<igsid>`` under the bridge's
+    secret: another secret gives another token, and the ids do not appear in it."""
+    token = ev.visitor_token(b"s" * 32, PAGE, USER)
+    expected = hmac.new(b"s" * 32, f"{PAGE}:{USER}".encode(), hashlib.sha256).hexdigest()
+    assert token == "instagram-" + expected
+    assert token != ev.visitor_token(b"t" * 32, PAGE, USER)
+    assert PAGE not in token and USER not in token and not ev.legacy_token(token)
+    assert ev.legacy_token(f"instagram-{PAGE}-{USER}")

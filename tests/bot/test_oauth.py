@@ -10,6 +10,7 @@ import pytest
 
 from bot.instagram.oauth import SCOPES
 from bot.instagram.reauth import mark_needs_reauth
+from bot.messages import md
 from sandbox.meta import DEFAULT_IG_USERNAME, DEFAULT_PAGE_ID, DEFAULT_PAGE_NAME
 from tests.scenarios.oauth_harness import (
     CONFIG_ID,
@@ -400,7 +401,8 @@ async def test_refused_subscription_is_reported_not_connected(oauth: OAuthBridge
     stored = await oauth.bot.store.page(DEFAULT_PAGE_ID)
     assert stored is not None and not stored.subscribed
     dm = oauth.dms()[-1]
-    assert refusal in dm and "not bridged" in dm and "Re-authorized" not in dm
+    # Meta's words, escaped for markdown like every outside value.
+    assert md(refusal) in dm and "not bridged" in dm and "Re-authorized" not in dm
     assert "earlier installation" not in dm
 
 

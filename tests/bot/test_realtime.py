@@ -39,7 +39,8 @@ def _msg(**fields):
         (_msg(t="uj"), {"roomParticipant": True}, "system message"),
         (_msg(u={"_id": ME, "username": "bot"}), {"roomParticipant": True}, "own message"),
         (_msg(), {"roomParticipant": False}, "not a participant"),
-        (_msg(editedAt={"$date": 1}), {"roomParticipant": True}, "update of an existing message"),
+        (_msg(editedAt={"$date": 1}), {"roomParticipant": True}, "edited message"),
+        (_msg(token="visitor-token"), {"roomParticipant": True}, "livechat visitor"),
         (_msg(reactions={":+1:": {}}), {"roomParticipant": True}, "update of an existing message"),
         (_msg(tcount=2), {"roomParticipant": True}, "update of an existing message"),
         (
@@ -55,9 +56,10 @@ def test_skip_reason_table(message, meta, reason):
     assert skip_reason(message, meta, self_id=ME) == reason
 
 
-def test_catch_up_delivers_edited_messages_it_never_saw():
-    """Off the live stream (catch-up) an edited message we never saw is still new to us."""
-    assert skip_reason(_msg(editedAt={"$date": 1}), {}, self_id=ME, live=False) is None
+def test_catch_up_never_runs_an_edited_message():
+    """Off the live stream (catch-up) too, a command is a message as first posted."""
+    assert skip_reason(_msg(editedAt={"$date": 1}), {}, self_id=ME, live=False) == (
+        "edited message")
 
 
 def test_seen_ids_is_bounded_and_forgets_oldest():
@@ -154,6 +156,27 @@ async def test_edit_of_message_from_before_start_is_not_a_command(
     await eventually(lambda: sentinel["_id"] in running.inbox.ids)
     assert running.inbox.ids == [sentinel["_id"]]
     assert f"message {old['_id']} skipped: update of an existing message" in caplog.text
+
+
+async def test_message_edited_into_a_command_while_disconnected_is_not_run(
+    rocketchat, channel, start_client, eventually
+):
+    """A moderator edits alice's message into ``/instagram …`` while the bot is away: the
+    catch-up after the reconnect delivers alice's new message, never the edited one."""
+    running = start_client()
+    client = running.client
+    await client.wait_connected(5)
+    rocketchat.block_connections(True)
+    assert rocketchat.drop_all_sockets() == 1
+    await eventually(lambda: not client.connected)
+    victim = rocketchat.post_message("alice", channel, "thanks!")
+    rocketchat.edit_message(victim["_id"], "@instagram.bot /instagram unauthorize 1")
+    fresh = rocketchat.post_message("alice", channel, "@instagram.bot hello")
+    rocketchat.block_connections(False)
+    await client.wait_connected(5)
+    await eventually(lambda: fresh["_id"] in running.inbox.ids)
+    await asyncio.sleep(0.2)
+    assert running.inbox.ids == [fresh["_id"]]
 
 
 async def test_dm_to_bot_is_delivered_with_room_type_d(

@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from bot.instagram.watch import JITTER, MetaWatch
+from bot.messages import md
 from tests.scenarios.harness import ADMIN, BOT_USER, Bridge
 
 
@@ -69,7 +70,7 @@ async def test_standing_watch_reports_a_failed_resubscribe_once(bridge: Bridge) 
     for _ in range(2):
         assert (await bridge.bot.meta_watch.run_once()).counts["resubscribe_failed"] == 1
     [dm] = admin_dms(bridge)
-    assert "installing it again failed" in dm and "pages_manage_metadata" in dm
+    assert "installing it again failed" in dm and md("pages_manage_metadata") in dm
     assert bridge.meta.subscription(bridge.page_id) is None
 
 

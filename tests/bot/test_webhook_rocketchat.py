@@ -9,14 +9,22 @@ import pytest
 
 from bot.rocketchat.webhook import (
     parse_large_body,
-    parse_visitor_token,
     parse_webhook,
     secret_valid,
+    visitor_token_of,
 )
+from storage.base import Conversation
 
 BOT_ID = "BotUser000000001"
 TOKEN = "instagram-100000000000001-6543210987654321"
 KEY = "100000000000001:6543210987654321"
+CONV = Conversation("100000000000001", "6543210987654321", TOKEN)
+
+
+def _parse(body: dict[str, Any], **kwargs: Any) -> Any:
+    """parse_webhook with the store look-up the receiver does: only TOKEN is ours."""
+    ours = CONV if visitor_token_of(body) == TOKEN else None
+    return parse_webhook(body, conversation=ours, **kwargs)
 
 
 def _body(kind: str = "Message", messages: list[dict[str, Any]] | None = None,
@@ -32,12 +40,12 @@ def _agent(msg_id: str = "m-1", text: str = "hi", **extra: Any) -> dict[str, Any
 
 @pytest.mark.parametrize(
     ("token", "expected"),
-    [(TOKEN, ("100000000000001", "6543210987654321")),
-     ("vis-4f9c", None), ("instagram-", None), ("instagram-123", None), (None, None)],
+    [(TOKEN, TOKEN), ("instagram-0a1b", "instagram-0a1b"), ("vis-4f9c", None), (None, None),
+     (7, None)],
 )
-def test_visitor_token(token: str | None, expected: tuple[str, str] | None) -> None:
-    """Only instagram-<pageId>-<igsid> tokens are ours."""
-    assert parse_visitor_token(token) == expected
+def test_only_instagram_tokens_are_looked_up(token: object, expected: str | None) -> None:
+    """Only ``instagram-…`` tokens are worth a store look-up; others are not ours."""
+    assert visitor_token_of({"visitor": {"token": token}}) == expected
 
 
 @pytest.mark.parametrize(
@@ -52,7 +60,7 @@ def test_secret_check(header: str | None, secret: str, ok: bool) -> None:
 
 def test_agent_message_becomes_one_item() -> None:
     """An agent's message is one agent_message item keyed by its Rocket.Chat _id."""
-    parsed = parse_webhook(_body(messages=[_agent()]), bot_user_id=BOT_ID, now=5.0)
+    parsed = _parse(_body(messages=[_agent()]), bot_user_id=BOT_ID, now=5.0)
     [item] = parsed.items
     assert (item.item_id, item.conversation, item.kind) == ("rc-msg:m-1", KEY, "agent_message")
     assert item.payload["text"] == "hi" and item.payload["room_id"] == "room-1"
@@ -70,15 +78,15 @@ def test_agent_message_becomes_one_item() -> None:
 )
 def test_non_agent_messages_are_skipped(message: dict[str, Any], reason: str) -> None:
     """Visitor, system and our own note messages are not sent to Instagram."""
-    parsed = parse_webhook(_body(messages=[message]), bot_user_id=BOT_ID, now=5.0)
+    parsed = _parse(_body(messages=[message]), bot_user_id=BOT_ID, now=5.0)
     assert parsed.items == [] and parsed.dropped == [reason]
 
 
 def test_other_rooms_and_types_are_ignored() -> None:
     """A web-widget room or an event type we do not use yields nothing."""
-    assert parse_webhook(_body(token="vis-1", messages=[_agent()]), bot_user_id=BOT_ID,
+    assert _parse(_body(token="vis-1", messages=[_agent()]), bot_user_id=BOT_ID,
                          now=1).dropped == ["not_ours"]
-    assert parse_webhook(_body(kind="LivechatSessionTaken"), bot_user_id=BOT_ID,
+    assert _parse(_body(kind="LivechatSessionTaken"), bot_user_id=BOT_ID,
                          now=1).dropped == ["unused_type"]
 
 
@@ -88,7 +96,7 @@ def test_file_message_carries_upload_url_and_caption() -> None:
                      attachments=[{"description": "our catalogue"}],
                      fileUpload={"publicFilePath": "https://rc/file-upload/f/p.png?token=j",
                                  "type": "image/png", "size": 10})
-    [item] = parse_webhook(_body(messages=[message]), bot_user_id=BOT_ID, now=1).items
+    [item] = _parse(_body(messages=[message]), bot_user_id=BOT_ID, now=1).items
     assert item.payload["files"] == [
         {"url": "https://rc/file-upload/f/p.png?token=j", "type": "image/png", "name": "p.png",
          "size": 10}
@@ -100,7 +108,7 @@ def test_close_is_one_finished_item_per_room() -> None:
     """LivechatSession with closedAt is a finished item keyed by the room id."""
     body = _body(kind="LivechatSession", messages=[_agent()],
                  closedAt="2025-01-01T11:00:00.000Z")
-    parsed = parse_webhook(body, bot_user_id=BOT_ID, now=1)
+    parsed = _parse(body, bot_user_id=BOT_ID, now=1)
     [item] = parsed.items
     assert parsed.close and (item.item_id, item.kind) == ("rc-close:room-1", "finished")
 

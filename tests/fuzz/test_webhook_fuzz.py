@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 from typing import Any
 
 import aiohttp
@@ -20,6 +21,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from storage.base import Conversation
 from tests.fuzz.conftest import FUZZ, LoopBridge, internal_errors, pending, run_property
 from tests.fuzz.strategies import instagram_bodies, json_values, rocketchat_bodies
 from tests.scenarios.harness import APP_SECRET, WEBHOOK_SECRET, Bridge
@@ -54,7 +56,7 @@ def deep(depth: int) -> str:
 def ig_message(ig_id: str, **message: Any) -> dict[str, Any]:
     return {"object": "instagram", "entry": [{"id": ig_id, "time": 1, "messaging": [{
         "sender": {"id": "6543210987654321"}, "recipient": {"id": ig_id},
-        "timestamp": 1735689599870, "message": {"mid": "m-x", **message}}]}]}
+        "timestamp": int(time.time() * 1000), "message": {"mid": "m-x", **message}}]}]}
 
 
 def counted(bridge: Bridge, metric_name: str, direction: str) -> dict[str, float]:
@@ -153,6 +155,11 @@ async def test_fuzzed_rocketchat_webhooks_never_5xx_and_drain(
                "Content-Type": "application/json"}
     for igsid in IGSIDS:  # the visitors wrote recently: sends to them succeed
         bridge.meta.set_last_inbound(bridge.ig_id, igsid)
+        # Conversations the bridge holds (stored tokens, as from a store of the old
+        # token form), each with room-1 as the room it opened: only those relay.
+        await bridge.bot.store.save_conversation(Conversation(
+            page_id, igsid, f"instagram-{page_id}-{igsid}", room_id="room-1",
+            visitor_registered=True, last_inbound_at=time.time()))
     async with aiohttp.ClientSession() as http:
         loop = LoopBridge(asyncio.get_running_loop())
 
@@ -160,6 +167,9 @@ async def test_fuzzed_rocketchat_webhooks_never_5xx_and_drain(
         @given(body=st.one_of(rocketchat_bodies(page_id), rocketchat_bodies(page_id), json_values))
         @example(body=b"{" * 200_000)
         @example(body=f'{{"type": "Message", "messages": {deep(5000)}}}'.encode())
+        @example(body={"type": "Message", "_id": "room-1",
+                       "visitor": {"token": "instagram-PAGE-1"},
+                       "messages": [{"_id": "r-ok", "agentId": "a-1", "msg": "hi"}]})
         @example(body={"type": "Message", "visitor": {"token": "instagram-PAGE-1"},
                        "messages": 5})
         @example(body={"type": "Message", "visitor": {"token": "instagram-PAGE-1"},

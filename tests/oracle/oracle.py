@@ -101,6 +101,12 @@ ROUTES: tuple[RouteSpec, ...] = (
     ),
     RouteSpec(
         "GET",
+        "v1/livechat/messages.history/:rid",
+        "isGETLivechatMessagesHistoryRidParams",
+        f"{_LIVECHAT}/server/api/v1/message.ts",
+    ),
+    RouteSpec(
+        "GET",
         "v1/livechat/department",
         "isGETLivechatDepartmentProps",
         f"{_LIVECHAT}/imports/server/rest/departments.ts",

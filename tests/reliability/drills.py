@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -53,6 +54,8 @@ class BotProcess:
     starts: int = 0
     kills: int = 0
     startup_seconds: list[float] = field(default_factory=list)
+    #: RLIMIT_NOFILE (soft and hard) for the child, as a small server would have.
+    nofile: int | None = None
 
     @property
     def base(self) -> str:
@@ -66,6 +69,7 @@ class BotProcess:
             self.proc = subprocess.Popen(
                 [*bot_command(), "run", "--config", str(self.config)],
                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                preexec_fn=self._limit if self.nofile else None,
             )
         self.starts += 1
         deadline = started + timeout
@@ -84,6 +88,10 @@ class BotProcess:
                     pass
                 await asyncio.sleep(0.02)
         raise AssertionError(f"bot did not come up: {self.tail()}")
+
+    def _limit(self) -> None:
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def kill9(self) -> None:
         """SIGKILL: no shutdown code runs, whatever the bot was doing."""

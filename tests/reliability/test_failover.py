@@ -30,6 +30,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from bot.instagram.events import visitor_token
 from sandbox.meta import DEFAULT_IG_ID, DEFAULT_PAGE_ID, DEFAULT_PAGE_NAME, SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
 from storage import Page, open_store
@@ -54,6 +55,7 @@ from tests.scenarios.harness import (
     config_dict,
     free_port,
     setup_rocketchat,
+    store_secret,
     write_config,
 )
 from tests.scenarios.test_commands import answers
@@ -162,7 +164,8 @@ async def test_replica_killed_mid_relay_loses_duplicates_and_reorders_nothing(
             visitors = [meta.new_igsid() for _ in range(visitors_n)]
             for n, igsid in enumerate(visitors):
                 meta.set_profile(igsid, name=f"Visitor {n}")
-            token = {v: f"instagram-{DEFAULT_PAGE_ID}-{v}" for v in visitors}
+            secret = await store_secret(store_url)  # keys the replicas' visitor tokens
+            token = {v: visitor_token(secret, DEFAULT_PAGE_ID, v) for v in visitors}
             expected_in = {token[v]: [f"{v} hello"] for v in visitors}
             expected_out: dict[str, list[str]] = {v: [] for v in visitors}
             agent_ids: dict[str, str] = {}  # Rocket.Chat message _id -> text

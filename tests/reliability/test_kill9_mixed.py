@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.instagram.events import visitor_token
 from sandbox.meta import DEFAULT_IG_ID, DEFAULT_PAGE_ID, DEFAULT_PAGE_NAME, SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
 from storage import Page
@@ -44,6 +45,7 @@ from tests.scenarios.harness import (
     config_dict,
     free_port,
     setup_rocketchat,
+    store_secret,
     write_config,
 )
 
@@ -123,7 +125,8 @@ async def test_kill9_at_random_points_loses_nothing_in_either_direction(
     visitors = [meta.new_igsid() for _ in range(visitors_n)]
     for n, igsid in enumerate(visitors):
         meta.set_profile(igsid, name=f"Visitor {n}")
-    token = {igsid: f"instagram-{DEFAULT_PAGE_ID}-{igsid}" for igsid in visitors}
+    secret = await store_secret(store_path)
+    token = {igsid: visitor_token(secret, DEFAULT_PAGE_ID, igsid) for igsid in visitors}
     expected_in: dict[str, list[str]] = {token[v]: [] for v in visitors}
     expected_out: dict[str, list[str]] = {v: [] for v in visitors}
     agent_ids: dict[str, str] = {}  # Rocket.Chat message _id -> text

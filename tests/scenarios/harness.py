@@ -23,9 +23,10 @@ import yaml
 
 from bot.app import Bot
 from bot.config import Config, ServerConfig, from_dict
+from bot.instagram.events import visitor_token
 from sandbox.meta import DEFAULT_IG_ID, DEFAULT_PAGE_ID, DEFAULT_PAGE_NAME, SandboxMeta
 from sandbox.rocketchat import PROFILES, SandboxRocketChat
-from storage import Page
+from storage import Page, open_store
 
 BOT_USER, BOT_PASSWORD = "instagram.bot", "bot-password-123"
 AGENT = "agent.ana"
@@ -91,6 +92,8 @@ class Bridge:
     ig_id: str = DEFAULT_IG_ID
     page: Page | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    #: The store's bridge secret (keys the opaque visitor tokens).
+    secret: bytes = field(default=b"", repr=False)
 
     @property
     def webhook_url(self) -> str:
@@ -109,7 +112,8 @@ class Bridge:
             await asyncio.sleep(0.01)
 
     def token(self, igsid: str) -> str:
-        return f"instagram-{self.page_id}-{igsid}"
+        """The visitor token the bridge gives ``igsid`` (opaque: needs the store's secret)."""
+        return visitor_token(self.secret, self.page_id, igsid)
 
     def rooms(self, igsid: str) -> list[dict[str, Any]]:
         """The visitor's livechat rooms, oldest first."""
@@ -149,6 +153,17 @@ async def start_bot(config: Config) -> tuple[Bot, asyncio.Task[None]]:
     else:
         raise AssertionError("bot did not start listening")
     return bot, task
+
+
+async def store_secret(path: str) -> bytes:
+    """The bridge secret of the store at ``path`` (created now if new): for tests that run
+    the bot as a subprocess and must know its visitor tokens. The store must be closed."""
+    store = open_store(path)
+    await store.open()
+    try:
+        return await store.bridge_secret()
+    finally:
+        await store.close()
 
 
 async def stop_bot(bot: Bot, task: asyncio.Task[None]) -> None:
@@ -192,7 +207,8 @@ async def running_bridge(
         subscribed=True,
     )
     await bot.store.save_page(page)
-    bridge = Bridge(rocketchat, meta, bot, config, department, page=page, task=task)
+    bridge = Bridge(rocketchat, meta, bot, config, department, page=page, task=task,
+                    secret=await bot.store.bridge_secret())
     meta.set_webhook(bridge.webhook_url, echoes=True)
     try:
         yield bridge

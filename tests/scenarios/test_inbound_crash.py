@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from bot.instagram.events import visitor_token
 from sandbox.meta import DEFAULT_IG_ID, DEFAULT_PAGE_ID, DEFAULT_PAGE_NAME, SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
 from storage import Inbox, Page, StoreFiles, open_store
@@ -26,6 +27,7 @@ from tests.scenarios.harness import (
     config_dict,
     free_port,
     setup_rocketchat,
+    store_secret,
     write_config,
 )
 
@@ -186,8 +188,9 @@ def test_kill_9_mid_relay_delivers_every_message_exactly_once_in_order(
     assert len(by_visitor) == VISITORS
     all_ids = [m["_id"] for msgs in by_visitor.values() for m in msgs]
     assert len(all_ids) == len(set(all_ids)) == TOTAL
+    secret = asyncio.run(store_secret(deployment.store_path))  # the bot has stopped
     for igsid in visitors:
-        texts = [m["msg"] for m in by_visitor[f"instagram-{DEFAULT_PAGE_ID}-{igsid}"]]
+        texts = [m["msg"] for m in by_visitor[visitor_token(secret, DEFAULT_PAGE_ID, igsid)]]
         assert texts == [f"{igsid} #{k}" for k in range(PER_VISITOR)]
 
 
@@ -249,6 +252,7 @@ def test_kill_9_during_a_storm_loses_no_acknowledged_webhook(
     by_visitor = visitor_messages(rocketchat)
     all_ids = [m["_id"] for msgs in by_visitor.values() for m in msgs]
     assert len(all_ids) == len(set(all_ids)) == len(bodies)
+    secret = asyncio.run(store_secret(deployment.store_path))  # the bot has stopped
     for igsid in visitors:
-        texts = [m["msg"] for m in by_visitor[f"instagram-{DEFAULT_PAGE_ID}-{igsid}"]]
+        texts = [m["msg"] for m in by_visitor[visitor_token(secret, DEFAULT_PAGE_ID, igsid)]]
         assert texts == [f"{igsid} #{k}" for k in range(per_visitor)]

@@ -49,11 +49,14 @@ async def test_text_message_registers_visitor_and_opens_room(bridge: Bridge, eve
     assert found["department"] == bridge.department_id
     [message] = bridge.visitor_messages(igsid)
     assert message["_id"] == rc_message_id(f"ig:{mid}")
-    # The relay saves the conversation just after the post the sandbox shows: wait for it.
-    conversation = await eventually(
-        lambda: bridge.bot.store.conversation(bridge.page_id, igsid)
-    )
-    assert conversation.room_id == bridge.rooms(igsid)[0]["_id"]
+    # The relay saves the room just after the post the sandbox shows: wait for it.
+    async def recorded() -> bool:
+        conv = await bridge.bot.store.conversation(bridge.page_id, igsid)
+        return conv is not None and conv.room_id == bridge.rooms(igsid)[0]["_id"]
+
+    await eventually(recorded)
+    conversation = await bridge.bot.store.conversation(bridge.page_id, igsid)
+    assert conversation is not None
     assert conversation.visitor_department == bridge.department_id
     assert conversation.last_inbound_at == pytest.approx(
         event["entry"][0]["messaging"][0]["timestamp"] / 1000

@@ -3,14 +3,16 @@ the pages, no login link."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import pytest
+import requests
 
 from bot.app import CommandContext
 from commands.base import Issuer
 from commands.router import dispatch, parse
-from tests.scenarios.harness import BOT_USER, Bridge
+from tests.scenarios.harness import ADMIN, BOT_USER, Bridge
 
 #: Arguments that would make each command act for an admin ({page} = the connected page).
 ARGS = {
@@ -69,3 +71,39 @@ async def test_help_is_open_to_everyone(bridge: Bridge) -> None:
     await dispatch(bridge.bot.registry, CommandContext(bridge.bot, issuer), invocation)
     [text] = _dms(bridge, "plain.user")
     assert "Instagram bridge commands" in text
+
+
+async def test_livechat_visitor_named_like_an_admin_gets_no_dm_sent_to_the_admin(
+    bridge: Bridge, eventually
+) -> None:
+    """A widget visitor registered as ``username: admin.alice`` types a command in a room
+    the bot is in: the bot ignores visitors (and answers by user id), so the real
+    admin.alice gets no DM for it."""
+    base = f"{bridge.rc.url}/api/v1"
+
+    def visitor_room() -> str:
+        requests.post(f"{base}/livechat/visitor", timeout=5, json={
+            "visitor": {"token": "widget-visitor-1", "username": ADMIN, "name": "Alice"},
+        }).raise_for_status()
+        room = requests.get(f"{base}/livechat/room", params={"token": "widget-visitor-1"},
+                            timeout=5)
+        room.raise_for_status()
+        return room.json()["room"]["_id"]
+
+    rid = await asyncio.to_thread(visitor_room)
+    bridge.rc.add_member(rid, BOT_USER)
+    before = len(bridge.rc.dm_messages(BOT_USER, ADMIN))
+
+    def post(text: str) -> None:
+        requests.post(f"{base}/livechat/message", timeout=5, json={
+            "token": "widget-visitor-1", "rid": rid, "msg": text}).raise_for_status()
+
+    await asyncio.to_thread(post, "/instagram authorize")
+    await asyncio.sleep(0.5)
+    # The real admin's own command is heard (so the silence above is not an accident).
+    bridge.rc.send_dm(ADMIN, BOT_USER, "instagram help")
+    await eventually(lambda: len(bridge.rc.dm_messages(BOT_USER, ADMIN)) > before)
+    await asyncio.sleep(0.3)
+    replies = [m["msg"] for m in bridge.rc.dm_messages(BOT_USER, ADMIN)[before:]
+               if m["u"]["username"] == BOT_USER]
+    assert len(replies) == 1 and "commands" in replies[0], replies

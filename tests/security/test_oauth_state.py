@@ -7,6 +7,7 @@ import re
 from urllib.parse import parse_qs, urlsplit
 
 from bot.instagram.oauth import STATE_TTL
+from tests.scenarios.harness import ADMIN
 from tests.scenarios.oauth_harness import SANDBOX_TOKEN, OAuthBridge, parse_form, two_pages
 
 
@@ -146,3 +147,15 @@ async def test_oauth_pages_send_protective_headers(oauth: OAuthBridge) -> None:
     csp = headers["Content-Security-Policy"]
     assert "default-src 'none'" in csp and "script-src" not in csp
     assert re.search(r"frame-ancestors 'none'", csp)
+
+
+async def test_login_link_of_a_demoted_admin_connects_nothing(oauth: OAuthBridge) -> None:
+    """An admin asks for a link, loses the admin role (inside the roles cache's life),
+    then completes the Meta login: the callback refuses and no page is connected."""
+    oauth.meta.set_login_user("Owner", pages=two_pages()[:1])
+    url = await oauth.authorize()
+    assert await oauth.bot.is_admin(oauth.rc.user_id(ADMIN))  # roles now cached as admin
+    oauth.rc.set_role(ADMIN, ["user"])
+    status, page = await oauth.get(oauth.meta.approve_url(url))
+    assert status == 403 and "no longer an administrator" in page
+    assert await oauth.bot.store.pages() == []

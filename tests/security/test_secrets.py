@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from bot import logs
+from bot.instagram.events import visitor_token
 from tests.scenarios.harness import (
     APP_SECRET,
     BOT_PASSWORD,
@@ -88,7 +89,11 @@ async def _run_flows(bridge: OAuthBridge) -> dict[str, str]:
     status, _ = await meta.adeliver(webhook, meta.text_event(connected.instagram_id, igsid,
                                                              VISITOR_TEXT))
     assert status == 200
-    token = f"instagram-301-{igsid}"
+    bridge_secret = await bot.store.bridge_secret()
+    token = visitor_token(bridge_secret, "301", igsid)
+    # The livechat token is the visitor's credential; the secret derives every token.
+    secrets["visitor token"] = token
+    secrets["bridge secret"] = bridge_secret.hex()
     for _ in range(500):
         rooms = [r for r in rc.livechat_rooms() if r["v"]["token"] == token]
         if rooms:

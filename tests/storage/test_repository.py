@@ -304,3 +304,21 @@ async def test_stats_count_tables(store):
     await store.enqueue([item("m1"), item("m2", "p1:u2", queue="outbound")])
     stats = await store.stats()
     assert (stats["inbound"], stats["outbound"], stats["dedupe_keys"]) == (1, 1, 2)
+
+
+# -- the bridge secret -------------------------------------------------------------------
+async def test_bridge_secret_is_made_once_and_survives_a_restart(make_store):
+    """The secret that keys visitor tokens is 32 random bytes, the same on every call and
+    after a restart: a changed secret would give a returning visitor a new token."""
+    store = await make_store()
+    first = await store.bridge_secret()
+    assert len(first) == 32 and await store.bridge_secret() == first
+    await store.close()
+    store = await make_store()
+    assert await store.bridge_secret() == first
+
+
+async def test_concurrent_first_calls_agree_on_one_bridge_secret(store):
+    """Replicas (or relay tasks) asking for the secret at once all get the same bytes."""
+    secrets = await asyncio.gather(*(store.bridge_secret() for _ in range(8)))
+    assert len(set(secrets)) == 1
