@@ -479,6 +479,21 @@ OUTBOUND_PAGE_NOT_CONNECTED = (
     "connected to the bridge, so an administrator must connect it again{partial}."
 )
 OUTBOUND_PARTIAL = " (only the first {sent} of {total} parts were delivered)"
+# A send was interrupted (crash or timeout) and Instagram's record could not tell whether
+# it arrived; {reason} is one of OUTCOME_UNKNOWN_REASONS, {partial} OUTBOUND_UNKNOWN_PART.
+OUTBOUND_OUTCOME_UNKNOWN = (
+    "⚠️ Not sure this reached Instagram{partial}: the send was interrupted and "
+    "{reason}. It was not sent again, so {visitor} never gets it twice; if {visitor} "
+    "did not get it, send it again."
+)
+OUTBOUND_UNKNOWN_PART = " (part {part} of {total})"
+OUTCOME_UNKNOWN_REASONS = {
+    "identical_texts": "the conversation holds the same text more than once, so "
+                       "Instagram's record cannot tell which one this was",
+    "thread_moved_on": "more than 20 messages came since, and Instagram only shows "
+                       "the newest 20",
+    "api_refused": "Instagram did not let the bridge read the conversation back",
+}
 
 # --- commands: edit -----------------------------------------------------------------------
 

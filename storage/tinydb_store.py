@@ -266,6 +266,7 @@ class TinyDBStore(Store):
         self._meta_t = self._cold_db.table("_meta")
         self._items_t = {q: self._hot_db.table(q) for q in QUEUES}
         self._dedupe_t = self._hot_db.table("dedupe")
+        self._marks_t = self._hot_db.table("marks")
         # Same family as the queues: moving an item here is one append, one fsync.
         self._set_aside_t = self._hot_db.table("set_aside")
         self._reset_indexes()
@@ -621,6 +622,7 @@ class TinyDBStore(Store):
                 "next_try_at": item.next_try_at,
                 "last_error": item.last_error,
                 "progress": item.progress,
+                "sending_at": item.sending_at,
             },
             doc_ids=[item.item_id],
         )
@@ -682,6 +684,21 @@ class TinyDBStore(Store):
 
     async def seen(self, key: str) -> bool:
         return await self._read(lambda: self._seen(key, self.clock()))
+
+    # -- marks -------------------------------------------------------------------------
+    async def mark(self, name: str) -> float | None:
+        def get() -> float | None:
+            doc = self._marks_t.get(doc_id=name)
+            return float(doc["value"]) if doc is not None else None
+
+        return await self._read(get)
+
+    async def set_marks(self, values: dict[str, float]) -> None:
+        def put() -> None:
+            for name, value in values.items():
+                _put(self._marks_t, name, {"value": float(value)})
+
+        await self._write(put)
 
     # -- maintenance -------------------------------------------------------------------
     async def expire(self, now: float) -> dict[str, int]:

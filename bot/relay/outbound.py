@@ -19,10 +19,15 @@ exponential backoff (the item stays at the head of its conversation, so order is
 kept); code 190 holds the page's items until it is re-authorized; anything the agent
 can act on (window closed, user unavailable, blocked) becomes a note in the room.
 
-Exactly-once is bounded by the Send API, which has no idempotency key: a crash after
-Meta accepted a part but before ``item.progress`` (or the item's completion) is
-durable re-sends that one part. Each part's progress is written right after its send,
-so at most one part per conversation in flight can be duplicated.
+Exactly once, though the Send API has no idempotency key: before each part is sent,
+``item.sending_at`` is written durably; after the send, ``item.progress`` (or the item's
+completion). A part found with ``sending_at`` still set (a crash or a timeout came in
+between) is settled by reading the thread back (:mod:`bot.instagram.conversations`)
+before anything is sent again: a matching message from the account → delivered, not
+sent again; certainly missing → sent once; the record cannot tell (identical texts, the
+thread moved past the 20 messages Meta shows, the read refused) → unknown: never resent,
+the agent gets a note in the room and can send it again by hand. Every part therefore
+ends delivered, failed (a note with Meta's reason) or unknown (a note).
 """
 
 from __future__ import annotations
@@ -35,6 +40,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot import messages
+from bot.instagram.conversations import (
+    ABSENT,
+    DELIVERED,
+    UNKNOWN,
+    Settlement,
+    ThreadReader,
+    settle,
+)
 from bot.instagram.graph import (
     GraphAuthError,
     GraphConfigError,
@@ -230,6 +243,8 @@ class OutboundRelay:
         # page_id -> conversations whose head is held for re-authorization (in memory:
         # after a restart held items are found again within hold_interval).
         self._held: dict[str, set[str]] = {}
+        #: Reads threads back to settle sends in doubt (paced by the graph client).
+        self.reader = ThreadReader(graph)
 
     # -- entry point ---------------------------------------------------------------------
     async def process(self, item: WorkItem) -> Outcome:
@@ -311,7 +326,22 @@ class OutboundRelay:
         parts: list[dict[str, Any]],
         decision: WindowDecision,
     ) -> Outcome:
-        for index in range(item.progress, len(parts)):
+        remember: list[str] = []
+        index = item.progress
+        while index < len(parts):
+            if item.sending_at is not None:
+                # This part's send started before a crash or a timeout and its outcome
+                # was never recorded: ask Instagram's record before sending anything.
+                settled = await self._settle(item, page, igsid, parts[index], index, len(parts))
+                if isinstance(settled, Retry):
+                    return settled
+                if settled is not None:  # delivered, or unknown: never sent again
+                    remember.extend(settled)
+                    index = await self._advance(item, index, len(parts), remember)
+                    continue
+            # Durable before the call: a crash from here on leaves a part to settle.
+            item.sending_at = self.clock()
+            await self.store.update_item(item)
             try:
                 mid = await self.graph.send_message(
                     page.page_id,
@@ -322,35 +352,108 @@ class OutboundRelay:
                     tag=decision.tag,
                 )
             except GraphAuthError as exc:
+                item.sending_at = None  # refused: nothing was sent
                 log.warning("outbound item %s: page %s token rejected (%s)",
                             item.item_id, page.page_id, exc)
                 await self._needs_reauth(page)
                 return self._hold(item, page.page_id)
             except GraphRetryable as exc:
                 delay = retry_delay(item.attempts + 1, base=self.retry_base, cap=self.retry_cap)
+                if isinstance(exc, GraphThrottled):
+                    # Meta refused the call: certainly not sent, nothing to settle.
+                    item.sending_at = None
                 kind = ("throttled" if isinstance(exc, GraphThrottled)
                         else "meta_incident" if isinstance(exc, GraphIncident) else "transient")
                 log.warning(
-                    "outbound item %s part %d/%d %s (%s); retry in %.1f s",
+                    "outbound item %s part %d/%d %s (%s); retry in %.1f s%s",
                     item.item_id, index + 1, len(parts), kind, exc, delay,
+                    "" if item.sending_at is None else ", settled by read-back first",
                 )
                 return Retry(self.clock() + delay, f"{kind}: {exc}")
             except GraphError as exc:
+                item.sending_at = None
                 return await self._refused(item, page, exc, index, len(parts))
-            echo = f"echo:{mid}"
             log.info(
                 "outbound item %s part %d/%d sent as %s (%s)",
                 item.item_id, index + 1, len(parts), mid, decision.messaging_type,
             )
-            if index + 1 == len(parts):
-                self._relayed(item.kind)
-                return Done(remember=[echo])
-            # Record the part before anything else: this write is what keeps a crash
-            # from sending it twice. The echo key follows (it only hides our own echo).
-            item.progress = index + 1
+            remember.append(f"echo:{mid}")
+            index = await self._advance(item, index, len(parts), remember)
+        self._relayed(item.kind)
+        return Done(remember=remember)
+
+    async def _advance(
+        self, item: WorkItem, index: int, total: int, remember: list[str]
+    ) -> int:
+        """Record part ``index`` as done (its outcome is known); returns the next index."""
+        item.sending_at = None
+        item.progress = index + 1
+        if index + 1 < total:
+            # This write is what keeps a crash from settling the part again; the echo
+            # keys follow (they only hide our own echoes).
             await self.store.update_item(item)
-            await self.store.remember(echo)
-        return Done()
+            for key in remember:
+                await self.store.remember(key)
+            remember.clear()
+        return index + 1
+
+    async def _settle(
+        self, item: WorkItem, page: Page, igsid: str, part: dict[str, Any], index: int,
+        total: int,
+    ) -> list[str] | Retry | None:
+        """Settle a part whose send was started but never recorded, from the thread.
+
+        Returns the keys to remember when it was delivered or stays unknown (either way
+        it is not sent again), None when the record shows it missing (send it once), or
+        a Retry while Meta throttles the read.
+        """
+        started = item.sending_at or 0.0
+        text = part.get("text", "")
+        try:
+            thread = await self.reader.messages(page, igsid)
+        except GraphThrottled as exc:
+            delay = retry_delay(item.attempts + 1, base=self.retry_base, cap=self.retry_cap)
+            log.warning("outbound item %s part %d/%d: read-back throttled (%s); retry in %.1f s",
+                        item.item_id, index + 1, total, exc, delay)
+            return Retry(self.clock() + delay, f"read-back throttled: {exc}")
+        except GraphError as exc:
+            verdict = Settlement(UNKNOWN, reason="api_refused")
+            log.warning("outbound item %s part %d/%d: Instagram's record could not be read "
+                        "(%s)", item.item_id, index + 1, total, exc)
+        else:
+            verdict = settle(thread, account_id=page.instagram_id, text=text,
+                             started_at=started)
+        self._settled(verdict.state if verdict.state != ABSENT else "resent", page.page_id)
+        if verdict.state == DELIVERED:
+            log.info("outbound item %s part %d/%d: delivered before the interruption "
+                     "(%s, read back); not sent again", item.item_id, index + 1, total,
+                     verdict.mid)
+            await self._count(page.page_id, "settled")
+            return [f"echo:{verdict.mid}"]
+        if verdict.state == ABSENT:
+            log.info("outbound item %s part %d/%d: not in Instagram's thread; sending it once",
+                     item.item_id, index + 1, total)
+            await self._count(page.page_id, "settled")
+            item.sending_at = None
+            return None
+        log.warning("outbound item %s part %d/%d: outcome unknown (%s); not sent again, "
+                    "the agent is told", item.item_id, index + 1, total, verdict.reason)
+        await self._count(page.page_id, "unknown")
+        await self._tell_agent(
+            item, messages.OUTBOUND_OUTCOME_UNKNOWN,
+            reason=messages.OUTCOME_UNKNOWN_REASONS.get(verdict.reason, verdict.reason),
+            sent=index, total=total, note_key=f"unknown:{index}",
+            partial_template=messages.OUTBOUND_UNKNOWN_PART if total > 1 else "",
+        )
+        return []
+
+    async def _count(self, page_id: str, what: str) -> None:
+        """Add one to a per-page reconciliation count (shown by ``/instagram pages``)."""
+        name = f"reconcile:{page_id}:{what}"
+        try:
+            await self.store.set_marks({name: (await self.store.mark(name) or 0) + 1})
+        except Exception:  # a count must never decide an item's fate
+            log.exception("could not count %s for page %s", what, page_id)
 
     async def _refused(
         self, item: WorkItem, page: Page, exc: GraphError, index: int, total: int
@@ -458,8 +561,15 @@ class OutboundRelay:
         error: str = "",
         sent: int = 0,
         total: int = 0,
+        reason: str = "",
+        note_key: str = "",
+        partial_template: str | None = None,
     ) -> None:
-        """Queue a note into the item's room (agents' messages only; others are logged)."""
+        """Queue a note into the item's room (agents' messages only; others are logged).
+
+        ``note_key`` tells apart several notes about one item (an unknown part, then a
+        refusal); ``partial_template`` replaces the "only the first n parts" phrase.
+        """
         room_id = item.payload.get("room_id")
         if item.kind != "agent_message" or not room_id:
             return
@@ -467,10 +577,13 @@ class OutboundRelay:
             page_id, igsid = split_conversation(item.conversation)
             conversation = await self.store.conversation(page_id, igsid)
         visitor = (conversation.visitor_name if conversation else "") or "the visitor"
-        partial = messages.OUTBOUND_PARTIAL.format(sent=sent, total=total) if sent else ""
-        text = template.format(visitor=visitor, error=error, partial=partial)
+        if partial_template is not None:
+            partial = partial_template.format(part=sent + 1, total=total)
+        else:
+            partial = messages.OUTBOUND_PARTIAL.format(sent=sent, total=total) if sent else ""
+        text = template.format(visitor=visitor, error=error, partial=partial, reason=reason)
         note = WorkItem(
-            item_id=f"note:{item.item_id}",
+            item_id=f"note:{item.item_id}" + (f":{note_key}" if note_key else ""),
             queue="outbound",
             conversation=f"note:{room_id}",
             kind="note",
@@ -507,6 +620,10 @@ class OutboundRelay:
     def _relayed(self, kind: str) -> None:
         if self.metrics is not None:
             self.metrics.relayed.labels("outbound", kind).inc()
+
+    def _settled(self, outcome: str, page_id: str) -> None:
+        if self.metrics is not None:
+            self.metrics.outbound_settled.labels(outcome).inc()
 
     def _dropped(self, reason: str) -> None:
         if self.metrics is not None:

@@ -23,6 +23,8 @@ Served (``{v}`` must equal ``api_version`` on the Graph side; the dialog accepts
   missing refuses the whole call); ``drop_subscription`` uninstalls as Meta does
 - ``GET /{v}/{igsid}``                    Instagram user profile (230 without consent)
 - ``POST /{v}/{page}/messages``, ``/{v}/me/messages``   Send API with window enforcement
+- ``GET /{v}/{page}/conversations``, ``/{v}/{conversation}[/messages]``, ``/{v}/{mid}``
+  Conversations API (newest 20 messages, 2 calls/s per account; sandbox/meta/conversations.py)
 
 Times: control methods take epoch *seconds*; webhook builders take ``ts`` in epoch
 *milliseconds* like the wire (a value below 1e11 is taken as seconds and converted).

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 import aiohttp
 from aiohttp import web
 
+from sandbox.meta.conversations import ConversationsMixin
 from sandbox.meta.events import EventsMixin
 from sandbox.meta.graph import GraphMixin
 from sandbox.meta.login import LoginMixin
@@ -44,7 +45,9 @@ from sandbox.meta.wire import (
 log = logging.getLogger("sandbox.meta")
 
 
-class SandboxMeta(LoginMixin, GraphMixin, SendMixin, WebhookMixin, EventsMixin):
+class SandboxMeta(
+    LoginMixin, GraphMixin, SendMixin, WebhookMixin, EventsMixin, ConversationsMixin
+):
     """Facebook Login + Graph API + Instagram webhooks on a loopback port."""
 
     def __init__(
@@ -94,6 +97,7 @@ class SandboxMeta(LoginMixin, GraphMixin, SendMixin, WebhookMixin, EventsMixin):
         self._pending = 0
         self._idle = threading.Condition(self._lock)
         self._igsid_seq = 0
+        self._threads_init()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -309,7 +313,8 @@ class SandboxMeta(LoginMixin, GraphMixin, SendMixin, WebhookMixin, EventsMixin):
         """Queue errors for an endpoint, consumed once each, in order.
 
         ``endpoint``: ``oauth``, ``debug_token``, ``me``, ``accounts``, ``permissions``,
-        ``subscribed_apps``, ``profile`` or ``messages`` (any recipient).
+        ``subscribed_apps``, ``profile``, ``messages`` (any recipient) or ``conversations``
+        (every Conversations API call).
         """
         with self._lock:
             self._endpoint_errors.setdefault(endpoint, []).extend(codes)

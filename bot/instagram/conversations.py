@@ -1,0 +1,139 @@
+"""Instagram's own record of a thread (Conversations API, protocols/instagram.md §10).
+
+Two uses: settling a send whose outcome was never recorded (a crash or a timeout
+between the Send API call and its record; :func:`settle`), and finding visitor messages
+Meta never delivered (:mod:`bot.relay.backfill`). Meta's limits shape both:
+
+- only the newest 20 messages of a thread can be read;
+- there is no client message id: a send is matched by sender (the Instagram account),
+  text, and ``created_time`` (one-second resolution) not before the send started;
+- 2 calls per second per account (:class:`bot.instagram.graph.AccountPacer`).
+
+Whatever the record cannot tell apart is :data:`UNKNOWN`, never "not sent": a send is
+repeated only when the record shows for certain that it is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bot.instagram.graph import GraphClient
+from storage.base import Page
+
+log = logging.getLogger("bot.graph")
+
+#: How many messages of a thread Meta returns (the newest).
+THREAD_WINDOW = 20
+#: ``created_time`` is whole seconds (floored) and two clocks are compared: a message
+#: this much older than our send's start may still be it.
+CLOCK_SLACK = 2.0
+
+DELIVERED, ABSENT, UNKNOWN = "delivered", "absent", "unknown"
+
+
+@dataclass(frozen=True)
+class ThreadMessage:
+    """One message of a thread as the Conversations API shows it."""
+
+    mid: str
+    created_at: float  # epoch seconds
+    sender: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What the record says about one send: delivered (with its mid), absent, unknown."""
+
+    state: str
+    mid: str | None = None
+    reason: str = ""
+
+
+def parse_time(value: Any) -> float | None:
+    """Epoch seconds from Graph's ``2026-01-02T03:04:05+0000`` (None if unreadable)."""
+    if not isinstance(value, str):
+        return None
+    for fmt in ("%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S.%f%z"):
+        try:
+            return datetime.strptime(value, fmt).timestamp()
+        except ValueError:
+            continue
+    return None
+
+
+def parse_messages(raw: list[dict[str, Any]]) -> list[ThreadMessage]:
+    """The readable messages of a ``messages`` list (newest first, as Meta sends them)."""
+    out = []
+    for message in raw:
+        created = parse_time(message.get("created_time"))
+        sender = message.get("from")
+        sender_id = sender.get("id") if isinstance(sender, dict) else None
+        if not message.get("id") or created is None or sender_id is None:
+            continue
+        text = message.get("message")
+        out.append(ThreadMessage(str(message["id"]), created, str(sender_id),
+                                 text if isinstance(text, str) else ""))
+    return out
+
+
+def settle(
+    messages: list[ThreadMessage], *, account_id: str, text: str, started_at: float,
+    window: int = THREAD_WINDOW,
+) -> Settlement:
+    """Whether a send of ``text`` (an attachment: ``""``) started at ``started_at``
+    reached the thread, judged from its newest messages.
+
+    Delivered: exactly one message from the account with this text, and it is not older
+    than the send. Unknown: that text from the account appears more than once with one
+    of them after the start (identical texts cannot be told apart), or the thread holds
+    a full window of messages all newer than the send (it moved past what can be read).
+    Absent otherwise. Texts are compared without surrounding whitespace (split parts
+    keep their trailing space, which Meta may not store).
+    """
+    wanted = text.strip()
+    since = started_at - CLOCK_SLACK
+    same = [m for m in messages if m.sender == account_id and m.text.strip() == wanted]
+    after = [m for m in same if m.created_at >= since]
+    if len(after) == 1 and len(same) == 1:
+        return Settlement(DELIVERED, after[0].mid)
+    if after:
+        return Settlement(UNKNOWN, reason="identical_texts")
+    if len(messages) >= window and min(m.created_at for m in messages) >= since:
+        return Settlement(UNKNOWN, reason="thread_moved_on")
+    return Settlement(ABSENT)
+
+
+class ThreadReader:
+    """Reads one person's thread with a page; caches thread ids (they never change)."""
+
+    def __init__(self, graph: GraphClient) -> None:
+        self.graph = graph
+        self._ids: dict[tuple[str, str], str] = {}
+
+    async def thread_id(self, page: Page, igsid: str) -> str | None:
+        """The conversation id of ``igsid``'s thread with the page, None if there is none."""
+        key = (page.page_id, igsid)
+        if key not in self._ids:
+            body = await self.graph.conversations(page.page_id, page.page_token, user_id=igsid)
+            data = body.get("data") if isinstance(body.get("data"), list) else []
+            found = next((t.get("id") for t in data if isinstance(t, dict) and t.get("id")), None)
+            if found is None:
+                return None
+            self._ids[key] = str(found)
+        return self._ids[key]
+
+    async def messages(self, page: Page, igsid: str) -> list[ThreadMessage]:
+        """The newest messages of the thread (none when there is no thread yet)."""
+        thread = await self.thread_id(page, igsid)
+        if thread is None:
+            return []
+        return await self.messages_of(page, thread)
+
+    async def messages_of(self, page: Page, thread: str) -> list[ThreadMessage]:
+        """The newest messages of a thread by id."""
+        raw = await self.graph.thread_messages(page.page_id, page.page_token, thread)
+        return parse_messages(raw)
