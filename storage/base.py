@@ -297,6 +297,11 @@ class Store(abc.ABC):
         """Durably set several marks in one write (they never expire)."""
         raise NotImplementedError
 
+    async def add_marks(self, deltas: dict[str, float]) -> None:
+        """Durably add to several marks (a missing one counts from 0), atomically: two
+        concurrent additions both count."""
+        raise NotImplementedError
+
     async def stats(self) -> dict[str, int]:
         """Counts for metrics and ``doctor``: queue depths and table sizes."""
         return {q: await self.queue_depth(q) for q in QUEUES}

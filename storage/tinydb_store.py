@@ -700,6 +700,15 @@ class TinyDBStore(Store):
 
         await self._write(put)
 
+    async def add_marks(self, deltas: dict[str, float]) -> None:
+        def add() -> None:
+            for name, delta in deltas.items():
+                doc = self._marks_t.get(doc_id=name)
+                current = float(doc["value"]) if doc is not None else 0.0
+                _put(self._marks_t, name, {"value": current + float(delta)})
+
+        await self._write(add)
+
     # -- maintenance -------------------------------------------------------------------
     async def expire(self, now: float) -> dict[str, int]:
         return await self._write(self._expire_sync, now)

@@ -15,12 +15,15 @@ repeated only when the record shows for certain that it is missing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bot.instagram.graph import GraphClient
+from bot.instagram.graph import MESSAGE_FIELDS, GraphClient
 from storage.base import Page
 
 log = logging.getLogger("bot.graph")
@@ -107,12 +110,34 @@ def settle(
     return Settlement(ABSENT)
 
 
-class ThreadReader:
-    """Reads one person's thread with a page; caches thread ids (they never change)."""
+#: Threads one snapshot lists (pages of :data:`SNAPSHOT_LIMIT`): the recently updated
+#: ones, where sends in doubt are; an older thread is read on its own.
+SNAPSHOT_PAGES = 4
+SNAPSHOT_LIMIT = 25
 
-    def __init__(self, graph: GraphClient) -> None:
+
+@dataclass
+class _Snapshot:
+    started: float
+    task: asyncio.Task[dict[str, list[ThreadMessage]]]
+
+
+class ThreadReader:
+    """Reads people's threads with a page, sparing the account's 2 calls/s.
+
+    After a restart many conversations may have a send in doubt at once. Their reads are
+    coalesced: one listing of the page's recently updated threads, with participants and
+    newest messages (``fields=participants,messages{…}``), answers all of them; a thread
+    not in it is read on its own (thread id by ``user_id``, cached: ids never change). A
+    caller is only answered from a listing that started after it asked, so what it reads
+    is never older than its question.
+    """
+
+    def __init__(self, graph: GraphClient, clock: Callable[[], float] = time.monotonic) -> None:
         self.graph = graph
+        self._clock = clock
         self._ids: dict[tuple[str, str], str] = {}
+        self._snapshots: dict[str, _Snapshot] = {}
 
     async def thread_id(self, page: Page, igsid: str) -> str | None:
         """The conversation id of ``igsid``'s thread with the page, None if there is none."""
@@ -127,11 +152,50 @@ class ThreadReader:
         return self._ids[key]
 
     async def messages(self, page: Page, igsid: str) -> list[ThreadMessage]:
-        """The newest messages of the thread (none when there is no thread yet)."""
+        """The newest messages of ``igsid``'s thread (none when there is no thread yet)."""
+        asked = self._clock()
+        snapshot = self._snapshots.get(page.page_id)
+        if snapshot is None or snapshot.started < asked:
+            if snapshot is not None and not snapshot.task.done():
+                # One listing at a time per page: wait for it, then list again for us.
+                await asyncio.wait([snapshot.task])
+                snapshot = self._snapshots.get(page.page_id)
+            if snapshot is None or snapshot.started < asked:
+                snapshot = _Snapshot(self._clock(), asyncio.ensure_future(self._list(page)))
+                self._snapshots[page.page_id] = snapshot
+        threads = await asyncio.shield(snapshot.task)
+        if igsid in threads:
+            return threads[igsid]
         thread = await self.thread_id(page, igsid)
         if thread is None:
             return []
         return await self.messages_of(page, thread)
+
+    async def _list(self, page: Page) -> dict[str, list[ThreadMessage]]:
+        """IGSID → newest messages, for the page's recently updated threads."""
+        out: dict[str, list[ThreadMessage]] = {}
+        after: str | None = None
+        for _ in range(SNAPSHOT_PAGES):
+            body = await self.graph.conversations(
+                page.page_id, page.page_token, after=after, limit=SNAPSHOT_LIMIT,
+                fields=f"id,updated_time,participants,messages{{{MESSAGE_FIELDS}}}",
+            )
+            for thread in body.get("data") or []:
+                if not isinstance(thread, dict):
+                    continue
+                people = (thread.get("participants") or {}).get("data") or []
+                others = [str(p.get("id")) for p in people
+                          if isinstance(p, dict) and str(p.get("id")) != page.instagram_id]
+                messages = (thread.get("messages") or {}).get("data") or []
+                if len(others) == 1 and thread.get("id"):
+                    self._ids[(page.page_id, others[0])] = str(thread["id"])
+                    out[others[0]] = parse_messages(messages)
+            paging = body.get("paging") if isinstance(body.get("paging"), dict) else {}
+            cursors = paging.get("cursors") if isinstance(paging.get("cursors"), dict) else {}
+            after = cursors.get("after")
+            if not paging.get("next") or not after:
+                break
+        return out
 
     async def messages_of(self, page: Page, thread: str) -> list[ThreadMessage]:
         """The newest messages of a thread by id."""

@@ -508,10 +508,11 @@ class GraphClient:
         user_id: str | None = None,
         after: str | None = None,
         limit: int = 25,
+        fields: str = "id,updated_time",
     ) -> dict:
         """``GET /{page}/conversations?platform=instagram``: one page of threads, most
-        recently updated first (``data`` of ``{id, updated_time}``, ``paging``)."""
-        params = {"platform": "instagram", "fields": "id,updated_time", "limit": str(limit)}
+        recently updated first (``data`` of ``{id, updated_time, …fields}``, ``paging``)."""
+        params = {"platform": "instagram", "fields": fields, "limit": str(limit)}
         if user_id:
             params["user_id"] = user_id
         if after:

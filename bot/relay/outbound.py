@@ -449,9 +449,8 @@ class OutboundRelay:
 
     async def _count(self, page_id: str, what: str) -> None:
         """Add one to a per-page reconciliation count (shown by ``/instagram pages``)."""
-        name = f"reconcile:{page_id}:{what}"
         try:
-            await self.store.set_marks({name: (await self.store.mark(name) or 0) + 1})
+            await self.store.add_marks({f"reconcile:{page_id}:{what}": 1})
         except Exception:  # a count must never decide an item's fate
             log.exception("could not count %s for page %s", what, page_id)
 
