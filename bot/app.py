@@ -25,8 +25,10 @@ from bot.instagram.graph import GraphClient, GraphThrottled
 from bot.instagram.reauth import mark_needs_reauth
 from bot.instagram.watch import DEFAULT_INTERVAL, MetaWatch, WatchRound
 from bot.metrics import Metrics
+from bot.relay.backfill import ALIVE, START_GRACE, Backfill
 from bot.relay.inbound import InboundRelay
 from bot.relay.intake import Intake
+from bot.relay.order import ReplyOrder
 from bot.relay.outbound import OutboundRelay
 from bot.relay.pressure import ReceiverLoad
 from bot.relay.worker import QueueWorker
@@ -132,6 +134,7 @@ class Bot:
         backoff: Callable[[], Iterator[float]] | None = None,
         registry: Registry | None = None,
         watch_interval: float = DEFAULT_INTERVAL,
+        backfill_grace: float = START_GRACE,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -199,12 +202,25 @@ class Bot:
             notify_outbound=lambda: self.outbound.notify(), load=self.receiver_load,
             notify_admins=self.notify_admins,
         )
-        self.intake = Intake(self.store, self.inbound, self.metrics, self.receiver_load)
+        # Reconciliation with Instagram's own record: visitor messages Meta never
+        # delivered (backfill), replies Rocket.Chat redelivers after a restart (order).
+        self.backfill = Backfill(
+            self.store, self.graph, self.metrics, notify_inbound=lambda: self.inbound.notify(),
+            clock=clock, start_grace=backfill_grace,
+        )
+        self.reply_order = ReplyOrder(self.store, self.rest, clock=clock)
+        self.outbound_relay.order = self.reply_order
+        self.intake = Intake(
+            self.store, self.inbound, self.metrics, self.receiver_load,
+            on_heard=self.backfill.heard,
+            on_gap=lambda: self.backfill.request(None, "intake_gap"),
+        )
         # Standing watch: token and Page subscription of every bridged page, periodically.
         self.meta_watch = MetaWatch(
             self.store, self.graph, self.notify_admins,
             lambda page_id: mark_needs_reauth(self.store, self.notify_admins, page_id),
             clock=clock, interval=watch_interval, on_round=self._watch_round,
+            on_resubscribed=lambda page_id: self.backfill.request(page_id, "watch"),
         )
         self.web_app = create_app(self)
         self._runner: web.AppRunner | None = None
@@ -217,6 +233,9 @@ class Bot:
     async def start(self) -> None:
         """Open the store, log in, and start serving; the realtime client starts in run()."""
         await self.store.open()
+        # When the previous run was last known alive: what a restart may have missed.
+        alive = await self.store.mark(ALIVE)
+        self.reply_order.resume(alive)
         await self.rest.login()
         self._runner = web.AppRunner(self.web_app, access_log=None)
         await self._runner.setup()
@@ -230,6 +249,7 @@ class Bot:
         self._tasks.append(asyncio.create_task(self.inbound.run(), name="inbound"))
         self._tasks.append(asyncio.create_task(self.intake.run(), name="intake"))
         self._tasks.append(asyncio.create_task(self.meta_watch.run(), name="meta-watch"))
+        self._tasks.append(asyncio.create_task(self.backfill.run(alive), name="backfill"))
 
     async def run(self) -> None:
         """The whole process lifetime; raises AuthenticationFailed on bad credentials."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,9 +31,9 @@ log = logging.getLogger("bot.graph")
 
 #: How many messages of a thread Meta returns (the newest).
 THREAD_WINDOW = 20
-#: ``created_time`` is whole seconds (floored) and two clocks are compared: a message
-#: this much older than our send's start may still be it.
-CLOCK_SLACK = 2.0
+#: Two clocks are compared (ours for the send's start, Meta's for ``created_time``):
+#: NTP keeps them far closer than this.
+CLOCK_SKEW = 0.25
 
 DELIVERED, ABSENT, UNKNOWN = "delivered", "absent", "unknown"
 
@@ -90,22 +91,27 @@ def settle(
     """Whether a send of ``text`` (an attachment: ``""``) started at ``started_at``
     reached the thread, judged from its newest messages.
 
-    Delivered: exactly one message from the account with this text, and it is not older
-    than the send. Unknown: that text from the account appears more than once with one
-    of them after the start (identical texts cannot be told apart), or the thread holds
-    a full window of messages all newer than the send (it moved past what can be read).
-    Absent otherwise. Texts are compared without surrounding whitespace (split parts
-    keep their trailing space, which Meta may not store).
+    ``created_time`` is whole seconds (floored), so the send, had it arrived, carries a
+    time of at least ``earliest`` = the start's second (less the clock skew).
+
+    Delivered: exactly one message from the account with this text, and not older than
+    ``earliest``. Unknown: that text from the account appears more than once with one
+    of them since ``earliest`` (identical texts cannot be told apart), or the thread
+    shows a full window whose oldest message is not older than ``earliest`` (the send
+    may sit just behind what Meta lets us read). Absent otherwise: the window reaches
+    back past the moment the send began and it is not there. Texts are compared
+    without surrounding whitespace (split parts keep their trailing space, which Meta
+    may not store).
     """
     wanted = text.strip()
-    since = started_at - CLOCK_SLACK
+    earliest = float(math.floor(started_at - CLOCK_SKEW))
     same = [m for m in messages if m.sender == account_id and m.text.strip() == wanted]
-    after = [m for m in same if m.created_at >= since]
+    after = [m for m in same if m.created_at >= earliest]
     if len(after) == 1 and len(same) == 1:
         return Settlement(DELIVERED, after[0].mid)
     if after:
         return Settlement(UNKNOWN, reason="identical_texts")
-    if len(messages) >= window and min(m.created_at for m in messages) >= since:
+    if len(messages) >= window and min(m.created_at for m in messages) >= earliest:
         return Settlement(UNKNOWN, reason="thread_moved_on")
     return Settlement(ABSENT)
 

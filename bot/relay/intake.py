@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from bot.instagram.events import account_ids, parse_webhook
@@ -52,6 +53,8 @@ class Intake:
         load: ReceiverLoad,
         *,
         max_defer: float = MAX_DEFER,
+        on_heard: Callable[[str], None] | None = None,
+        on_gap: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.inbox = store.inbox
@@ -59,6 +62,11 @@ class Intake:
         self.metrics = metrics
         self.load = load
         self.max_defer = max_defer
+        #: Told each page id a taken body was for (when Meta was last heard, backfill).
+        self.on_heard = on_heard or (lambda page_id: None)
+        #: Told when an acknowledged body had to be skipped: Meta will not send it again,
+        #: only Instagram's threads still hold its messages (an intake gap, backfill).
+        self.on_gap = on_gap or (lambda: None)
         self._wake = asyncio.Event()
 
     def notify(self) -> None:
@@ -128,6 +136,8 @@ class Intake:
                 page_id = await self.inbound.route(account)
                 if page_id is not None:
                     pages[account] = page_id
+            for page_id in set(pages.values()):
+                self.on_heard(page_id)
             try:
                 parsed = parse_webhook(body, pages)
             except Exception:
@@ -141,6 +151,9 @@ class Intake:
             dropped.extend(parsed.dropped)
         added = await self.store.enqueue(items) if items else []
         self.inbox.release(events[taken - 1].seq)
+        if any(reason == "unparseable" or (reason, detail) == ("malformed", "stored body")
+               for reason, detail in dropped):
+            self.on_gap()
         for reason, _detail in dropped:
             self.metrics.dropped.labels("inbound", reason).inc()
         if items:

@@ -37,7 +37,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot import messages
 from bot.instagram.conversations import (
@@ -58,6 +58,9 @@ from bot.instagram.graph import (
     GraphWindowClosed,
 )
 from bot.relay.worker import Done, Outcome, Retry, retry_delay
+
+if TYPE_CHECKING:
+    from bot.relay.order import ReplyOrder
 from bot.rocketchat.ddp import parse_date
 from bot.rocketchat.rest import NotAllowed, RateLimited, RocketChatError, RoomClosed, Unavailable
 from storage.base import Conversation, Page, Store, WorkItem
@@ -245,6 +248,8 @@ class OutboundRelay:
         self._held: dict[str, set[str]] = {}
         #: Reads threads back to settle sends in doubt (paced by the graph client).
         self.reader = ThreadReader(graph)
+        #: Orders replies Rocket.Chat redelivers after a restart (bot.relay.order).
+        self.order: ReplyOrder | None = None
 
     # -- entry point ---------------------------------------------------------------------
     async def process(self, item: WorkItem) -> Outcome:
@@ -284,6 +289,12 @@ class OutboundRelay:
                         item.item_id, room_id)
             self._dropped("foreign_room")
             return Done()
+        if (room_id and item.kind == "agent_message" and self.order is not None
+                and item.progress == 0 and item.sending_at is None
+                and await self.order.earlier_replies_queued(item, room_id)):
+            # Replies typed before this one were still on Rocket.Chat's retry timer:
+            # they are queued now, ahead of it; the queue hands them out first.
+            return Retry(self.clock(), "earlier replies queued first")
         last_inbound = conversation.last_inbound_at if conversation else None
         now = self.clock()
         decision = window_decision(

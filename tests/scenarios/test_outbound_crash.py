@@ -8,6 +8,7 @@ from sandbox.meta import SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
 from tests.scenarios.outbound_crash import run_crash_experiment
 
+
 async def test_kill_mid_send_delivers_every_acknowledged_message_once_in_order(
     rocketchat: SandboxRocketChat, meta: SandboxMeta, tmp_path: Path
 ) -> None:
