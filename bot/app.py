@@ -278,6 +278,7 @@ class Bot:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.backfill.flush()  # when Meta was last heard, for the next start
         if self._runner is not None:
             await self._runner.cleanup()
         await self.graph.close()

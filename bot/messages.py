@@ -171,6 +171,13 @@ PAGES_LINE = (
 PAGES_NEEDS_REAUTH = " — *needs re-authorization* (`/instagram authorize`)"
 # Appended to a page's line when Rocket.Chat refused some of its messages for good.
 PAGES_SET_ASIDE = " — *{count} message(s) set aside*, last: {reason}"
+# Appended to a page's line once reconciliation with Instagram's own record did anything:
+# sends settled by reading the thread back, outcomes left unknown (the agent was told),
+# visitor messages found in the threads that no webhook had delivered, last backfill.
+PAGES_RECONCILE = (
+    " — Instagram's record: {settled} send(s) settled by read-back, {unknown} unknown, "
+    "{backfilled} message(s) backfilled, last backfill: {last}"
+)
 UNKNOWN_PAGE = "I know no connected page with id `{page_id}`. Known page ids: {known}."
 UNKNOWN_PAGE_NONE = (
     "I know no connected page with id `{page_id}`: no page is connected yet "

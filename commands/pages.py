@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from bot import messages
 from commands.base import Command, CommandContext, UsageError
@@ -33,8 +34,24 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
         kept = set_aside.get(page.page_id)
         if kept:
             line += messages.PAGES_SET_ASIDE.format(count=len(kept), reason=kept[-1].reason)
+        line += await _reconcile_suffix(ctx, page.page_id)
         lines.append(line)
     await ctx.reply("\n".join(lines))
+
+
+async def _reconcile_suffix(ctx: CommandContext, page_id: str) -> str:
+    """What reconciliation did for the page (bot.relay.backfill marks); "" if nothing."""
+    counts = {what: await ctx.store.mark(f"reconcile:{page_id}:{what}")
+              for what in ("settled", "unknown", "backfilled", "last_backfill")}
+    if not any(counts.values()):
+        return ""
+    last = counts["last_backfill"]
+    when = (datetime.fromtimestamp(last, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+            if last else "never")
+    return messages.PAGES_RECONCILE.format(
+        settled=int(counts["settled"] or 0), unknown=int(counts["unknown"] or 0),
+        backfilled=int(counts["backfilled"] or 0), last=when,
+    )
 
 
 command = Command(

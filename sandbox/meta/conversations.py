@@ -132,9 +132,12 @@ class ConversationsMixin:
             self._last_inbound[key] = max(stamp, self._last_inbound.get(key, 0.0))
         return mid
 
-    def visitor_writes(self, page_id: str, igsid: str, text: str) -> tuple[str, int | None]:
+    async def visitor_writes(
+        self, page_id: str, igsid: str, text: str
+    ) -> tuple[str, int | None]:
         """A person writes: recorded, and delivered to the webhook only while our app is
-        subscribed on the page. Returns ``(mid, status)``; status None = not delivered."""
+        subscribed on the page (awaited like `adeliver`). Returns ``(mid, status)``;
+        status None = not delivered."""
         with self._lock:
             ig_id = self._ig_key(page_id)
             subscribed = self._subscriptions.get(page_id) is not None
@@ -142,7 +145,7 @@ class ConversationsMixin:
         if not subscribed or not url:
             return self.record_visitor_message(page_id, igsid, text), None
         event = self.text_event(ig_id, igsid, text)
-        status, _ = self.deliver(None, event)
+        status, _ = await self.adeliver(None, event)
         return event["entry"][0]["messaging"][0]["message"]["mid"], status
 
     def thread(self, page_or_ig_id: str, igsid: str) -> list[dict[str, Any]]:
