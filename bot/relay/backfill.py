@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from bot.instagram.conversations import MESSAGE_FIELDS, parse_messages, parse_time
 from bot.instagram.events import parse_webhook
 from bot.instagram.graph import GraphAuthError, GraphClient, GraphError
+from bot.relay.worker import retry_delay
 from storage.base import DEFAULT_DEDUPE_TTL, Page, Store
 
 if TYPE_CHECKING:
@@ -62,6 +63,9 @@ PAGE_SIZE = 25
 MAX_LIST_CALLS = 40
 #: Marks: when the process was last known alive; per page when Meta was last heard.
 ALIVE = "alive"
+#: A failed backfill is tried again this many times, with backoff (seconds).
+RETRIES = 5
+RETRY_BASE, RETRY_CAP = 5.0, 300.0
 THREAD_FIELDS = f"id,updated_time,participants,messages{{{MESSAGE_FIELDS}}}"
 
 
@@ -135,6 +139,7 @@ class Backfill:
         self.flush_interval = flush_interval
         self._heard: dict[str, float] = {}
         self._requests: asyncio.Queue[tuple[str | None, str]] = asyncio.Queue()
+        self._failures: dict[str, int] = {}  # page id -> failed runs in a row
 
     # -- what the rest of the bridge tells us ----------------------------------------------
     def heard(self, page_id: str) -> None:
@@ -178,6 +183,18 @@ class Backfill:
         except Exception:  # the next flush writes the newer times anyway
             log.exception("backfill: could not record when Meta was last heard")
 
+    def _retry_later(self, page_id: str, trigger: str, exc: Exception) -> None:
+        """Ask again after a backoff (throttling, an outage); give up after a few tries."""
+        failures = self._failures[page_id] = self._failures.get(page_id, 0) + 1
+        if failures > RETRIES:
+            log.error("backfill of page %s failed %d times (%s); waiting for the next "
+                      "trigger", page_id, failures, exc)
+            self._failures.pop(page_id, None)
+            return
+        delay = retry_delay(failures, base=RETRY_BASE, cap=RETRY_CAP)
+        log.warning("backfill of page %s failed (%s); retry in %.0f s", page_id, exc, delay)
+        asyncio.get_running_loop().call_later(delay, self.request, page_id, trigger)
+
     async def _run_request(self, page_id: str | None, trigger: str) -> None:
         pages = await self.store.pages()
         for page in pages:
@@ -193,9 +210,9 @@ class Backfill:
                 log.warning("backfill of page %s: token rejected (%s)", page.page_id, exc)
                 self.metrics.backfill_runs.labels(trigger, "failed").inc()
             except GraphError as exc:
-                # Nothing was marked as heard: the next trigger reads from the same point.
-                log.warning("backfill of page %s failed: %s", page.page_id, exc)
+                # Nothing was marked as heard: the retry reads from the same point.
                 self.metrics.backfill_runs.labels(trigger, "failed").inc()
+                self._retry_later(page.page_id, trigger, exc)
             except Exception:
                 log.exception("backfill of page %s failed", page.page_id)
                 self.metrics.backfill_runs.labels(trigger, "failed").inc()
@@ -252,6 +269,7 @@ class Backfill:
             await self.store.add_marks({count_mark(page.page_id, "backfilled"): len(added)})
             self.notify_inbound()
         self.metrics.backfill_runs.labels(trigger, "ok").inc()
+        self._failures.pop(page.page_id, None)
         if truncated:
             log.warning("backfill of page %s: %d thread(s) had more than 20 messages since "
                         "the bridge last heard from Meta; older ones cannot be read",

@@ -11,7 +11,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from bot import messages
+from bot.relay import backfill as backfill_module
 from bot.relay.outbound import note_id
 from sandbox.meta import SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
@@ -60,6 +63,21 @@ async def test_messages_sent_while_bridge_was_stopped_arrive_once_in_order(
     await wait_for(lambda: bridge.bot.metrics.backfilled.labels("message")._value.get() == 5)
     assert bridge.texts(igsid) == ["Hello", *texts]
     assert await bridge.bot.store.mark(f"reconcile:{bridge.page_id}:backfilled") == 5
+
+
+async def test_throttled_backfill_is_tried_again(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Meta throttling the listing (613 past the client's own retries) does not drop the
+    backfill: it runs again after a backoff and the messages arrive."""
+    monkeypatch.setattr(backfill_module, "RETRY_BASE", 0.2)
+    igsid, _ = await visitor_with_room(bridge)
+    await stop_bot(bridge.bot, bridge.task)  # type: ignore[arg-type]
+    bridge.meta.record_visitor_message(bridge.page_id, igsid, "still there?")
+    bridge.meta.inject_errors("conversations", [613, 613, 613])
+    bridge.bot, bridge.task = await start_bot(bridge.config, backfill_grace=0.0)
+    await wait_for(lambda: bridge.texts(igsid) == ["Hello", "still there?"], timeout=15)
+    assert bridge.bot.metrics.backfill_runs.labels("start", "failed")._value.get() == 1
 
 
 async def test_short_stop_is_left_to_meta_retries(bridge: Bridge) -> None:
