@@ -135,8 +135,10 @@ class ThreadReader:
     coalesced: one listing of the page's recently updated threads, with participants and
     newest messages (``fields=participants,messages{…}``), answers all of them; a thread
     not in it is read on its own (thread id by ``user_id``, cached: ids never change). A
-    caller is only answered from a listing that started after it asked, so what it reads
-    is never older than its question.
+    caller says how fresh the read must be (``fresh_after``, this reader's clock): the
+    moment its send's outcome was sealed (the start of this process for a send the
+    previous one left in doubt, the failed call's return for a timeout); only a listing
+    started after that answers it.
     """
 
     def __init__(self, graph: GraphClient, clock: Callable[[], float] = time.monotonic) -> None:
@@ -157,9 +159,16 @@ class ThreadReader:
             self._ids[key] = str(found)
         return self._ids[key]
 
-    async def messages(self, page: Page, igsid: str) -> list[ThreadMessage]:
-        """The newest messages of ``igsid``'s thread (none when there is no thread yet)."""
-        asked = self._clock()
+    def now(self) -> float:
+        """This reader's clock (for ``fresh_after``)."""
+        return self._clock()
+
+    async def messages(
+        self, page: Page, igsid: str, fresh_after: float | None = None
+    ) -> list[ThreadMessage]:
+        """The newest messages of ``igsid``'s thread (none when there is no thread yet),
+        read after ``fresh_after`` (default: now)."""
+        asked = self._clock() if fresh_after is None else fresh_after
         snapshot = self._snapshots.get(page.page_id)
         if snapshot is None or snapshot.started < asked:
             if snapshot is not None and not snapshot.task.done():

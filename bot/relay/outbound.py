@@ -76,6 +76,10 @@ RESPONSE_WINDOW = 24 * 3600.0
 #: How long a human agent may still answer with the HUMAN_AGENT tag.
 HUMAN_AGENT_WINDOW = 7 * 24 * 3600.0
 
+#: Seconds after a send started by which Meta has handled it, or never will: the
+#: earliest a send in doubt is read back. Meta answers a send well within this; one it
+#: handled later still (a request stuck at Meta for longer) could be sent twice.
+SEND_SEALED_AFTER = 2.0
 #: Item kinds this processor sends to the visitor.
 VISITOR_KINDS = frozenset({"agent_message", "welcome", "offline", "finished"})
 
@@ -248,6 +252,10 @@ class OutboundRelay:
         self._held: dict[str, set[str]] = {}
         #: Reads threads back to settle sends in doubt (paced by the graph client).
         self.reader = ThreadReader(graph)
+        #: A send in doubt from an earlier process is sealed by now: any read from here on
+        #: will do. Timeouts in this process are sealed when their call returned.
+        self._started = self.reader.now()
+        self._sealed: dict[str, float] = {}  # item id -> when its timed-out call returned
         #: Orders replies Rocket.Chat redelivers after a restart (bot.relay.order).
         self.order: ReplyOrder | None = None
 
@@ -373,6 +381,8 @@ class OutboundRelay:
                 if isinstance(exc, GraphThrottled):
                     # Meta refused the call: certainly not sent, nothing to settle.
                     item.sending_at = None
+                else:
+                    self._sealed[item.item_id] = self.reader.now()
                 kind = ("throttled" if isinstance(exc, GraphThrottled)
                         else "meta_incident" if isinstance(exc, GraphIncident) else "transient")
                 log.warning(
@@ -420,8 +430,15 @@ class OutboundRelay:
         """
         started = item.sending_at or 0.0
         text = part.get("text", "")
+        # Meta may still be handling a request whose connection died with us: read the
+        # thread only once such a request must have been handled.
+        sealed_in = started + SEND_SEALED_AFTER - self.clock()
+        if sealed_in > 0:
+            return Retry(self.clock() + sealed_in, "send in doubt: waiting to read back")
+        fresh_after = max(self._sealed.get(item.item_id, self._started),
+                          self.reader.now() + sealed_in)
         try:
-            thread = await self.reader.messages(page, igsid)
+            thread = await self.reader.messages(page, igsid, fresh_after)
         except GraphThrottled as exc:
             delay = retry_delay(item.attempts + 1, base=self.retry_base, cap=self.retry_cap)
             log.warning("outbound item %s part %d/%d: read-back throttled (%s); retry in %.1f s",
@@ -434,22 +451,24 @@ class OutboundRelay:
         else:
             verdict = settle(thread, account_id=page.instagram_id, text=text,
                              started_at=started)
-        self._settled(verdict.state if verdict.state != ABSENT else "resent", page.page_id)
+        self._sealed.pop(item.item_id, None)
+        # Counted once per part, even when a crash makes the next run settle it again.
+        if await self.store.remember(f"settled:{item.item_id}:{index}"):
+            self._settled(verdict.state if verdict.state != ABSENT else "resent")
+            await self._count(page.page_id, "unknown" if verdict.state == UNKNOWN
+                              else "settled")
         if verdict.state == DELIVERED:
             log.info("outbound item %s part %d/%d: delivered before the interruption "
                      "(%s, read back); not sent again", item.item_id, index + 1, total,
                      verdict.mid)
-            await self._count(page.page_id, "settled")
             return [f"echo:{verdict.mid}"]
         if verdict.state == ABSENT:
             log.info("outbound item %s part %d/%d: not in Instagram's thread; sending it once",
                      item.item_id, index + 1, total)
-            await self._count(page.page_id, "settled")
             item.sending_at = None
             return None
         log.warning("outbound item %s part %d/%d: outcome unknown (%s); not sent again, "
                     "the agent is told", item.item_id, index + 1, total, verdict.reason)
-        await self._count(page.page_id, "unknown")
         await self._tell_agent(
             item, messages.OUTBOUND_OUTCOME_UNKNOWN,
             reason=messages.OUTCOME_UNKNOWN_REASONS.get(verdict.reason, verdict.reason),
@@ -631,7 +650,7 @@ class OutboundRelay:
         if self.metrics is not None:
             self.metrics.relayed.labels("outbound", kind).inc()
 
-    def _settled(self, outcome: str, page_id: str) -> None:
+    def _settled(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.outbound_settled.labels(outcome).inc()
 
