@@ -297,9 +297,12 @@ class Store(abc.ABC):
         """Durably set several marks in one write (they never expire)."""
         raise NotImplementedError
 
-    async def add_marks(self, deltas: dict[str, float]) -> None:
+    async def add_marks(self, deltas: dict[str, float], *, once: str | None = None) -> bool:
         """Durably add to several marks (a missing one counts from 0), atomically: two
-        concurrent additions both count."""
+        concurrent additions both count. With ``once``, a dedupe key: nothing is added
+        when it is already remembered, else it is remembered (default TTL) in the same
+        write, so a crash never counts one event twice or not at all. Returns whether
+        the marks were added."""
         raise NotImplementedError
 
     async def stats(self) -> dict[str, int]:

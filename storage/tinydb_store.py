@@ -700,14 +700,17 @@ class TinyDBStore(Store):
 
         await self._write(put)
 
-    async def add_marks(self, deltas: dict[str, float]) -> None:
-        def add() -> None:
+    async def add_marks(self, deltas: dict[str, float], *, once: str | None = None) -> bool:
+        def add() -> bool:
+            if once is not None and not self._remember_new(once, None):
+                return False
             for name, delta in deltas.items():
                 doc = self._marks_t.get(doc_id=name)
                 current = float(doc["value"]) if doc is not None else 0.0
                 _put(self._marks_t, name, {"value": current + float(delta)})
+            return True
 
-        await self._write(add)
+        return await self._write(add)
 
     # -- maintenance -------------------------------------------------------------------
     async def expire(self, now: float) -> dict[str, int]:

@@ -22,8 +22,9 @@ can act on (window closed, user unavailable, blocked) becomes a note in the room
 Exactly once, though the Send API has no idempotency key: before each part is sent,
 ``item.sending_at`` is written durably; after the send, ``item.progress`` (or the item's
 completion). A part found with ``sending_at`` still set (a crash or a timeout came in
-between) is settled by reading the thread back (:mod:`bot.instagram.conversations`)
-before anything is sent again: a matching message from the account → delivered, not
+between) is settled by reading the thread back (:mod:`bot.instagram.conversations`),
+once Meta must have handled the request (:data:`SEND_SEALED_AFTER`), before anything
+is sent again: a matching message from the account → delivered, not
 sent again; certainly missing → sent once; the record cannot tell (identical texts, the
 thread moved past the 20 messages Meta shows, the read refused) → unknown: never resent,
 the agent gets a note in the room and can send it again by hand. Every part therefore
@@ -453,10 +454,9 @@ class OutboundRelay:
                              started_at=started)
         self._sealed.pop(item.item_id, None)
         # Counted once per part, even when a crash makes the next run settle it again.
-        if await self.store.remember(f"settled:{item.item_id}:{index}"):
+        if await self._count(page.page_id, "unknown" if verdict.state == UNKNOWN
+                             else "settled", once=f"settled:{item.item_id}:{index}"):
             self._settled(verdict.state if verdict.state != ABSENT else "resent")
-            await self._count(page.page_id, "unknown" if verdict.state == UNKNOWN
-                              else "settled")
         if verdict.state == DELIVERED:
             log.info("outbound item %s part %d/%d: delivered before the interruption "
                      "(%s, read back); not sent again", item.item_id, index + 1, total,
@@ -477,12 +477,14 @@ class OutboundRelay:
         )
         return []
 
-    async def _count(self, page_id: str, what: str) -> None:
-        """Add one to a per-page reconciliation count (shown by ``/instagram pages``)."""
+    async def _count(self, page_id: str, what: str, *, once: str) -> bool:
+        """Add one to a per-page reconciliation count (shown by ``/instagram pages``),
+        once per ``once`` key; True when it was added."""
         try:
-            await self.store.add_marks({f"reconcile:{page_id}:{what}": 1})
+            return await self.store.add_marks({f"reconcile:{page_id}:{what}": 1}, once=once)
         except Exception:  # a count must never decide an item's fate
             log.exception("could not count %s for page %s", what, page_id)
+            return False
 
     async def _refused(
         self, item: WorkItem, page: Page, exc: GraphError, index: int, total: int

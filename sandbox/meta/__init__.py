@@ -5,7 +5,8 @@ tests check the bot against an independent reading of Meta's wire format.
 
 `SandboxMeta` runs a real aiohttp server on 127.0.0.1:0 in its own daemon thread and event
 loop. Everything a test or `rc-instagram demo` needs to steer it (login user, pages,
-profiles, injected errors, clock, token expiry, webhook delivery) is a synchronous,
+profiles, injected errors, clock, token expiry, webhook delivery, threads: messages
+recorded without a webhook, a person writing while the app is unsubscribed) is a
 thread-safe method that only touches in-memory state under one lock.
 
 Served (``{v}`` must equal ``api_version`` on the Graph side; the dialog accepts any):
