@@ -453,9 +453,10 @@ class OutboundRelay:
             verdict = settle(thread, account_id=page.instagram_id, text=text,
                              started_at=started)
         self._sealed.pop(item.item_id, None)
-        # Counted once per part, even when a crash makes the next run settle it again.
+        # Counted once per send in doubt, even when a crash makes the next run settle it
+        # again (a part sent once more after "absent" and interrupted again is a new one).
         if await self._count(page.page_id, "unknown" if verdict.state == UNKNOWN
-                             else "settled", once=f"settled:{item.item_id}:{index}"):
+                             else "settled", once=f"settled:{item.item_id}:{index}:{started}"):
             self._settled(verdict.state if verdict.state != ABSENT else "resent")
         if verdict.state == DELIVERED:
             log.info("outbound item %s part %d/%d: delivered before the interruption "
