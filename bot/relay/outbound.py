@@ -321,7 +321,18 @@ class OutboundRelay:
             )
         if not decision.send:
             return await self._outside_window(item, conversation, decision)
+        if item.progress == 0 and item.sending_at is None and await self._overtaken(item):
+            return Retry(self.clock(), "an earlier item arrived meanwhile")
         return await self._send_parts(item, page, igsid, parts, decision)
+
+    async def _overtaken(self, item: WorkItem) -> bool:
+        """Whether an item ordered before this one was queued while this one was being
+        looked at (a late webhook, or replies the order check just found): the queue
+        then hands that one out first."""
+        head = await self.store.head("outbound", item.conversation)
+        return head is not None and head.item_id != item.item_id and (
+            (head.order_ts, head.seq) < (item.order_ts, item.seq)
+        )
 
     async def on_page_reauthorized(self, page_id: str) -> int:
         """Make the page's held items due now; returns how many were re-scheduled."""
