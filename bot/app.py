@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -21,7 +22,10 @@ from aiohttp import web
 
 from bot.backoff import BackoffFactory, exponential_backoff
 from bot.config import Config
+from bot.contacts import month_start
+from bot.instagram.accounts import GraphRoutes
 from bot.instagram.graph import GraphClient, GraphThrottled
+from bot.instagram.instagram_login import InstagramLoginClient, TokenRefresher
 from bot.instagram.reauth import mark_needs_reauth
 from bot.instagram.watch import DEFAULT_INTERVAL, MetaWatch, WatchRound
 from bot.metrics import Metrics
@@ -32,14 +36,15 @@ from bot.relay.order import ReplyOrder
 from bot.relay.outbound import OutboundRelay
 from bot.relay.pressure import ReceiverLoad
 from bot.relay.worker import QueueWorker
+from bot.rocketchat.actions import button_attachments
 from bot.rocketchat.realtime import IncomingMessage, RealtimeClient
 from bot.rocketchat.rest import RocketChatREST, Unavailable, random_id
 from bot.web import create_app
-from commands.base import Issuer
+from commands.base import ButtonRow, Issuer
 from commands.registry import Registry, default_registry
 from commands.router import dispatch, parse
 from storage import open_store
-from storage.base import Store
+from storage.base import Page, Store
 
 log = logging.getLogger("bot")
 
@@ -51,6 +56,9 @@ T = TypeVar("T")
 #: REST outage. The command was heard over the realtime socket; without this wait the
 #: answer was dropped after the REST client's own ~2 s of retries: silence.
 REPLY_PATIENCE = 300.0
+#: How long a command message's claim is kept: longer than a replica could see it again
+#: (a reconnect's catch-up reads back to the moment of the disconnect).
+COMMAND_CLAIM_TTL = 7 * 24 * 3600.0
 REPLY_BACKOFF: BackoffFactory = exponential_backoff(initial=0.5, factor=2.0, max_delay=15.0)
 
 
@@ -71,7 +79,11 @@ class CommandContext:
 
     bot: Bot
     issuer: Issuer
+    #: The command message's ``_id``: the replies' ids derive from it, so a replica that
+    #: answers again after another died mid-answer posts nothing twice.
+    command_id: str = ""
     _admin: bool | None = field(default=None, repr=False)
+    _replies: int = field(default=0, repr=False)
 
     @property
     def store(self) -> Store:
@@ -82,6 +94,10 @@ class CommandContext:
         return self.bot.graph
 
     @property
+    def graphs(self) -> GraphRoutes:
+        return self.bot.graphs
+
+    @property
     def rest(self) -> RocketChatREST:
         return self.bot.rest
 
@@ -89,11 +105,18 @@ class CommandContext:
     def config(self) -> Config:
         return self.bot.config
 
-    async def reply(self, text: str) -> None:
-        msg_id = random_id()  # the same _id on every attempt: a retry never posts twice
+    async def reply(self, text: str, rows: Sequence[ButtonRow] = ()) -> None:
+        # The same _id on every attempt (and, with command_id, on every replica): a retry
+        # never posts twice.
+        self._replies += 1
+        msg_id = (random_id() if not self.command_id else "cmd-" + hashlib.sha256(
+            f"{self.command_id}:{self._replies}".encode()).hexdigest()[:24])
+        attachments = button_attachments(rows) or None
         await self._patiently(
             f"reply to {self.issuer.username}",
-            lambda: self.bot.rest.send_dm(self.issuer.username, clip_reply(text), msg_id),
+            lambda: self.bot.rest.send_dm(
+                self.issuer.username, clip_reply(text), msg_id, attachments
+            ),
         )
 
     async def issuer_is_admin(self) -> bool:
@@ -142,7 +165,7 @@ class Bot:
         self.registry = registry or default_registry()
         rc = config.rocketchat
         self.store: Store = open_store(
-            config.storage.path, config.storage.encryption_key.reveal() or None, clock=clock
+            config.storage.location, config.storage.encryption_key.reveal() or None, clock=clock
         )
         self.rest = RocketChatREST(
             rc.url,
@@ -160,6 +183,12 @@ class Bot:
             ig.graph_url, ig.api_version, ig.app_id, ig.app_secret.reveal(),
             observe=self._observe_graph, on_retry=self._graph_retried,
         )
+        # Accounts connected with Instagram Login (no Page) are served by graph.instagram.com.
+        self.ig_graph: InstagramLoginClient | None = None
+        if ig.instagram_login.enabled:
+            self.ig_graph = InstagramLoginClient(
+                config, observe=self._observe_graph, on_retry=self._graph_retried)
+        self.graphs = GraphRoutes(self.graph, self.ig_graph)
         realtime_options: dict[str, Any] = {"backoff": backoff} if backoff else {}
         self.realtime = RealtimeClient(
             rc.url,
@@ -176,7 +205,7 @@ class Bot:
         # Outbound relay: agents' replies and the page texts to Instagram, notes to agents.
         self.outbound_relay = OutboundRelay(
             store=self.store,
-            graph=self.graph,
+            graphs=self.graphs,
             rest=self.rest,
             human_agent_tag=ig.human_agent_tag,
             mark_needs_reauth=lambda page_id: mark_needs_reauth(
@@ -197,7 +226,7 @@ class Bot:
         # work items, the relay posts those into Omnichannel rooms.
         self.receiver_load = ReceiverLoad()
         self.inbound = InboundRelay(
-            self.store, self.rest, self.graph, self.metrics,
+            self.store, self.rest, self.graphs, self.metrics,
             rc_url=rc.url, app_id=ig.app_id, clock=clock,
             notify_outbound=lambda: self.outbound.notify(), load=self.receiver_load,
             notify_admins=self.notify_admins,
@@ -205,7 +234,7 @@ class Bot:
         # Reconciliation with Instagram's own record: visitor messages Meta never
         # delivered (backfill), replies Rocket.Chat redelivers after a restart (order).
         self.backfill = Backfill(
-            self.store, self.graph, self.metrics, notify_inbound=lambda: self.inbound.notify(),
+            self.store, self.graphs, self.metrics, notify_inbound=lambda: self.inbound.notify(),
             clock=clock, start_grace=backfill_grace,
         )
         self.reply_order = ReplyOrder(self.store, self.rest, clock=clock)
@@ -215,9 +244,13 @@ class Bot:
             on_heard=self.backfill.heard,
             on_gap=lambda: self.backfill.request(None, "intake_gap"),
         )
+        self.token_refresher = (
+            TokenRefresher(self.store, self.ig_graph, self._reauth_page, clock=clock)
+            if self.ig_graph is not None else None
+        )
         # Standing watch: token and Page subscription of every bridged page, periodically.
         self.meta_watch = MetaWatch(
-            self.store, self.graph, self.notify_admins,
+            self.store, self.graphs, self.notify_admins,
             lambda page_id: mark_needs_reauth(self.store, self.notify_admins, page_id),
             clock=clock, interval=watch_interval, on_round=self._watch_round,
             on_resubscribed=lambda page_id: self.backfill.request(page_id, "watch"),
@@ -248,6 +281,9 @@ class Bot:
         self._tasks.append(asyncio.create_task(self.outbound.run(), name="outbound"))
         self._tasks.append(asyncio.create_task(self.inbound.run(), name="inbound"))
         self._tasks.append(asyncio.create_task(self.intake.run(), name="intake"))
+        if self.token_refresher is not None:
+            self._tasks.append(asyncio.create_task(self.token_refresher.run(),
+                                                   name="instagram-tokens"))
         self._tasks.append(asyncio.create_task(self.meta_watch.run(), name="meta-watch"))
         self._tasks.append(asyncio.create_task(self.backfill.run(alive), name="backfill"))
 
@@ -281,10 +317,13 @@ class Bot:
         await self.backfill.flush()  # when Meta was last heard, for the next start
         if self._runner is not None:
             await self._runner.cleanup()
-        await self.graph.close()
+        await self.graphs.close()
         await self.rest.close()
         await self.store.close()
         log.info("stopped")
+
+    async def _reauth_page(self, page: Page) -> None:
+        await mark_needs_reauth(self.store, self.notify_admins, page.page_id)
 
     async def on_page_reauthorized(self, page_id: str) -> None:
         """A page was (re)connected: route its webhooks afresh and deliver held replies now."""
@@ -309,6 +348,8 @@ class Bot:
             self.metrics.queue_depth.labels(queue).set(await self.store.queue_depth(queue))
         self.metrics.inbox_backlog.set(self.store.inbox.backlog)
         self.metrics.waiting_for_agent.set(len(await self.store.conversations_waiting()))
+        visitors = await self.store.visitors_since(month_start(self.clock()))
+        self.metrics.monthly_visitors.set(sum(visitors.values()))
         self.metrics.set_aside_items.set(len(await self.store.set_aside_items()))
 
     def _watch_round(self, result: WatchRound) -> None:
@@ -335,12 +376,21 @@ class Bot:
         invocation = parse(message.text or "", direct=message.room_type == "d")
         if invocation is None:
             return
-        issuer = Issuer(message.user_id, message.username, message.rid, message.room_type)
-        # Label by known command only: anyone can type /instagram <anything>.
-        known = self.registry.get(invocation.name) is not None
-        self.metrics.commands.labels(invocation.name if known else "unknown").inc()
-        log.info("command %s from %s (message %s)", invocation.name, issuer.username, message.id)
-        await dispatch(self.registry, CommandContext(self, issuer), invocation)
+        # Answered once per message _id across every process on the store: with several
+        # replicas on one database each logged-in replica sees the message; one answers
+        # it, and if it dies before it is done another one does (also: this process
+        # seeing the message again, e.g. caught up after a reconnect, answers nothing).
+        async with self.store.once(f"command:{message.id}", COMMAND_CLAIM_TTL) as mine:
+            if not mine:
+                log.info("command message %s already answered; skipped", message.id)
+                return
+            issuer = Issuer(message.user_id, message.username, message.rid, message.room_type)
+            # Label by known command only: anyone can type /instagram <anything>.
+            known = self.registry.get(invocation.name) is not None
+            self.metrics.commands.labels(invocation.name if known else "unknown").inc()
+            log.info("command %s from %s (message %s)", invocation.name, issuer.username,
+                     message.id)
+            await dispatch(self.registry, CommandContext(self, issuer, message.id), invocation)
 
     async def is_admin(self, user_id: str) -> bool:
         roles = await self.rest.user_roles(user_id)

@@ -70,7 +70,7 @@ async def serve(config: config_module.Config, config_path: str) -> int:
     log = logging.getLogger("bot")
     log.info(
         "rc-instagram %s starting: config %s, public URL %s, storage %s",
-        __version__, config_path, config.server.public_url, config.storage.path,
+        __version__, config_path, config.server.public_url, config.storage.where,
     )
     try:
         bot = Bot(config)
@@ -102,8 +102,9 @@ def secret_values(config: config_module.Config) -> list[str]:
     secrets = [
         config.rocketchat.password, config.rocketchat.token, config.rocketchat.webhook_secret,
         config.instagram.app_secret, config.instagram.verify_token, config.storage.encryption_key,
+        config.instagram.instagram_login.app_secret,
     ]
-    return [s.reveal() for s in secrets if s]
+    return [s.reveal() for s in secrets if s] + config.storage.url_secrets
 
 
 @main.group("config")
@@ -118,6 +119,44 @@ def config_check(config_path: str) -> None:
     config = _load_config(config_path)
     click.echo(f"{config_path}: OK (Rocket.Chat {config.rocketchat.url}, "
                f"public URL {config.server.public_url})")
+
+
+@main.group("storage")
+def storage_group() -> None:
+    """Maintain the store."""
+
+
+@storage_group.command("migrate")
+@click.option("--from", "source", required=True, metavar="PATH|URL",
+              help="The store to copy: a TinyDB path or a postgresql:// URL.")
+@click.option("--to", "destination", required=True, metavar="PATH|URL",
+              help="The new, empty store: a TinyDB path or a postgresql:// URL.")
+@config_option
+def storage_migrate(source: str, destination: str, config_path: str) -> None:
+    """Copy every record into an empty store, offline, verified by counts.
+
+    Stop the bot (every replica) first. Tokens are decrypted and re-encrypted with
+    storage.encryption_key from --config when that file exists, else with
+    RC_INSTAGRAM_STORAGE_KEY. The source is not changed.
+    """
+    import os
+
+    from storage import mask_url
+    from storage.base import StorageError
+    from storage.migrate import migrate
+
+    if os.path.exists(config_path):
+        key = _load_config(config_path).storage.encryption_key.reveal()
+    else:
+        key = os.environ.get("RC_INSTAGRAM_STORAGE_KEY", "")
+    try:
+        counts = asyncio.run(migrate(source, destination, key or None))
+    except StorageError as exc:
+        click.echo(f"error: storage: {exc}", err=True)
+        sys.exit(EXIT_STORAGE)
+    click.echo(f"migrated {mask_url(source)} -> {mask_url(destination)}: "
+               + ", ".join(f"{n} {name}" for name, n in counts.items())
+               + " (verified)")
 
 
 @main.command()

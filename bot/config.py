@@ -13,9 +13,11 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
+
+from storage import is_postgres_url, mask_url
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -67,6 +69,21 @@ class RocketChatConfig:
 
 
 @dataclass(frozen=True)
+class InstagramLoginConfig:
+    """The Instagram API with Instagram Login route (no Facebook Page); off without app_id."""
+
+    app_id: str = ""
+    app_secret: Secret = field(default_factory=lambda: Secret(""))
+    graph_url: str = "https://graph.instagram.com"
+    authorize_url: str = "https://www.instagram.com"  # <authorize_url>/oauth/authorize
+    token_url: str = "https://api.instagram.com"  # <token_url>/oauth/access_token
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.app_id)
+
+
+@dataclass(frozen=True)
 class InstagramConfig:
     app_id: str
     app_secret: Secret
@@ -78,6 +95,7 @@ class InstagramConfig:
     #: instead of scope (Business-type Meta apps require it).
     login_config_id: str = ""
     human_agent_tag: bool = False
+    instagram_login: InstagramLoginConfig = field(default_factory=InstagramLoginConfig)
 
 
 @dataclass(frozen=True)
@@ -98,6 +116,32 @@ class ServerConfig:
 class StorageConfig:
     path: str = "data/rc-instagram.json"
     encryption_key: Secret = field(default_factory=lambda: Secret(""))
+    #: ``postgresql://…``: the PostgreSQL store instead of the TinyDB file at ``path``.
+    #: A Secret because it may carry a password; show it with :attr:`where`.
+    url: Secret = field(default_factory=lambda: Secret(""))
+
+    @property
+    def location(self) -> str:
+        """What ``storage.open_store`` takes: the URL when set, else the path."""
+        return self.url.reveal() or self.path
+
+    @property
+    def where(self) -> str:
+        """The store for messages and logs (a URL's password masked)."""
+        return mask_url(self.url.reveal()) if self.url else self.path
+
+    @property
+    def url_secrets(self) -> list[str]:
+        """The URL and its password (raw and decoded), for the log redaction filter."""
+        url = self.url.reveal()
+        if not url:
+            return []
+        try:
+            password = urlsplit(url).password or ""
+        except ValueError:
+            password = ""
+        # Without a password the URL is shown as it is (where), so not redacted either.
+        return [v for v in (url, password, unquote(password)) if v] if password else []
 
 
 @dataclass(frozen=True)
@@ -113,6 +157,11 @@ class Config:
         """The OAuth callback Meta redirects the admin's browser to."""
         return self.server.public_url.rstrip("/") + "/oauth/callback"
 
+    @property
+    def instagram_redirect_uri(self) -> str:
+        """The Instagram Login callback (``instagram.instagram_login``)."""
+        return self.server.public_url.rstrip("/") + "/oauth/instagram/callback"
+
 
 _SECTIONS: dict[str, type] = {
     "rocketchat": RocketChatConfig,
@@ -126,9 +175,17 @@ _SECRETS = {
     "rocketchat.webhook_secret",
     "instagram.app_secret",
     "instagram.verify_token",
+    "instagram.instagram_login.app_secret",
     "storage.encryption_key",
+    "storage.url",
 }
-_URLS = {"rocketchat.url", "instagram.graph_url", "instagram.dialog_url", "server.public_url"}
+_URLS = {
+    "rocketchat.url", "instagram.graph_url", "instagram.dialog_url", "server.public_url",
+    "instagram.instagram_login.graph_url", "instagram.instagram_login.authorize_url",
+    "instagram.instagram_login.token_url",
+}
+#: Keys whose value is a section of its own.
+_SUBSECTIONS: dict[str, type] = {"instagram.instagram_login": InstagramLoginConfig}
 _REQUIRED = {
     "rocketchat.url",
     "rocketchat.webhook_secret",
@@ -204,6 +261,11 @@ def _build_section(section: str, cls: type, values: dict[str, Any], env: dict[st
             if key in _REQUIRED:
                 raise ConfigError(key, "is required")
             continue
+        if key in _SUBSECTIONS:
+            if not isinstance(values[name], dict):
+                raise ConfigError(key, "must be a mapping")
+            kwargs[name] = _build_section(key, _SUBSECTIONS[key], values[name], env)
+            continue
         value = _convert(key, values[name], env)
         if key in _REQUIRED and (value == "" or (isinstance(value, Secret) and not value)):
             raise ConfigError(key, "is required and must not be empty")
@@ -231,6 +293,8 @@ def _convert(key: str, value: Any, env: dict[str, str]) -> Any:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ConfigError(key, "must be a string")
     text = expand(str(value), env, key).strip()
+    if key == "storage.url":
+        _check_storage_url(key, text)
     if key in _SECRETS:
         return Secret(text)
     if key in _URLS:
@@ -240,6 +304,10 @@ def _convert(key: str, value: Any, env: dict[str, str]) -> Any:
         _check_listen(key, text)
     if key == "instagram.app_id" and not (text.isascii() and text.isdigit()):
         raise ConfigError(key, "must be the numeric Meta app id")
+    if key == "instagram.instagram_login.app_id" and text and not (
+        text.isascii() and text.isdigit()
+    ):
+        raise ConfigError(key, "must be the numeric Instagram app id (or empty: route off)")
     if key == "instagram.api_version" and not re.fullmatch(r"v\d+\.\d+", text):
         raise ConfigError(key, "must look like v24.0")
     if key == "instagram.login_config_id" and text and not (text.isascii() and text.isdigit()):
@@ -257,6 +325,18 @@ def _check_url(key: str, text: str) -> None:
         raise ConfigError(key, f"must be an http(s) URL, got {text!r}")
 
 
+def _check_storage_url(key: str, text: str) -> None:
+    if not text:
+        return  # the TinyDB file at storage.path
+    # The message shows the URL masked: it may carry the database password.
+    if not is_postgres_url(text):
+        raise ConfigError(key, f"must be empty or a postgresql:// URL, got {mask_url(text)!r}")
+    try:
+        urlsplit(text).port  # noqa: B018  (raises ValueError for a bad port)
+    except ValueError:
+        raise ConfigError(key, f"is not a valid URL: {mask_url(text)!r}") from None
+
+
 def _check_listen(key: str, text: str) -> None:
     host, sep, port = text.rpartition(":")
     # isascii: str.isdigit() is also true for "²", which int() refuses.
@@ -265,6 +345,10 @@ def _check_listen(key: str, text: str) -> None:
 
 
 def _check_credentials(config: Config) -> None:
+    login = config.instagram.instagram_login
+    if login.enabled and not login.app_secret:
+        raise ConfigError("instagram.instagram_login.app_secret",
+                          "is required with instagram.instagram_login.app_id")
     rc = config.rocketchat
     has_password = bool(rc.user and rc.password)
     has_token = bool(rc.user_id and rc.token)

@@ -57,6 +57,9 @@ SHOP = {"id": "100000000000001", "name": "Sandbox Shop",
         "instagram_business_account": {"id": "17841400000000001", "username": "sandboxshop"}}
 CAFE = {"id": "100000000000002", "name": "Sandbox Café",
         "instagram_business_account": {"id": "17841400000000002", "username": "sandboxcafe"}}
+#: An Instagram professional account with no Facebook Page (the Instagram Login route).
+STUDIO = {"id": "17841400000000003", "username": "sandboxstudio", "name": "Sandbox Studio"}
+IG_APP_ID, IG_APP_SECRET = "1111111111111111", "demo-instagram-app-secret"
 
 WELCOME = "Hi! Thanks for writing to Sandbox Shop. An agent will be with you shortly."
 # No apostrophes: the command parser splits arguments like a shell (see the report).
@@ -139,6 +142,7 @@ class Demo:
         self.start_sandboxes()
         self.start_bot()
         self.authorize()
+        self.instagram_login()
         self.configure_page()
         jane, jane_room = self.visitor_writes()
         self.agent_replies(jane, jane_room)
@@ -173,9 +177,12 @@ class Demo:
         self.t.say("setup", f"sandbox Rocket.Chat {rc.url}: bot {BOT_USER} (bot, "
                             f"livechat-manager), admin {ADMIN}, agent {AGENT} online in "
                             f"department {DEPARTMENT}")
-        meta = self.meta = SandboxMeta(app_id=APP_ID, app_secret=APP_SECRET).start()
+        meta = self.meta = SandboxMeta(app_id=APP_ID, app_secret=APP_SECRET,
+                                       ig_app_id=IG_APP_ID, ig_app_secret=IG_APP_SECRET).start()
         meta.set_login_user(META_USER, pages=[SHOP, CAFE])
-        meta.set_redirect_uris([self.public_url + "/oauth/callback"])
+        meta.set_instagram_login_account(STUDIO["id"], STUDIO["username"], name=STUDIO["name"])
+        meta.set_redirect_uris([self.public_url + "/oauth/callback",
+                                self.public_url + "/oauth/instagram/callback"])
         meta.set_webhook(self.public_url + "/webhooks/instagram", echoes=True)
         self.t.say("setup", f"sandbox Meta {meta.graph_url}: app {APP_ID}; {META_USER} manages "
                             f"{SHOP['name']} and {CAFE['name']}, each with an Instagram account")
@@ -189,7 +196,12 @@ class Demo:
             "instagram": {"app_id": APP_ID, "app_secret": APP_SECRET,
                           "verify_token": VERIFY_TOKEN, "graph_url": self.meta.graph_url,
                           "dialog_url": self.meta.dialog_url,
-                          "api_version": self.meta.api_version},
+                          "api_version": self.meta.api_version,
+                          "instagram_login": {
+                              "app_id": IG_APP_ID, "app_secret": IG_APP_SECRET,
+                              "graph_url": self.meta.instagram_url,
+                              "authorize_url": self.meta.instagram_url,
+                              "token_url": self.meta.instagram_url}},
             "server": {"listen": f"127.0.0.1:{self.port}", "public_url": self.public_url},
             "storage": {"path": str(self.tmp / "data" / "rc-instagram.json"),
                         "encryption_key": Fernet.generate_key().decode()},
@@ -239,6 +251,14 @@ class Demo:
         reply = wait_for(f"the bot's DM answer to {text!r}",
                          lambda: self.bot_dms()[seen:], alive=self.alive)[0]
         self.t.say("bot", f"-> {ADMIN} (DM): {short(reply['msg'])}")
+        buttons = self.rc.buttons(reply["_id"])
+        if buttons:
+            shown = ", ".join(
+                f"[{b['text']}] " + (f"opens {short(b['url'])}" if b.get("url")
+                                     else f"posts \"{b.get('msg')}\"")
+                for b in buttons
+            )
+            self.t.say("bot", f"   buttons under it: {shown}")
         return str(reply["msg"])
 
     def authorize(self) -> None:
@@ -290,6 +310,57 @@ class Demo:
                            lambda: [m for m in self.bot_dms()[seen:] if handle in m["msg"]],
                            alive=self.alive)[:1]:
             self.t.say("bot", f"-> {ADMIN} (DM): {short(dm['msg'])}")
+
+    def instagram_login(self) -> None:
+        """Connect an account with no Facebook Page, and let one of its visitors write."""
+        self.step = "Instagram Login"
+        reply = self.command("/instagram authorize")
+        links = [u for u in _URL.findall(reply) if "/oauth/authorize" in u]
+        if not links:
+            raise DemoFailed("the authorize DM offers no Instagram Login link")
+        consent = self.http.get(links[0], timeout=5)
+        if consent.status_code != 200 or "Allow" not in consent.text:
+            raise DemoFailed(f"Instagram's consent page did not open (HTTP "
+                             f"{consent.status_code})")
+        self.t.say("browser", f"opens the Instagram Login link, clicks \"Allow\" for "
+                              f"@{STUDIO['username']} (no Facebook Page)")
+        action, fields = parse_form(consent.text, consent.url)
+        fields["action"] = "allow"
+        allowed = self.http.post(action, data=fields, allow_redirects=False, timeout=5)
+        location = allowed.headers.get("Location", "")
+        if allowed.status_code != 302 or not location.startswith(self.public_url):
+            raise DemoFailed(f"Instagram did not redirect to the bot (HTTP {allowed.status_code})")
+        seen = len(self.bot_dms())
+        callback = self.http.get(location.split("#", 1)[0], timeout=10)
+        title = page_title(callback.text)
+        self.t.say("browser", f"Instagram redirects to /oauth/instagram/callback -> HTTP "
+                              f"{callback.status_code} \"{title}\"")
+        if callback.status_code != 200:
+            raise DemoFailed(f"/oauth/instagram/callback answered HTTP {callback.status_code}")
+        wait_for("the account's webhooks turned on at Meta",
+                 lambda: self.meta.ig_subscription(STUDIO["id"]), alive=self.alive)
+        self.t.say("meta", f"@{STUDIO['username']}: webhooks on (me/subscribed_apps), 60-day "
+                           "token issued")
+        dm = wait_for("the bot's DM confirming the Instagram Login",
+                      lambda: [m for m in self.bot_dms()[seen:] if STUDIO["username"] in m["msg"]],
+                      alive=self.alive)[0]
+        self.t.say("bot", f"-> {ADMIN} (DM): {short(dm['msg'])}")
+        self.step = "a visitor writes to the account without a Page"
+        nora = self.meta.new_igsid()
+        self.meta.set_profile(nora, name="Nora Lund")
+        text = "Do you still have the blue vase?"
+        payload = self.meta.text_event(STUDIO["id"], nora, text)
+        status, _ = self.meta.deliver(None, payload, secret=IG_APP_SECRET)
+        self.t.say("visitor", f"Nora Lund -> @{STUDIO['username']} on Instagram: \"{text}\" "
+                              f"(signed with the Instagram app secret; webhook answered {status})")
+        room = wait_for("Nora's room with her message",
+                        lambda: next((r for r in self.rc.livechat_rooms()
+                                      if r.get("fname") == "Nora Lund"
+                                      and any(m.get("msg") == text
+                                              for m in self.rc.room_messages(r["_id"]))),
+                                     None), alive=self.alive)
+        self.t.say("omni", f"room {room['_id']} opened for \"Nora Lund\" (@{STUDIO['username']}"
+                           ", Instagram Login); her message is in it")
 
     def configure_page(self) -> None:
         self.step = "/instagram edit"
@@ -419,6 +490,9 @@ class Demo:
         """Print the URLs and block until Ctrl-C / SIGTERM."""
         reply = self.command("/instagram authorize")
         link = next((u for u in _URL.findall(reply) if "/dialog/oauth" in u), "(none)")
+        self.command("/instagram pages")
+        edit = self.command(f"/instagram edit {SHOP['id']}")
+        form = next((u for u in _URL.findall(edit) if "/settings/" in u), "(none)")
         lines = [
             "",
             "Everything is still running. Poke at it (Ctrl-C to stop):",
@@ -427,6 +501,11 @@ class Demo:
             f"  OAuth login   {link}",
             "                (a fresh single-use link: open it in a browser to walk the sandbox",
             "                 Facebook Login -> /oauth/callback -> page choice)",
+            f"  settings form {form}",
+            f"                (the page's settings form, single use, 10 minutes; a fresh one:"
+            f" instagram edit {SHOP['id']})",
+            "  buttons       shown under each DM above (the sandbox Rocket.Chat has no web",
+            "                client to click them in; a click posts the command shown)",
             f"  Rocket.Chat   {self.rc.url}  (REST /api/v1, DDP /websocket; users {ADMIN} / "
             f"{ADMIN_PASSWORD}, {AGENT} / {AGENT_PASSWORD})",
             f"  Meta Graph    {self.meta.graph_url}/{self.meta.api_version}",

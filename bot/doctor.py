@@ -32,8 +32,11 @@ import requests
 
 from bot import config as config_module
 from bot.config import Config
+from bot.contacts import INCLUDED_CONTACTS, month_start
 from bot.instagram import versions
+from bot.instagram.accounts import INSTAGRAM_ROUTE
 from bot.instagram.graph import GraphAuthError, GraphClient, GraphError, GraphRetryable
+from bot.instagram.instagram_login import InstagramLoginClient
 from bot.instagram.oauth import REQUIRED_SCOPES
 from bot.rocketchat.rest import (
     AuthenticationFailed,
@@ -117,6 +120,7 @@ class Checkup:
     logged_in: bool = False
     auth: tuple[str, str] | None = None  # (user_id, auth token) for the extra GETs
     app_ok: bool = False
+    ig_graph: InstagramLoginClient | None = None  # with instagram.instagram_login
     settings: dict[str, Any] = field(default_factory=dict)
     unreadable: set[str] = field(default_factory=set)
     server_version: tuple[int, int] | None = None  # (major, minor) from /api/info
@@ -674,6 +678,84 @@ async def check_meta_app(c: Checkup) -> CheckResult:
     return CheckResult(name, PASS, f"app {ig.app_id}: credentials valid (app token issued)")
 
 
+async def check_instagram_login_app(c: Checkup) -> CheckResult | list[CheckResult]:
+    """The Instagram app's id and secret (Instagram Login route), when configured.
+
+    The route has no app token. A code exchange with a code that cannot be valid tells
+    the two apart: Meta checks the client secret first (code 101) and only then the code.
+    """
+    name = "instagram_login.app"
+    login = c.config.instagram.instagram_login
+    if c.ig_graph is None:
+        return []
+    try:
+        await c.ig_graph.exchange_instagram_code("doctor-check-invalid-code",
+                                                 c.config.instagram_redirect_uri)
+    except GraphRetryable as exc:
+        return CheckResult(name, FAIL, f"cannot reach {login.token_url}: {exc}",
+                           "check instagram.instagram_login.token_url and outbound HTTPS")
+    except GraphError as exc:
+        text = str(exc).lower()
+        if "client secret" in text or "platform app" in text:
+            return CheckResult(
+                name, FAIL, f"Instagram refused the app credentials of app {login.app_id}: {exc}",
+                "check instagram.instagram_login.app_id and app_secret (App Dashboard > "
+                "Instagram > API setup with Instagram login > Business login settings)")
+        return CheckResult(name, PASS, f"Instagram app {login.app_id}: credentials accepted "
+                           "(a made-up code was refused as a code)")
+    return CheckResult(name, FAIL, "Instagram accepted a made-up code", "report this")
+
+
+async def check_instagram_account(c: Checkup, page: Any, now: float) -> list[CheckResult]:
+    """An Instagram-Login account: token lifetime (it must be refreshed) and subscription."""
+    prefix = f"account {page.page_id}"
+    label = f"@{page.username or page.page_id} (Instagram Login)"
+    reauth = "an admin runs /instagram authorize and picks Log in with Instagram"
+    if c.ig_graph is None:
+        return [CheckResult(f"{prefix} token", FAIL, f"{label}: instagram.instagram_login is "
+                            "not configured, so this account cannot be served",
+                            "configure instagram.instagram_login (or unauthorize it)")]
+    results: list[CheckResult] = []
+    days = (page.token_expires_at - now) / 86400 if page.token_expires_at else 0.0
+    if page.needs_reauth or days <= 0:
+        results.append(CheckResult(f"{prefix} token", FAIL,
+                                   f"{label}: the token has expired or was refused", reauth))
+        return results
+    try:
+        account = await c.ig_graph.account(page.page_token)
+    except GraphError as exc:
+        results.append(CheckResult(f"{prefix} token", FAIL, f"{label}: GET me: {exc}", reauth))
+        return results
+    if str(account.get("user_id") or account.get("id")) != page.instagram_id:
+        results.append(CheckResult(f"{prefix} token", FAIL,
+                                   f"{label}: the token names another account", reauth))
+    elif days < 7:
+        results.append(CheckResult(
+            f"{prefix} token", WARN, f"{label}: token valid for {days:.1f} more days and "
+            "not yet refreshed (the bot refreshes it when fewer than 10 remain)",
+            "keep the bot running with network access; see its log for refresh errors"))
+    else:
+        results.append(CheckResult(f"{prefix} token", PASS,
+                                   f"{label}: token valid for {days:.0f} more days"))
+    name = f"{prefix} subscribed"
+    if not page.subscribed:
+        results.append(CheckResult(name, WARN, f"{label}: bridging stopped by an admin",
+                                   f"/instagram subscribe {page.page_id} to resume"))
+        return results
+    try:
+        apps = await c.ig_graph.subscribed_apps(page.page_id, page.page_token)
+    except GraphError as exc:
+        results.append(CheckResult(name, FAIL, f"{label}: me/subscribed_apps: {exc}",
+                                   f"/instagram subscribe {page.page_id}"))
+        return results
+    if any("messages" in (a.get("subscribed_fields") or []) for a in apps):
+        results.append(CheckResult(name, PASS, f"{label}: webhooks on (messages)"))
+    else:
+        results.append(CheckResult(name, FAIL, f"{label}: webhooks are off for this account",
+                                   f"/instagram subscribe {page.page_id}"))
+    return results
+
+
 def check_graph_version(c: Checkup, now: float) -> CheckResult:
     """The configured Graph API version is not past, or within 90 days of, its end."""
     name = "meta.api_version"
@@ -809,6 +891,8 @@ def storage_files(path: str) -> list[Path]:
 def check_storage_files(c: Checkup) -> CheckResult:
     """The data directory is usable and no data file is readable by others (tokens)."""
     name = "storage.files"
+    if c.config.storage.url:
+        return CheckResult(name, PASS, "storage.url is set: PostgreSQL, no data files")
     path = Path(c.config.storage.path)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.exists():
@@ -856,14 +940,29 @@ def check_storage_key(c: Checkup) -> CheckResult:
     return CheckResult(name, PASS, "tokens are encrypted at rest")
 
 
+def check_monthly_contacts(visitors: int) -> CheckResult:
+    """This month's Instagram visitors against the contacts a Starter/Pro plan includes."""
+    name = "omnichannel.monthly_contacts"
+    found = (f"{visitors} Instagram visitor(s) wrote this month; Rocket.Chat counts each one "
+             "answered as a monthly active contact")
+    if visitors >= INCLUDED_CONTACTS * 0.8:
+        return CheckResult(
+            name, WARN, f"{found}, near or over the {INCLUDED_CONTACTS} that Starter and Pro "
+            "include (across all channels)",
+            "check Administration > Workspace > Subscription; going over may interrupt "
+            "Omnichannel until the month ends or the plan changes",
+        )
+    return CheckResult(name, PASS, found)
+
+
 async def check_store_and_pages(c: Checkup, now: float) -> list[CheckResult]:
     """Open the store (wrong key, corruption, lock) and check every connected page."""
     from storage import open_store
     from storage.base import StorageError, StoreLocked
 
     name = "storage.open"
-    path = c.config.storage.path
-    if not storage_files(path):
+    path = c.config.storage.where
+    if not c.config.storage.url and not storage_files(path):
         return [
             CheckResult(name, PASS, f"{path}: no data yet"),
             CheckResult("pages", WARN, "no page connected yet",
@@ -871,7 +970,7 @@ async def check_store_and_pages(c: Checkup, now: float) -> list[CheckResult]:
         ]
     key = c.config.storage.encryption_key.reveal() or None
     try:
-        store = open_store(path, key)
+        store = open_store(c.config.storage.location, key)
     except StorageError as exc:
         return [CheckResult(name, FAIL, str(exc), "set a valid storage.encryption_key")]
     try:
@@ -892,7 +991,11 @@ async def check_store_and_pages(c: Checkup, now: float) -> list[CheckResult]:
             results.append(CheckResult("pages", WARN, "no page connected yet",
                                        "in Rocket.Chat, as an admin: /instagram authorize"))
         for page in pages:
-            results.extend(await check_page(c, page, now))
+            check = check_instagram_account if page.route == INSTAGRAM_ROUTE else check_page
+            results.extend(await check(c, page, now))
+        if pages:
+            results.append(check_monthly_contacts(sum(
+                (await store.visitors_since(month_start(now))).values())))
         return results
     finally:
         with contextlib.suppress(Exception):
@@ -926,6 +1029,8 @@ async def run_checks(
                         timeout=timeout, retries=0)
     c = Checkup(config, rest, graph, timeout=timeout, expected_rate=expected_rate,
                 probe_listener=probe_listener)
+    if ig.instagram_login.enabled:
+        c.ig_graph = InstagramLoginClient(config, timeout=timeout, retries=0)
     results: list[CheckResult] = []
 
     def add(found: CheckResult | list[CheckResult]) -> None:
@@ -938,7 +1043,8 @@ async def run_checks(
         for check in (check_rocketchat_reachable, check_login, check_permissions,
                       check_admins, check_departments, check_slash_commands,
                       check_omnichannel_enabled, check_webhook, check_rate_limiter,
-                      check_public_url_https, check_public_url, check_meta_app):
+                      check_public_url_https, check_public_url, check_meta_app,
+                      check_instagram_login_app):
             try:
                 add(await check(c))
             except (Unavailable, RocketChatError, GraphError) as exc:
@@ -951,6 +1057,8 @@ async def run_checks(
     finally:
         await rest.close()
         await graph.close()
+        if c.ig_graph is not None:
+            await c.ig_graph.close()
     return results
 
 

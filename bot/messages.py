@@ -8,8 +8,9 @@ Wording is plain Rocket.Chat markdown (``*bold*``, `` `code` ``).
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from commands.base import Command
@@ -55,6 +56,15 @@ AUTHORIZE_LINK = (
     "account that manages the Facebook Page linked to it (the link works once, for "
     "{minutes} minutes):\n{url}"
 )
+AUTHORIZE_LINKS = (
+    "To connect an Instagram business account, choose how (each link works once, for "
+    "{minutes} minutes):\n"
+    "• *Log in with Facebook* — the account is linked to a Facebook Page you manage:\n{url}\n"
+    "• *Log in with Instagram* — no Facebook Page needed, log in with the Instagram "
+    "account itself:\n{instagram_url}"
+)
+AUTHORIZE_BUTTON_FACEBOOK = "Log in with Facebook"
+AUTHORIZE_BUTTON_INSTAGRAM = "Log in with Instagram"
 AUTHORIZE_LINK_FROM_CHANNEL = (
     "(You typed `/instagram authorize` in a room; the login link is only ever sent here, "
     "in this direct message.)"
@@ -90,6 +100,17 @@ OAUTH_DM_CONNECTED = (
 OAUTH_DM_RECONNECTED = (
     "Re-authorized Instagram *@{username}* (Facebook Page *{name}*, page id `{page_id}`): "
     "its tokens were renewed and its settings kept. `/instagram edit {page_id}` shows them."
+)
+IG_LOGIN_DM_CONNECTED = (
+    "Connected Instagram *@{username}* through Instagram Login (no Facebook Page; account "
+    "id `{page_id}`). Its direct messages now open Omnichannel conversations; its token "
+    "lasts 60 days and the bot renews it on its own.\n"
+    "Next steps: `/instagram edit {page_id}` to choose the department and the welcome, "
+    "finished and offline texts; `/instagram pages` lists every connected account."
+)
+IG_LOGIN_DM_RECONNECTED = (
+    "Re-authorized Instagram *@{username}* (Instagram Login, account id `{page_id}`): its "
+    "token was renewed and its settings kept. `/instagram edit {page_id}` shows them."
 )
 OAUTH_DM_SUBSCRIPTION_LISTED = (
     "Meta lists the bot as installed on the Page (Page field {fields}); Instagram events "
@@ -168,6 +189,12 @@ PAGES_HEADER = "*Connected Instagram accounts* ({count})"
 PAGES_LINE = (
     "• `{page_id}` — {name} — @{username} — department: {department} — subscribed: {subscribed}"
 )
+PAGES_VISITORS = " — visitors this month: {count}"
+PAGES_CONTACTS = (
+    "{total} Instagram visitor(s) wrote this month. Rocket.Chat counts each one it answers "
+    "as a monthly active contact (Starter and Pro include {included} across all channels)."
+)
+PAGES_ROUTE_INSTAGRAM = " — via Instagram Login, token until {until}"
 PAGES_NEEDS_REAUTH = " — *needs re-authorization* (`/instagram authorize`)"
 # Appended to a page's line when Rocket.Chat refused some of its messages for good.
 PAGES_SET_ASIDE = " — *{count} message(s) set aside*, last: {reason}"
@@ -355,6 +382,15 @@ def oauth_connected_page(
     )
 
 
+def ig_login_connected_page(username: str, ig_id: str) -> str:
+    return html_page(
+        "Instagram connected",
+        f"@{username} (Instagram account id {ig_id}, connected with Instagram Login) is now "
+        "bridged with Rocket.Chat. The next steps are in your Rocket.Chat direct messages; "
+        "you can close this window.",
+    )
+
+
 def oauth_missing_permissions_page(missing: Sequence[str], config_id: str) -> str:
     items = "\n".join(
         f"<li><code>{html.escape(name)}</code> — {html.escape(why)}</li>"
@@ -501,6 +537,43 @@ OUTCOME_UNKNOWN_REASONS = {
                        "the newest 20",
     "api_refused": "Instagram did not let the bridge read the conversation back",
 }
+# A file the bridge could not send; {name} is its file name, {error} one of MEDIA_* below.
+# The rest of the message (its caption, other files) is still sent.
+OUTBOUND_FILE_REFUSED = (
+    "⚠️ The file “{name}” was not delivered to Instagram: {error}. The rest of the "
+    "message was sent."
+)
+MEDIA_IMAGE_FORMAT = (
+    "Instagram accepts images only as PNG, JPEG or GIF (this one is {format}); send it "
+    "in one of those formats"
+)
+MEDIA_VIDEO_FORMAT = (
+    "Instagram accepts videos only as MP4, MOV, AVI, WebM or OGG (this one is {format})"
+)
+MEDIA_FILE_FORMAT = (
+    "Instagram accepts documents only as PDF; export the document as a PDF and send it "
+    "again"
+)
+MEDIA_TOO_LARGE = (
+    "it is {size:.1f} MB and Instagram accepts {kind} files of at most {limit} MB"
+)
+MEDIA_NOT_AUDIO = "it holds no sound the bridge could convert for Instagram"
+MEDIA_CONVERSION_FAILED = (
+    "Instagram does not accept its format and the bridge could not convert it"
+)
+MEDIA_CONVERSION_UNAVAILABLE = (
+    "Instagram does not accept its format and this bridge cannot convert it (PyAV is "
+    "not installed)"
+)
+MEDIA_FETCH_REFUSED = (
+    "the bridge may not download it from Rocket.Chat (HTTP {status}). Its link expires "
+    "after an hour; for older files an administrator must let the bridge's user read "
+    "room files (File Upload > \"Restrict file access to users who can access room\")"
+)
+MEDIA_FETCH_MISSING = "it no longer exists in Rocket.Chat"
+MEDIA_FETCH_TOO_LARGE = "it is larger than the 25 MB Instagram accepts for any file"
+MEDIA_NOT_ROCKETCHAT = "its link does not point to a Rocket.Chat upload"
+MEDIA_META_REFUSED = "Instagram refused it ({error})"
 
 # --- commands: edit -----------------------------------------------------------------------
 
@@ -533,3 +606,152 @@ EDIT_DEPARTMENT_SET = (
 EDIT_DEPARTMENT_CLEARED = "Page *{name}*: new conversations now go to no particular department."
 EDIT_TEXT_SET = "Page *{name}*: the {setting} text is now:\n{text}"
 EDIT_TEXT_CLEARED = "Page *{name}*: the {setting} text is cleared; none will be sent."
+
+# --- buttons under DMs --------------------------------------------------------------------
+
+AUTHORIZE_BUTTON = "Start authentication"
+PAGES_BUTTON_EDIT = "Edit"
+PAGES_BUTTON_SUBSCRIBE = "Subscribe"
+PAGES_BUTTON_UNSUBSCRIBE = "Unsubscribe"
+
+# --- the settings form (/settings/<state>) --------------------------------------------------
+
+EDIT_FORM_LINK = (
+    "Or change them in a form (the link works once, for {minutes} minutes, and only for "
+    "you):\n{url}"
+)
+EDIT_FORM_BUTTON = "Edit page configuration"
+SETTINGS_UNCHANGED = "Page *{name}*: the form was saved without changes."
+
+_COUNTER_SCRIPT = """
+for (const box of document.querySelectorAll("textarea[data-limit]")) {
+  const out = document.getElementById(box.id + "-count");
+  const limit = Number(box.dataset.limit);
+  const update = () => {
+    const size = new TextEncoder().encode(box.value).length;
+    out.textContent = size + " / " + limit + " bytes";
+    const over = size > limit;
+    box.setAttribute("aria-invalid", over ? "true" : "false");
+    out.classList.toggle("over", over);
+  };
+  box.addEventListener("input", update);
+  update();
+}
+"""
+
+
+def settings_link_invalid_page() -> str:
+    return html_page(
+        "This link cannot be used",
+        "The settings link has expired, was already used, or was not issued by this bot. "
+        "Nothing was changed.",
+        "Type /instagram edit <pageId> in Rocket.Chat to get a fresh link.",
+    )
+
+
+def settings_unavailable_page() -> str:
+    return html_page(
+        "Try again in a moment",
+        "Rocket.Chat did not answer, so your admin rights could not be checked. Nothing was "
+        "changed; type /instagram edit <pageId> in Rocket.Chat for a fresh link.",
+    )
+
+
+def settings_not_admin_page() -> str:
+    return html_page(
+        "Not allowed",
+        "Only Rocket.Chat users with an admin role for the Instagram bridge may change a "
+        "page's settings. Nothing was changed.",
+    )
+
+
+def settings_page_gone_page() -> str:
+    return html_page(
+        "Page not connected",
+        "This Instagram account is no longer connected, so there is nothing to change.",
+    )
+
+
+def settings_form_page(
+    *, action: str, page: Any, departments: Sequence[dict] | None,
+    values: Mapping[str, str] | None, error: str | None, nonce: str, limit: int,
+) -> str:
+    """The settings form of ``page``; ``values`` re-fill it after a refused save."""
+    current = {
+        "department": page.department_id or "",
+        "welcome": page.welcome_text or "",
+        "finished": page.finished_text or "",
+        "offline": page.offline_text or "",
+    }
+    if values is not None:
+        current.update({k: values.get(k, "") for k in current})
+    options = ['<option value="">(no particular department)</option>']
+    known = departments or []
+    if departments is None and page.department_id:
+        known = [{"_id": page.department_id, "name": page.department_name or page.department_id}]
+    for dep in sorted(known, key=lambda d: str(d.get("name", "")).casefold()):
+        dep_id = str(dep.get("_id", ""))
+        if not dep_id:
+            continue
+        selected = " selected" if dep_id == current["department"] else ""
+        options.append(f'<option value="{html.escape(dep_id)}"{selected}>'
+                       f'{html.escape(str(dep.get("name") or dep_id))}</option>')
+    listing_note = (
+        "<p>The list of departments could not be read from Rocket.Chat; saving keeps the "
+        "current department unless you clear it.</p>\n" if departments is None else ""
+    )
+    labels = {
+        "welcome": ("Welcome text", "sent once when a new conversation starts"),
+        "finished": ("Conversation-finished text", "sent when an agent closes the conversation"),
+        "offline": ("Offline text", "sent when no agent is online (once per offline spell)"),
+    }
+    boxes = []
+    for name, (label, hint) in labels.items():
+        boxes.append(
+            f'<label for="{name}">{label} <small>({hint}; empty = none)</small></label>\n'
+            f'<textarea id="{name}" name="{name}" rows="4" data-limit="{limit}" '
+            f'aria-describedby="{name}-count">{html.escape(current[name])}</textarea>\n'
+            f'<output id="{name}-count" for="{name}" aria-live="polite">'
+            f'{len(current[name].encode("utf-8"))} / {limit} bytes</output>'
+        )
+    alert = (f'<p role="alert" class="error">{html.escape(error)}</p>\n' if error else "")
+    form = (
+        alert
+        + f'<form method="post" action="{html.escape(action)}">\n'
+        "<fieldset>\n<legend>Routing</legend>\n"
+        '<label for="department">Omnichannel department</label>\n'
+        f'<select id="department" name="department">\n{chr(10).join(options)}\n</select>\n'
+        f"{listing_note}</fieldset>\n"
+        "<fieldset>\n<legend>Automatic texts (at most "
+        f"{limit} bytes each, Instagram's limit)</legend>\n"
+        + "\n".join(boxes)
+        + "\n</fieldset>\n"
+        '<button type="submit">Save</button>\n</form>\n'
+        "<style>textarea{width:100%;font:inherit} output{display:block;font-size:.9rem}"
+        " .over,.error{color:#b00020;font-weight:600}</style>\n"
+        f'<script nonce="{html.escape(nonce)}">{_COUNTER_SCRIPT}</script>\n'
+    )
+    username = f" (@{page.username})" if page.username else ""
+    return html_page(
+        f"Settings of {page.name}",
+        f"Facebook Page {page.name}{username}, page id {page.page_id}. Changes apply to the "
+        "next conversation or message. This form works once; saving sends you a summary in "
+        "Rocket.Chat.",
+        raw=form,
+    )
+
+
+_BOLD = re.compile(r"[*]([^*\n]+)[*]")
+
+
+def _plain(match: re.Match[str]) -> str:
+    return match.group(1)
+
+
+def settings_saved_page(name: str, summary: str) -> str:
+    return html_page(
+        "Settings saved",
+        f"The settings of {name} are saved. A summary is in your Rocket.Chat direct "
+        "messages; you can close this window.",
+        raw=f"<pre>{html.escape(_BOLD.sub(_plain, summary))}</pre>",
+    )

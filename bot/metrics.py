@@ -45,6 +45,12 @@ class Metrics:
             "rcig_conversations_waiting_for_agent", "Conversations waiting for an agent",
             registry=r,
         )
+        self.monthly_visitors = Gauge(
+            "rcig_monthly_visitors",
+            "Instagram visitors who wrote this calendar month (UTC): Rocket.Chat counts each "
+            "one answered as a monthly active contact (per page: /instagram pages)",
+            registry=r,
+        )
         self.set_aside = Counter(
             "rcig_set_aside_total", "Work items set aside after a permanent refusal",
             ["queue", "reason"], registry=r,

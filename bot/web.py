@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from bot import settings_form
 from bot.appkeys import BOT, MAX_BODY
 from bot.instagram import oauth_routes
 from bot.instagram import webhook as instagram_webhook
@@ -49,6 +50,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/healthz", healthz),
         web.get("/metrics", metrics),
         *oauth_routes.routes(),
+        *settings_form.routes(),
         *rocketchat_webhook.routes(),
         *instagram_webhook.routes(),
     ]

@@ -33,6 +33,24 @@ class Issuer:
     room_type: str  # 'd' direct, 'c' channel, 'p' private group, 'l' livechat
 
 
+@dataclass(frozen=True)
+class Button:
+    """A button under a DM: it opens ``url``, or it posts ``command`` in the DM as a
+    message of the user who clicks (so the command runs as theirs, admin check and all)."""
+
+    text: str
+    url: str | None = None
+    command: str | None = None
+
+
+@dataclass(frozen=True)
+class ButtonRow:
+    """Buttons shown together under a DM, with an optional title (what they act on)."""
+
+    buttons: tuple[Button, ...]
+    title: str = ""
+
+
 class CommandContext(Protocol):
     """Everything a handler may use. Implemented by the runtime (``bot.app``).
 
@@ -41,12 +59,13 @@ class CommandContext(Protocol):
 
     issuer: Issuer
     store: Store
-    graph: Any  # bot.graph.GraphClient
+    graph: Any  # bot.instagram.graph.GraphClient (Facebook Login's)
+    graphs: Any  # bot.instagram.accounts.GraphRoutes: the client of each page's route
     rest: Any  # bot.rest.RocketChatREST
     config: Any  # bot.config.Config
 
-    async def reply(self, text: str) -> None:
-        """Send ``text`` to the issuer by direct message."""
+    async def reply(self, text: str, rows: Sequence[ButtonRow] = ()) -> None:
+        """Send ``text`` to the issuer by direct message, with ``rows`` of buttons under it."""
         ...
 
     async def issuer_is_admin(self) -> bool:

@@ -1,9 +1,10 @@
 """``/instagram edit <pageId> [<setting> <value…>]``: show or change a page's settings.
 
-Settings: ``department`` (must exist in Omnichannel; its ``_id`` is stored, its name
-shown), ``welcome``, ``finished`` and ``offline`` texts (each at most 1000 UTF-8 bytes,
-Instagram's limit for one message). The value ``none`` clears a setting. Changes apply
-to the next conversation or message: the relay reads the page when it needs it.
+With only a page id it shows the settings and DMs a single-use link (and button) to the
+settings form (:mod:`bot.settings_form`). Settings: ``department``, ``welcome``,
+``finished`` and ``offline``; the value ``none`` clears one. The rules are
+:mod:`bot.page_settings`, shared with the form. Changes apply to the next conversation
+or message: the relay reads the page when it needs it.
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ import logging
 from collections.abc import Sequence
 
 from bot import messages
-from commands.base import Command, CommandContext, CommandError, UsageError
+from bot.page_settings import TEXT_SETTINGS, apply_department, apply_text
+from bot.settings_form import SETTINGS_TTL, issue_link
+from commands.base import Button, ButtonRow, Command, CommandContext, CommandError, UsageError
 from commands.pageref import require_page
 from storage.base import Page
 
 log = logging.getLogger("commands")
 
-#: Instagram accepts at most this many UTF-8 bytes in one text message.
-MAX_TEXT_BYTES = 1000
-TEXT_SETTINGS = {"welcome": "welcome_text", "finished": "finished_text", "offline": "offline_text"}
 SETTINGS = ("department", *TEXT_SETTINGS)
 
 
@@ -29,7 +29,11 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
         raise UsageError("Give the page id (`/instagram pages` lists them).")
     page = await require_page(ctx.store, args[0])
     if len(args) == 1:
-        await ctx.reply(settings_text(page))
+        url = await issue_link(ctx.store, ctx.config, ctx.issuer.user_id,
+                               ctx.issuer.username, page.page_id)
+        text = settings_text(page) + "\n" + messages.EDIT_FORM_LINK.format(
+            url=url, minutes=int(SETTINGS_TTL // 60))
+        await ctx.reply(text, [ButtonRow((Button(messages.EDIT_FORM_BUTTON, url=url),))])
         return
     setting = args[1].lower()
     if setting not in SETTINGS:
@@ -39,9 +43,10 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
         raise UsageError(messages.EDIT_MISSING_VALUE.format(setting=setting))
     clear = value.lower() == "none"
     if setting == "department":
-        reply = await _set_department(ctx, page, None if clear else value)
+        departments = [] if clear else await _departments(ctx, page)
+        reply = apply_department(page, departments, None if clear else value)
     else:
-        reply = _set_text(page, setting, None if clear else value)
+        reply = apply_text(page, setting, None if clear else value)
     await ctx.store.save_page(page)
     log.info("page %s: %s %s by %s", page.page_id, setting, "cleared" if clear else "changed",
              ctx.issuer.username)
@@ -66,53 +71,12 @@ def settings_text(page: Page) -> str:
     )
 
 
-async def _set_department(ctx: CommandContext, page: Page, wanted: str | None) -> str:
-    if wanted is None:
-        page.department_id = page.department_name = None
-        return messages.EDIT_DEPARTMENT_CLEARED.format(name=page.name)
+async def _departments(ctx: CommandContext, page: Page) -> list[dict]:
     try:
-        departments = await ctx.rest.departments()
+        return await ctx.rest.departments()
     except Exception as exc:
         log.warning("could not list departments for edit of page %s: %s", page.page_id, exc)
         raise CommandError(f"I could not list the Omnichannel departments ({exc})") from None
-    found = find_department(departments, wanted)
-    if found is None:
-        names = sorted(str(d.get("name")) for d in departments if d.get("name"))
-        if not names:
-            raise UsageError(messages.EDIT_NO_DEPARTMENTS.format(name=wanted))
-        known = ", ".join(f"`{n}`" for n in names)
-        raise UsageError(messages.EDIT_UNKNOWN_DEPARTMENT.format(name=wanted, known=known))
-    page.department_id = str(found["_id"])
-    page.department_name = str(found.get("name") or found["_id"])
-    return messages.EDIT_DEPARTMENT_SET.format(name=page.name, department=page.department_name)
-
-
-def find_department(departments: Sequence[dict], wanted: str) -> dict | None:
-    """The department named ``wanted`` (exact, then case-insensitive) or with that ``_id``."""
-    candidates = [d for d in departments if isinstance(d, dict) and d.get("_id")]
-    for match in (
-        lambda d: d.get("name") == wanted,
-        lambda d: str(d.get("name", "")).casefold() == wanted.casefold(),
-        lambda d: d.get("_id") == wanted,
-    ):
-        hits = [d for d in candidates if match(d)]
-        if hits:
-            return hits[0]
-    return None
-
-
-def _set_text(page: Page, setting: str, text: str | None) -> str:
-    attribute = TEXT_SETTINGS[setting]
-    if text is None:
-        setattr(page, attribute, None)
-        return messages.EDIT_TEXT_CLEARED.format(name=page.name, setting=setting)
-    size = len(text.encode("utf-8"))
-    if size > MAX_TEXT_BYTES:
-        raise UsageError(
-            messages.EDIT_TOO_LONG.format(setting=setting, size=size, limit=MAX_TEXT_BYTES)
-        )
-    setattr(page, attribute, text)
-    return messages.EDIT_TEXT_SET.format(name=page.name, setting=setting, text=text)
 
 
 command = Command(

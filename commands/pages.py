@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from bot import messages
-from commands.base import Command, CommandContext, UsageError
-from storage.base import SetAsideItem
+from bot.contacts import INCLUDED_CONTACTS, month_start
+from commands.base import Button, ButtonRow, Command, CommandContext, UsageError
+from storage.base import Page, SetAsideItem
 
 
 async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
@@ -18,6 +20,8 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
         await ctx.reply(messages.PAGES_NONE)
         return
     lines = [messages.PAGES_HEADER.format(count=len(pages))]
+    rows = [page_buttons(page) for page in pages]
+    visitors = await ctx.store.visitors_since(month_start(time.time()))
     set_aside: dict[str, list[SetAsideItem]] = {}
     for kept in await ctx.store.set_aside_items():
         set_aside.setdefault(kept.page_id, []).append(kept)
@@ -29,6 +33,10 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
             department=page.department_name or page.department_id or "none",
             subscribed="yes" if page.subscribed else "no",
         )
+        if page.route == "instagram":
+            until = time.strftime("%Y-%m-%d", time.gmtime(page.token_expires_at))
+            line += messages.PAGES_ROUTE_INSTAGRAM.format(until=until)
+        line += messages.PAGES_VISITORS.format(count=visitors.get(page.page_id, 0))
         if page.needs_reauth:
             line += messages.PAGES_NEEDS_REAUTH
         kept = set_aside.get(page.page_id)
@@ -36,7 +44,22 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
             line += messages.PAGES_SET_ASIDE.format(count=len(kept), reason=kept[-1].reason)
         line += await _reconcile_suffix(ctx, page.page_id)
         lines.append(line)
-    await ctx.reply("\n".join(lines))
+    total = sum(visitors.values())
+    lines.append(messages.PAGES_CONTACTS.format(total=total, included=INCLUDED_CONTACTS))
+    await ctx.reply("\n".join(lines), rows)
+
+
+def page_buttons(page: Page) -> ButtonRow:
+    """Edit, and Subscribe or Unsubscribe, for one page (a click posts the command)."""
+    if page.subscribed:
+        toggle = Button(messages.PAGES_BUTTON_UNSUBSCRIBE,
+                        command=f"instagram unsubscribe {page.page_id}")
+    else:
+        toggle = Button(messages.PAGES_BUTTON_SUBSCRIBE,
+                        command=f"instagram subscribe {page.page_id}")
+    edit = Button(messages.PAGES_BUTTON_EDIT, command=f"instagram edit {page.page_id}")
+    username = f" (@{page.username})" if page.username else ""
+    return ButtonRow((edit, toggle), title=f"{page.name}{username}")
 
 
 async def _reconcile_suffix(ctx: CommandContext, page_id: str) -> str:

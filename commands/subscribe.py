@@ -18,14 +18,15 @@ log = logging.getLogger("commands")
 async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
     page = await require_page(ctx.store, one_page_id(args))
     try:
-        fields = await install(ctx.graph, page.page_id, page.page_token)
+        fields = await install(ctx.graphs.for_page(page), page.page_id, page.page_token)
     except GraphError as exc:
         reason = messages.SUBSCRIBE_FAILED.format(page_id=page.page_id, reason=exc)
         if isinstance(exc, GraphAuthError):
             await mark_needs_reauth(ctx.store, ctx.notify_admins, page.page_id)
             reason += ". " + messages.NEEDS_REAUTH_HINT.rstrip(".")
         elif page.subscribed and (
-            await still_installed(ctx.graph, page.page_id, page.page_token) is False
+            await still_installed(ctx.graphs.for_page(page), page.page_id, page.page_token)
+            is False
         ):
             # The page was marked bridged, but Meta lists no installation: say so, and
             # stop counting it as bridged rather than pretend.

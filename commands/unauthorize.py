@@ -23,7 +23,7 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
     user_tokens: list[str] = []
     for page in pages:
         try:
-            await ctx.graph.unsubscribe_page(page.page_id, page.page_token)
+            await ctx.graphs.for_page(page).unsubscribe_page(page.page_id, page.page_token)
         except GraphError as exc:
             failures.append(str(exc))
         # Forget it whatever Meta said: the admin asked us to let go of these tokens.

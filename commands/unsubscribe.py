@@ -22,7 +22,7 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
     log.info("page %s unsubscribed by %s", page.page_id, ctx.issuer.username)
     fmt = dict(name=page.name, page_id=page.page_id, username=page.username)
     try:
-        await ctx.graph.unsubscribe_page(page.page_id, page.page_token)
+        await ctx.graphs.for_page(page).unsubscribe_page(page.page_id, page.page_token)
     except GraphError as exc:
         if isinstance(exc, GraphAuthError):
             await mark_needs_reauth(ctx.store, ctx.notify_admins, page.page_id)

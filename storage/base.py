@@ -12,6 +12,9 @@ may be acknowledged as soon as the ``await`` returns.
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -53,6 +56,13 @@ class Page:
     needs_reauth: bool = False
     reauth_notified: bool = False
     connected_at: float = 0.0
+    #: How the account was connected: "facebook" (Facebook Login, through its Page) or
+    #: "instagram" (Instagram Login, no Page: ``page_id`` is the Instagram account id).
+    route: str = "facebook"
+    #: Instagram Login tokens expire (60 days) and are refreshed: when the current one
+    #: was issued and when it ends (epoch seconds; 0 for Page tokens, which do not).
+    token_issued_at: float = 0.0
+    token_expires_at: float = 0.0
 
 
 @dataclass
@@ -61,14 +71,16 @@ class LoginState:
 
     ``kind`` is ``"login"`` for the Facebook Login redirect and ``"select"`` for the
     page-choice form; a select state carries the candidate pages (with their tokens)
-    in ``data`` so the form itself never holds a token.
+    in ``data`` so the form itself never holds a token. ``"settings"`` is the link to a
+    page's settings form that ``/instagram edit <pageId>`` DMs, ``"settings_form"`` the
+    form it opens; both carry ``{"page_id": …}`` in ``data``.
     """
 
     state: str
     user_id: str
     username: str
     expires_at: float
-    kind: Literal["login", "select"] = "login"
+    kind: Literal["login", "select", "settings", "settings_form", "instagram_login"] = "login"
     data: dict[str, Any] = field(default_factory=dict)
 
 
@@ -148,6 +160,36 @@ class SetAsideItem:
         return str(self.item.payload.get("page_id") or self.item.conversation.split(":", 1)[0])
 
 
+@dataclass
+class StoreDump:
+    """Everything a store holds, decrypted, for moving it to another store (offline).
+
+    ``inbox`` is the raw bodies of acknowledged webhooks not yet queued, oldest first;
+    ``dedupe`` maps each unexpired key to its expiry (epoch seconds).
+    """
+
+    pages: list[Page] = field(default_factory=list)
+    login_states: list[LoginState] = field(default_factory=list)
+    conversations: list[Conversation] = field(default_factory=list)
+    items: list[WorkItem] = field(default_factory=list)
+    dedupe: dict[str, float] = field(default_factory=dict)
+    inbox: list[bytes] = field(default_factory=list)
+    set_aside: list[SetAsideItem] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        """What a migration verifies: one count per kind of record."""
+        return {
+            "pages": len(self.pages),
+            "login_states": len(self.login_states),
+            "conversations": len(self.conversations),
+            "inbound": sum(1 for i in self.items if i.queue == "inbound"),
+            "outbound": sum(1 for i in self.items if i.queue == "outbound"),
+            "dedupe_keys": len(self.dedupe),
+            "inbox": len(self.inbox),
+            "set_aside": len(self.set_aside),
+        }
+
+
 class Store(abc.ABC):
     """The repository API. Async; implementations must not block the event loop."""
 
@@ -210,6 +252,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def conversations_waiting(self) -> list[Conversation]:
         """Conversations inside an offline spell (waiting for an agent)."""
+
+    @abc.abstractmethod
+    async def visitors_since(self, since: float) -> dict[str, int]:
+        """Per page id: how many of its visitors last wrote at or after ``since`` (epoch s)."""
 
     # -- work queues -------------------------------------------------------------
     @abc.abstractmethod
@@ -308,3 +354,47 @@ class Store(abc.ABC):
     async def stats(self) -> dict[str, int]:
         """Counts for metrics and ``doctor``: queue depths and table sizes."""
         return {q: await self.queue_depth(q) for q in QUEUES}
+
+    @contextlib.asynccontextmanager
+    async def once(self, key: str, ttl: float) -> AsyncIterator[bool]:
+        """Do something once per ``key`` among every process on this store.
+
+        ``async with store.once(key, ttl) as mine:`` — ``mine`` is True for the one
+        caller that should do it; when that block ends (however it ends) ``key`` is
+        remembered for ``ttl`` seconds and every later caller gets False. A caller
+        arriving while another is inside waits for it; if that one's process dies
+        inside, a waiting one gets True. This implementation is for one process (an
+        in-process lock); a store shared by several processes overrides it.
+        """
+        async with self._once_in_process(key):
+            if await self.seen(key):
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                await self.remember(key, ttl)
+
+    @contextlib.asynccontextmanager
+    async def _once_in_process(self, key: str) -> AsyncIterator[None]:
+        """Callers of :meth:`once` with one ``key`` in this process, one at a time."""
+        locks: dict[str, asyncio.Lock] = self.__dict__.setdefault("_once_locks", {})
+        lock = locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            # A late caller may make a new lock: it still finds the key remembered.
+            if not lock.locked() and locks.get(key) is lock:
+                del locks[key]
+
+    async def dump(self) -> StoreDump:
+        """Every record, decrypted (``rc-instagram storage migrate``; run offline)."""
+        raise NotImplementedError
+
+    async def restore(self, dump: StoreDump) -> None:
+        """Add a dump's records as they are (timestamps, order, expiries kept).
+
+        For an empty store only: the caller checks, and runs it offline.
+        """
+        raise NotImplementedError

@@ -137,6 +137,9 @@ class Inbox:
         self._stopping = False
         self._healthy = True
         self.last_error: str | None = None
+        #: Never called here (one process): the PostgreSQL inbox calls it when it takes
+        #: the events of a replica that stopped (storage.postgres_inbox).
+        self.on_adopted: Callable[[], None] | None = None
 
     # -- files -------------------------------------------------------------------------
     def segments(self) -> list[str]:

@@ -62,6 +62,7 @@ from storage.base import (
     SetAsideItem,
     StorageError,
     Store,
+    StoreDump,
     WorkItem,
 )
 from storage.crypto import TokenCipher
@@ -107,21 +108,6 @@ class StoreFiles:
         """Every file of the store (the inbox's segments as they exist now)."""
         return [self.config, self.config_journal, self.queues, self.queues_journal, self.lock,
                 *Inbox(self.inbox).segments()]
-
-
-def open_store(
-    path: str,
-    encryption_key: str | None = None,
-    *,
-    clock: Clock = time.time,
-    **options: Any,
-) -> TinyDBStore:
-    """Create the store for ``storage.path``; ``await store.open()`` before use.
-
-    ``options`` are :class:`TinyDBStore` keyword arguments (TTLs, expiry interval,
-    compaction thresholds). Raises StorageError at once for a malformed key.
-    """
-    return TinyDBStore(path, encryption_key, clock=clock, **options)
 
 
 def _fields(cls: type) -> tuple[str, ...]:
@@ -528,6 +514,17 @@ class TinyDBStore(Store):
             ]
         )
 
+    async def visitors_since(self, since: float) -> dict[str, int]:
+        def count() -> dict[str, int]:
+            counts: dict[str, int] = {}
+            for doc in self._convs_t.all():
+                last = doc.get("last_inbound_at")
+                if isinstance(last, (int, float)) and last >= since:
+                    counts[doc["page_id"]] = counts.get(doc["page_id"], 0) + 1
+            return counts
+
+        return await self._read(count)
+
     # -- work queues -------------------------------------------------------------------
     async def enqueue(
         self, items: list[WorkItem], dedupe_keys: list[str | None] | None = None
@@ -769,3 +766,53 @@ class TinyDBStore(Store):
             }
 
         return await self._read(collect)
+
+    # -- moving to another store ---------------------------------------------------------
+    async def dump(self) -> StoreDump:
+        def collect() -> StoreDump:
+            now = self.clock()
+            items = [self._item_record(doc) for q in QUEUES for doc in self._items_t[q]]
+            items.sort(key=lambda i: (i.queue, i.conversation, i.order_ts, i.seq))
+            return StoreDump(
+                pages=[self._page_record(doc) for doc in self._pages_t],
+                login_states=[self._login_record(doc) for doc in self._logins_t],
+                conversations=[self._conv_record(doc) for doc in self._convs_t],
+                items=items,
+                dedupe={doc.doc_id: doc["exp"] for doc in self._dedupe_t if doc["exp"] > now},
+            )
+
+        dump = await self._read(collect)
+        dump.inbox = [event.raw for event in self.inbox.pending()]
+        dump.set_aside = await self.set_aside_items()
+        return dump
+
+    async def restore(self, dump: StoreDump) -> None:
+        payloads = [_clone(item.payload) for item in dump.items]
+        await self._write(self._restore, dump, payloads)
+        # One batch, in order: appends join the open batch in call order.
+        await asyncio.gather(*(self.inbox.append(raw) for raw in dump.inbox))
+
+    def _restore(self, dump: StoreDump, payloads: list[Any]) -> None:
+        for page in dump.pages:
+            self._save_page(page)
+        for state in dump.login_states:
+            _put(self._logins_t, state.state, self._login_doc(state))
+        # By last activity: the idleness index expects the oldest first.
+        for conversation in sorted(dump.conversations, key=lambda c: c.updated_at):
+            doc = {name: getattr(conversation, name) for name in _CONV_FIELDS}
+            _put(self._convs_t, conversation.key, doc)
+            self._index_conversation(conversation.key, doc)
+        for item, payload in zip(dump.items, payloads, strict=True):
+            self._seq += 1
+            doc = self._item_doc(dataclasses.replace(item, seq=self._seq), payload)
+            self._items_t[item.queue].insert(Document(doc, doc_id=item.item_id))
+            self._queues[item.queue].add(
+                item.conversation, item.order_ts, self._seq, item.item_id, item.next_try_at)
+        for key, expires in dump.dedupe.items():
+            _put(self._dedupe_t, key, {"exp": expires})
+            heapq.heappush(self._dedupe_heap, (expires, key))
+        for kept in dump.set_aside:
+            record = {name: getattr(kept.item, name) for name in _ITEM_FIELDS}
+            _put(self._set_aside_t, f"{kept.item.queue}:{kept.item.item_id}",
+                 {"item": _clone(record), "reason": kept.reason,
+                  "set_aside_at": kept.set_aside_at})

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bot.instagram.graph import MESSAGE_FIELDS, GraphClient
+from bot.instagram.accounts import GraphRoutes
+from bot.instagram.graph import MESSAGE_FIELDS
 from storage.base import Page
 
 log = logging.getLogger("bot.graph")
@@ -141,8 +142,11 @@ class ThreadReader:
     started after that answers it.
     """
 
-    def __init__(self, graph: GraphClient, clock: Callable[[], float] = time.monotonic) -> None:
-        self.graph = graph
+    def __init__(
+        self, graphs: GraphRoutes, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        #: The Graph client of each account's route (Facebook or Instagram Login).
+        self.graphs = graphs
         self._clock = clock
         self._ids: dict[tuple[str, str], str] = {}
         self._snapshots: dict[str, _Snapshot] = {}
@@ -151,7 +155,8 @@ class ThreadReader:
         """The conversation id of ``igsid``'s thread with the page, None if there is none."""
         key = (page.page_id, igsid)
         if key not in self._ids:
-            body = await self.graph.conversations(page.page_id, page.page_token, user_id=igsid)
+            body = await self.graphs.for_page(page).conversations(
+                page.page_id, page.page_token, user_id=igsid)
             data = body.get("data") if isinstance(body.get("data"), list) else []
             found = next((t.get("id") for t in data if isinstance(t, dict) and t.get("id")), None)
             if found is None:
@@ -191,7 +196,7 @@ class ThreadReader:
         out: dict[str, list[ThreadMessage]] = {}
         after: str | None = None
         for _ in range(SNAPSHOT_PAGES):
-            body = await self.graph.conversations(
+            body = await self.graphs.for_page(page).conversations(
                 page.page_id, page.page_token, after=after, limit=SNAPSHOT_LIMIT,
                 fields=f"id,updated_time,participants,messages{{{MESSAGE_FIELDS}}}",
             )
@@ -214,5 +219,6 @@ class ThreadReader:
 
     async def messages_of(self, page: Page, thread: str) -> list[ThreadMessage]:
         """The newest messages of a thread by id."""
-        raw = await self.graph.thread_messages(page.page_id, page.page_token, thread)
+        raw = await self.graphs.for_page(page).thread_messages(
+            page.page_id, page.page_token, thread)
         return parse_messages(raw)

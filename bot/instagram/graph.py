@@ -41,6 +41,7 @@ import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from json import dumps as json_dumps
 from typing import Any
 from urllib.parse import quote
 
@@ -127,6 +128,12 @@ class AccountPacer:
         delay = self.delay(account)
         if delay > 0:
             await asyncio.sleep(delay)
+
+
+#: Seconds an attachment upload may wait for Meta's answer: a 25 MB file on a slow uplink
+#: plus Meta's processing. Uploads are safe to retry (an unused attachment id is harmless),
+#: and the send that follows names the stored attachment, so it stays small and quick.
+MEDIA_TIMEOUT = 180.0
 
 
 class GraphError(Exception):
@@ -234,6 +241,10 @@ def classify(
     ``secrets`` are scrubbed from Meta's message (it sometimes echoes a malformed token).
     """
     err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(body, dict) and err is None and isinstance(body.get("error_message"), str):
+        # api.instagram.com's OAuth answers (Instagram Login route): {"error_type",
+        # "code": <the HTTP status>, "error_message"}; there is no Graph error code.
+        err = {"message": body["error_message"], "type": body.get("error_type")}
     if not isinstance(err, dict):
         message = "unexpected response without an error envelope"
         cls: type[GraphError] = (
@@ -292,6 +303,9 @@ def default_backoff(attempt: int) -> float:
 class GraphClient:
     """Async facade over the Graph API; one instance per process."""
 
+    #: Whether token calls carry ``appsecret_proof`` (graph.facebook.com checks it).
+    send_proof = True
+
     def __init__(
         self,
         graph_url: str,
@@ -300,6 +314,7 @@ class GraphClient:
         app_secret: str,
         *,
         timeout: float = 10.0,
+        media_timeout: float = MEDIA_TIMEOUT,
         max_workers: int = 8,
         retries: int = 2,
         backoff: Callable[[int], float] = default_backoff,
@@ -310,6 +325,8 @@ class GraphClient:
         self.app_id = app_id
         self._secret = app_secret
         self.timeout = timeout
+        #: Per-read timeout of attachment uploads: Meta stores up to 25 MB before answering.
+        self.media_timeout = media_timeout
         self.retries = retries
         self._backoff = backoff
         self._observe = observe  # (call, seconds) per HTTP request, for the latency metric
@@ -322,6 +339,11 @@ class GraphClient:
         #: Spaces the calls Meta limits to 2/s per account (Conversations API and the
         #: subscription checks); the Send API and profile look-ups are never paced.
         self.pacer = AccountPacer()
+
+    def for_page(self, page: Any) -> GraphClient:
+        """The client serving ``page``: this one (see ``bot.instagram.accounts``, which
+        picks per route)."""
+        return self
 
     def __repr__(self) -> str:  # never show the secret
         return f"GraphClient({self.base_url!r}, app_id={self.app_id!r})"
@@ -537,6 +559,36 @@ class GraphClient:
         data = messages.get("data") if isinstance(messages, dict) else None
         return [m for m in (data or []) if isinstance(m, dict)]
 
+    async def upload_attachment(
+        self,
+        page_id: str,
+        page_token: str,
+        kind: str,
+        data: bytes,
+        filename: str,
+        mime: str,
+    ) -> str:
+        """Attachment Upload API: store ``data`` at Meta for Instagram; return its id.
+
+        ``POST /{page}/message_attachments`` with ``platform=instagram`` and the file as
+        multipart ``filedata``; a send then names ``payload.attachment_id``. Meta never
+        fetches a Rocket.Chat link, so private servers and expired links do not matter.
+        """
+        message = {"attachment": {"type": kind, "payload": {"is_reusable": False}}}
+        body = await self._call(
+            "POST",
+            f"/{page_id}/message_attachments",
+            token=page_token,
+            form={"platform": "instagram", "message": json_dumps(message)},
+            files={"filedata": (filename, data, mime)},
+            timeout=self.media_timeout,
+        )
+        attachment_id = body.get("attachment_id") if isinstance(body, dict) else None
+        if not attachment_id:
+            raise GraphPermanent("response without attachment_id",
+                                 call=f"POST /{page_id}/message_attachments")
+        return str(attachment_id)
+
     async def close(self) -> None:
         """Release the thread pool and the HTTP connections."""
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -552,6 +604,8 @@ class GraphClient:
         params: dict[str, str] | None = None,
         form: dict[str, str] | None = None,
         json: dict | None = None,
+        files: dict[str, tuple[str, bytes, str]] | None = None,
+        timeout: float | None = None,
         label: str | None = None,
         idempotent: bool = True,
         secrets: tuple[str, ...] = (),
@@ -567,10 +621,12 @@ class GraphClient:
         headers: dict[str, str] = {}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
-            query["appsecret_proof"] = appsecret_proof(token, self._secret)
+            if self.send_proof:
+                query["appsecret_proof"] = appsecret_proof(token, self._secret)
         call = f"{method} {label or path}"
         scrub = (*secrets, token or "", self._secret)
-        request = {"params": query, "headers": headers, "data": form, "json": json}
+        request = {"params": query, "headers": headers, "data": form, "json": json,
+                   "files": files, "timeout": timeout or self.timeout}
         attempt = 0
         while True:
             if pace is not None:
@@ -600,12 +656,14 @@ class GraphClient:
         scrub: tuple[str, ...],
     ) -> Any:
         loop = asyncio.get_running_loop()
-        url = self.base_url + path
+        # An absolute URL reaches a host or path outside the versioned API (the Instagram
+        # Login route's token endpoints).
+        url = path if path.startswith(("https://", "http://")) else self.base_url + path
         started = time.monotonic()
         try:
             resp = await loop.run_in_executor(
                 self._pool,
-                lambda: self._session.request(method, url, timeout=self.timeout, **request),
+                lambda: self._session.request(method, url, **request),
             )
         except requests.Timeout:
             # requests' own message contains the URL, hence the token: never chain it.

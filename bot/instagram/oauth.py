@@ -29,6 +29,8 @@ from bot import messages
 from bot.config import Config
 from bot.instagram.graph import GraphClient, GraphError
 from bot.instagram.subscription import install, still_installed
+from bot.rocketchat.actions import button_attachments
+from commands.pages import page_buttons
 from storage.base import LoginState, Page, Store
 
 log = logging.getLogger("bot.oauth")
@@ -56,7 +58,8 @@ STATE_TTL = 600.0  # seconds a login link (and a choice form) stays usable
 STATE_BYTES = 32  # 256 random bits (the brief asks for at least 128)
 SELECT_PATH = "/oauth/select"
 
-Notify = Callable[[str, str], Awaitable[None]]  # (username, text) → DM
+#: (username, text, attachments=None) → DM; ``bot.rocketchat.rest.RocketChatREST.send_dm``.
+Notify = Callable[..., Awaitable[object]]
 
 
 def new_state() -> str:
@@ -380,7 +383,7 @@ class OAuthFlow:
             fields = ", ".join(f"`{f}`" for f in outcome) or "no field"
             lines.append(messages.OAUTH_DM_SUBSCRIPTION_LISTED.format(fields=fields))
         lines += [messages.OAUTH_DM_SKIPPED.format(page_id=p, name=n) for p, n in skipped]
-        await self._dm(login.username, "\n".join(lines))
+        await self._dm(login.username, "\n".join(lines), page)
         return 200, messages.oauth_connected_page(page.name, page.username, page.page_id, skipped)
 
     async def _offer_choice(
@@ -425,10 +428,15 @@ class OAuthFlow:
         lines += [messages.OAUTH_DM_SKIPPED.format(page_id=p, name=n) for p, n in skipped]
         return "\n".join(lines)
 
-    async def _dm(self, username: str, text: str) -> None:
+    async def _dm(self, username: str, text: str, page: Page | None = None) -> None:
         # The browser page already tells the admin the outcome; a failed DM must not
-        # turn a successful connection into an error page.
+        # turn a successful connection into an error page. A connected page's DM carries
+        # its buttons (Edit, Unsubscribe), as /instagram pages does.
         try:
-            await self.notify(username, text)
+            if page is None:
+                await self.notify(username, text)
+            else:
+                rows = button_attachments([page_buttons(page)])
+                await self.notify(username, text, attachments=rows)
         except Exception:
             log.exception("could not DM %s the outcome of the login", username)

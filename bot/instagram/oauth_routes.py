@@ -1,4 +1,5 @@
-"""HTTP side of the OAuth flow: ``GET /oauth/callback`` and ``POST /oauth/select``.
+"""HTTP side of the OAuth flows: ``GET /oauth/callback``, ``POST /oauth/select`` and,
+with ``instagram.instagram_login``, ``GET /oauth/instagram/callback``.
 
 Thin adapters over :class:`bot.instagram.oauth.OAuthFlow`; :func:`routes` is included in
 :func:`bot.web.routes`. Every page is sent with headers that keep the ``code`` and
@@ -16,6 +17,7 @@ from aiohttp import web
 
 from bot import messages
 from bot.appkeys import BOT
+from bot.instagram.instagram_login import CALLBACK_PATH, InstagramLoginFlow
 from bot.instagram.oauth import SELECT_PATH, OAuthFlow
 
 if TYPE_CHECKING:
@@ -63,7 +65,7 @@ async def oauth_callback(request: web.Request) -> web.Response:
     return html_response(status, page)
 
 
-def _same_origin(request: web.Request, public_url: str) -> bool:
+def same_origin(request: web.Request, public_url: str) -> bool:
     """False for a cross-site POST (an Origin, or "null", that is neither ours nor public_url's)."""
     origin = request.headers.get("Origin")
     if origin is None:
@@ -76,7 +78,7 @@ def _same_origin(request: web.Request, public_url: str) -> bool:
 async def oauth_select(request: web.Request) -> web.Response:
     """The page-choice form's target."""
     bot = _bot(request)
-    if not _same_origin(request, bot.config.server.public_url):
+    if not same_origin(request, bot.config.server.public_url):
         log.warning("page choice refused: cross-origin POST from %s", request.headers["Origin"])
         return html_response(403, messages.oauth_invalid_state_page())
     if request.content_length is not None and request.content_length > MAX_FORM:
@@ -87,9 +89,23 @@ async def oauth_select(request: web.Request) -> web.Response:
     return html_response(status, page)
 
 
+async def instagram_callback(request: web.Request) -> web.Response:
+    """Instagram Login redirect target (``code``+``state``, or ``error``+``state``)."""
+    bot = _bot(request)
+    if bot.ig_graph is None:
+        return html_response(404, messages.oauth_invalid_state_page())
+    flow = InstagramLoginFlow(
+        bot.store, bot.ig_graph, bot.config, bot.rest.send_dm, bot.is_admin,
+        clock=bot.clock, on_connected=bot.on_page_reauthorized,
+    )
+    status, page = await flow.handle_callback(request.query)
+    return html_response(status, page)
+
+
 def routes() -> list[web.RouteDef]:
     """The OAuth routes for :func:`bot.web.routes`."""
     return [
         web.get("/oauth/callback", oauth_callback),
         web.post(SELECT_PATH, oauth_select),
+        web.get(CALLBACK_PATH, instagram_callback),
     ]

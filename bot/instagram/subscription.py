@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from bot.instagram.graph import SUBSCRIBED_FIELDS, GraphClient, GraphError, GraphPermanent
+from bot.instagram.graph import GraphClient, GraphError, GraphPermanent
 
 log = logging.getLogger("bot.graph")
 
@@ -20,13 +20,14 @@ class NotInstalled(GraphPermanent):
 
 
 async def install(graph: GraphClient, page_id: str, page_token: str) -> list[str] | None:
-    """Subscribe the Page with :data:`SUBSCRIBED_FIELDS`; return the fields Meta lists.
+    """Subscribe with the client's fields (a Page: :data:`SUBSCRIBED_FIELDS`; an
+    Instagram-Login account: its messaging fields); return the fields Meta lists.
 
     Raises :class:`GraphError` when Meta refuses (for a permission, Meta's message names
     it), :class:`NotInstalled` when Meta accepted but lists no installation. Returns None
     when the read-back itself failed: the installation was accepted, only unconfirmed.
     """
-    await graph.subscribe_page(page_id, page_token, SUBSCRIBED_FIELDS)
+    await graph.subscribe_page(page_id, page_token)
     try:
         fields = await graph.app_subscription(page_id, page_token)
     except GraphError as exc:

@@ -75,11 +75,18 @@ class MetaWatch:
         return self.interval * (1 - JITTER + 2 * JITTER * self.rand())
 
     async def run(self) -> None:
-        """Rounds forever (cancel to stop); a failing round never ends the watch."""
+        """Rounds forever (cancel to stop); a failing round never ends the watch.
+
+        With several replicas on one store, each interval's round runs on one of them:
+        the first to reach it claims the interval's slot (:meth:`Store.once`).
+        """
         while True:
             await self.sleep(self.next_wait())
             try:
-                await self.run_once()
+                slot = int(self.clock() // self.interval)
+                async with self.store.once(f"meta-watch:{slot}", 2 * self.interval) as mine:
+                    if mine:
+                        await self.run_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -100,7 +107,8 @@ class MetaWatch:
 
     async def _check(self, page: Page) -> str:
         try:
-            fields = await self.graph.app_subscription(page.page_id, page.page_token)
+            fields = await self.graph.for_page(page).app_subscription(page.page_id,
+                                                                     page.page_token)
         except GraphAuthError:
             log.warning("standing watch: page %s token is dead (190)", page.page_id)
             await self.mark_needs_reauth(page.page_id)
@@ -117,7 +125,7 @@ class MetaWatch:
     async def _resubscribe(self, page: Page) -> str:
         fmt = dict(name=page.name, page_id=page.page_id, username=page.username)
         try:
-            fields = await install(self.graph, page.page_id, page.page_token)
+            fields = await install(self.graph.for_page(page), page.page_id, page.page_token)
         except GraphAuthError:
             await self.mark_needs_reauth(page.page_id)
             return "reauth"

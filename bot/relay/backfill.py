@@ -39,9 +39,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from bot.instagram.accounts import GraphRoutes
 from bot.instagram.conversations import MESSAGE_FIELDS, parse_messages, parse_time
 from bot.instagram.events import parse_webhook
-from bot.instagram.graph import GraphAuthError, GraphClient, GraphError
+from bot.instagram.graph import GraphAuthError, GraphError
 from bot.relay.worker import retry_delay
 from storage.base import DEFAULT_DEDUPE_TTL, Page, Store
 
@@ -122,7 +123,7 @@ class Backfill:
     def __init__(
         self,
         store: Store,
-        graph: GraphClient,
+        graphs: GraphRoutes,
         metrics: Metrics,
         *,
         notify_inbound: Callable[[], None],
@@ -131,7 +132,8 @@ class Backfill:
         flush_interval: float = FLUSH_INTERVAL,
     ) -> None:
         self.store = store
-        self.graph = graph
+        #: The Graph client of each account's route (Facebook or Instagram Login).
+        self.graphs = graphs
         self.metrics = metrics
         self.notify_inbound = notify_inbound
         self.clock = clock
@@ -228,7 +230,7 @@ class Backfill:
         threads = truncated = unreadable = 0
         after: str | None = None
         for _ in range(MAX_LIST_CALLS):
-            body = await self.graph.conversations(
+            body = await self.graphs.for_page(page).conversations(
                 page.page_id, page.page_token, after=after, limit=PAGE_SIZE,
                 fields=THREAD_FIELDS,
             )

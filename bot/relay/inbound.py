@@ -21,6 +21,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from bot import messages
+from bot.instagram.accounts import GraphRoutes
 from bot.instagram.events import (
     ECHO,
     MESSAGE,
@@ -38,7 +39,7 @@ from bot.instagram.events import (
     visitor_name,
     visitor_token,
 )
-from bot.instagram.graph import GraphClient, GraphError, GraphRetryable
+from bot.instagram.graph import GraphError, GraphRetryable
 from bot.metrics import Metrics
 from bot.relay.outbound import split_text
 from bot.relay.pressure import Pacer, ReceiverLoad
@@ -202,7 +203,7 @@ class InboundRelay:
         self,
         store: Store,
         rest: RocketChatREST,
-        graph: GraphClient,
+        graphs: GraphRoutes,
         metrics: Metrics,
         *,
         rc_url: str,
@@ -217,7 +218,7 @@ class InboundRelay:
     ) -> None:
         self.store = store
         self.rest = rest
-        self.graph = graph
+        self.graphs = graphs
         self.metrics = metrics
         self.rc_url = rc_url
         self.app_id = app_id
@@ -547,7 +548,7 @@ class InboundRelay:
     async def _register(self, item: WorkItem, page: Page, conv: Conversation) -> Retry | None:
         try:
             async with self._paced(item):
-                profile = await self.graph.profile(conv.igsid, page.page_token)
+                profile = await self.graphs.for_page(page).profile(conv.igsid, page.page_token)
         except GraphRetryable as exc:
             if item.attempts + 1 < PROFILE_ATTEMPTS:
                 delay = retry_delay(item.attempts + 1, base=2.0, cap=60.0)

@@ -58,6 +58,8 @@ class Intake:
     ) -> None:
         self.store = store
         self.inbox = store.inbox
+        # Events taken over from a replica that died arrive without a webhook's notify.
+        self.inbox.on_adopted = self.notify
         self.inbound = inbound
         self.metrics = metrics
         self.load = load

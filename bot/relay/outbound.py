@@ -33,12 +33,14 @@ ends delivered, failed (a note with Meta's reason) or unknown (a note).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from bot import messages
 from bot.instagram.conversations import (
@@ -58,12 +60,20 @@ from bot.instagram.graph import (
     GraphThrottled,
     GraphWindowClosed,
 )
+from bot.relay.media import MAX_FETCH, MediaRefused, prepare
 from bot.relay.worker import Done, Outcome, Retry, retry_delay
 
 if TYPE_CHECKING:
     from bot.relay.order import ReplyOrder
 from bot.rocketchat.ddp import parse_date
-from bot.rocketchat.rest import NotAllowed, RateLimited, RocketChatError, RoomClosed, Unavailable
+from bot.rocketchat.rest import (
+    FileRefused,
+    NotAllowed,
+    RateLimited,
+    RocketChatError,
+    RoomClosed,
+    Unavailable,
+)
 from storage.base import Conversation, Page, Store, WorkItem
 
 log = logging.getLogger("bot.relay")
@@ -91,7 +101,11 @@ ACCOUNT_UNAVAILABLE_CODES = frozenset({36103})
 #: Admins hear about one configuration problem kind per page at most this often.
 CONFIG_ALERT_INTERVAL = 24 * 3600.0
 
-_ATTACHMENT_TYPES = ("image", "video", "audio")
+#: How long one file download from Rocket.Chat may wait per read (25 MB on a slow link).
+DOWNLOAD_TIMEOUT = 120.0
+#: Files held in memory at once (each up to 25 MB, plus a converted copy), whatever the
+#: number of conversations sending in parallel.
+MEDIA_SLOTS = 4
 
 
 # --- pure helpers ---------------------------------------------------------------------
@@ -131,27 +145,30 @@ def _break_point(window: str) -> int:
     return len(window)
 
 
-def attachment_type(mime: str | None) -> str:
-    """The Send API attachment type for a MIME type: image, video, audio or file."""
-    major = (mime or "").split("/", 1)[0].lower()
-    return major if major in _ATTACHMENT_TYPES else "file"
-
-
 def build_parts(text: str, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The Send API ``message`` objects for one item, in sending order.
+    """The parts of one item, in sending order: ``{"file": …}`` then Send API texts.
 
-    Files first (each its own call, by URL), then the text (the caption) split into
-    parts. Whitespace-only parts are dropped: Meta refuses empty texts.
+    Files first (each its own upload and send), then the text (the caption) split into
+    parts. Whitespace-only parts are dropped: Meta refuses empty texts. A file part is
+    turned into a Send API message only when it is sent (see ``_media_message``).
     """
-    parts: list[dict[str, Any]] = []
-    for file in files:
-        url = file.get("url")
-        if url:
-            parts.append(
-                {"attachment": {"type": attachment_type(file.get("type")), "payload": {"url": url}}}
-            )
+    parts: list[dict[str, Any]] = [{"file": file} for file in files if file.get("url")]
     parts.extend({"text": chunk} for chunk in split_text(text or "") if chunk.strip())
     return parts
+
+
+def upload_path(url: str) -> str | None:
+    """The ``/file-upload/…`` path and query of a Rocket.Chat file link, or None.
+
+    ``publicFilePath`` is built on ``Site_Url``, which may be a name the bridge cannot
+    reach (or one Meta cannot): only the path is kept, and fetched from
+    ``rocketchat.url`` with the bot's credentials. The query keeps the link's JWT.
+    """
+    parts = urlsplit(url)
+    at = parts.path.find("/file-upload/")
+    if at < 0:
+        return None
+    return parts.path[at:] + (f"?{parts.query}" if parts.query else "")
 
 
 @dataclass(frozen=True)
@@ -220,7 +237,7 @@ class OutboundRelay:
         self,
         *,
         store: Store,
-        graph: Any,  # bot.graph.GraphClient
+        graphs: Any,  # bot.instagram.accounts.GraphRoutes
         rest: Any,  # bot.rest.RocketChatREST
         human_agent_tag: bool,
         mark_needs_reauth: Callable[[str], Awaitable[Any]],
@@ -233,7 +250,7 @@ class OutboundRelay:
         hold_interval: float = 300.0,
     ) -> None:
         self.store = store
-        self.graph = graph
+        self.graphs = graphs
         self.rest = rest
         self.human_agent_tag = human_agent_tag
         #: ``bot.instagram.reauth.mark_needs_reauth`` bound to the bot: flags the page, DMs admins.
@@ -248,11 +265,12 @@ class OutboundRelay:
         self.retry_cap = retry_cap
         #: How long items of a page waiting for re-authorization sleep between looks.
         self.hold_interval = hold_interval
+        self._media_slots = asyncio.Semaphore(MEDIA_SLOTS)
         # page_id -> conversations whose head is held for re-authorization (in memory:
         # after a restart held items are found again within hold_interval).
         self._held: dict[str, set[str]] = {}
         #: Reads threads back to settle sends in doubt (paced by the graph client).
-        self.reader = ThreadReader(graph)
+        self.reader = ThreadReader(graphs)
         #: A send in doubt from an earlier process is sealed by now: any read from here on
         #: will do. Timeouts in this process are sealed when their call returned.
         self._started = self.reader.now()
@@ -370,42 +388,39 @@ class OutboundRelay:
                     remember.extend(settled)
                     index = await self._advance(item, index, len(parts), remember)
                     continue
+            message = parts[index]
+            if "file" in message:
+                # Download and upload first: nothing reaches the visitor before the send.
+                try:
+                    message = await self._media_message(page, message["file"])
+                except MediaRefused as exc:
+                    # This file cannot go; the agent is told why and the rest still goes.
+                    await self._file_refused(item, index, parts[index]["file"], exc)
+                    index = await self._advance(item, index, len(parts), remember)
+                    continue
+                except (Unavailable, RateLimited) as exc:  # downloading from Rocket.Chat
+                    delay = retry_delay(item.attempts + 1, base=self.retry_base,
+                                        cap=self.retry_cap)
+                    log.warning("outbound item %s part %d/%d: file download failed (%s); "
+                                "retry in %.1f s", item.item_id, index + 1, len(parts), exc,
+                                delay)
+                    return Retry(self.clock() + delay, f"file download: {exc}")
+                except GraphError as exc:
+                    return await self._graph_failure(item, page, exc, index, len(parts))
             # Durable before the call: a crash from here on leaves a part to settle.
             item.sending_at = self.clock()
             await self.store.update_item(item)
             try:
-                mid = await self.graph.send_message(
+                mid = await self.graphs.for_page(page).send_message(
                     page.page_id,
                     page.page_token,
                     igsid,
-                    parts[index],
+                    message,
                     messaging_type=decision.messaging_type,
                     tag=decision.tag,
                 )
-            except GraphAuthError as exc:
-                item.sending_at = None  # refused: nothing was sent
-                log.warning("outbound item %s: page %s token rejected (%s)",
-                            item.item_id, page.page_id, exc)
-                await self._needs_reauth(page)
-                return self._hold(item, page.page_id)
-            except GraphRetryable as exc:
-                delay = retry_delay(item.attempts + 1, base=self.retry_base, cap=self.retry_cap)
-                if isinstance(exc, GraphThrottled):
-                    # Meta refused the call: certainly not sent, nothing to settle.
-                    item.sending_at = None
-                else:
-                    self._sealed[item.item_id] = self.reader.now()
-                kind = ("throttled" if isinstance(exc, GraphThrottled)
-                        else "meta_incident" if isinstance(exc, GraphIncident) else "transient")
-                log.warning(
-                    "outbound item %s part %d/%d %s (%s); retry in %.1f s%s",
-                    item.item_id, index + 1, len(parts), kind, exc, delay,
-                    "" if item.sending_at is None else ", settled by read-back first",
-                )
-                return Retry(self.clock() + delay, f"{kind}: {exc}")
             except GraphError as exc:
-                item.sending_at = None
-                return await self._refused(item, page, exc, index, len(parts))
+                return await self._graph_failure(item, page, exc, index, len(parts))
             log.info(
                 "outbound item %s part %d/%d sent as %s (%s)",
                 item.item_id, index + 1, len(parts), mid, decision.messaging_type,
@@ -414,6 +429,37 @@ class OutboundRelay:
             index = await self._advance(item, index, len(parts), remember)
         self._relayed(item.kind)
         return Done(remember=remember)
+
+    async def _graph_failure(
+        self, item: WorkItem, page: Page, exc: GraphError, index: int, total: int
+    ) -> Outcome:
+        """What a failed upload or send of part ``index`` means for the item.
+
+        Only a send that may have reached Meta (a timeout, a 5xx, a network error) keeps
+        ``sending_at``: the next attempt settles it by reading the thread back.
+        """
+        if isinstance(exc, GraphAuthError):
+            item.sending_at = None  # refused: nothing was sent
+            log.warning("outbound item %s: page %s token rejected (%s)",
+                        item.item_id, page.page_id, exc)
+            await self._needs_reauth(page)
+            return self._hold(item, page.page_id)
+        if isinstance(exc, GraphRetryable):
+            delay = retry_delay(item.attempts + 1, base=self.retry_base, cap=self.retry_cap)
+            if isinstance(exc, GraphThrottled):
+                item.sending_at = None  # Meta refused the call: certainly not sent
+            elif item.sending_at is not None:
+                self._sealed[item.item_id] = self.reader.now()
+            kind = ("throttled" if isinstance(exc, GraphThrottled)
+                    else "meta_incident" if isinstance(exc, GraphIncident) else "transient")
+            log.warning(
+                "outbound item %s part %d/%d %s (%s); retry in %.1f s%s",
+                item.item_id, index + 1, total, kind, exc, delay,
+                "" if item.sending_at is None else ", settled by read-back first",
+            )
+            return Retry(self.clock() + delay, f"{kind}: {exc}")
+        item.sending_at = None
+        return await self._refused(item, page, exc, index, total)
 
     async def _advance(
         self, item: WorkItem, index: int, total: int, remember: list[str]
@@ -484,7 +530,7 @@ class OutboundRelay:
         await self._tell_agent(
             item, messages.OUTBOUND_OUTCOME_UNKNOWN,
             reason=messages.OUTCOME_UNKNOWN_REASONS.get(verdict.reason, verdict.reason),
-            sent=index, total=total, note_key=f"unknown:{index}",
+            sent=index, total=total, key=f"{item.item_id}:unknown:{index}",
             partial_template=messages.OUTBOUND_UNKNOWN_PART if total > 1 else "",
         )
         return []
@@ -497,6 +543,58 @@ class OutboundRelay:
         except Exception:  # a count must never decide an item's fate
             log.exception("could not count %s for page %s", what, page_id)
             return False
+
+    async def _media_message(self, page: Page, file: dict[str, Any]) -> dict[str, Any]:
+        """Download one agent file, check/convert it, upload it to Meta: the Send API message.
+
+        Raises MediaRefused for anything the agent must hear about; Unavailable and
+        RateLimited (Rocket.Chat) and GraphRetryable/GraphAuthError (Meta) to retry or hold.
+        """
+        name = str(file.get("name") or "file")
+        path = upload_path(str(file.get("url") or ""))
+        if path is None:
+            raise MediaRefused("fetch", messages.MEDIA_NOT_ROCKETCHAT)
+        declared = file.get("size")
+        if isinstance(declared, int) and declared > MAX_FETCH:
+            raise MediaRefused("size", messages.MEDIA_FETCH_TOO_LARGE)
+        async with self._media_slots:
+            return await self._transfer(page, file, path, name)
+
+    async def _transfer(
+        self, page: Page, file: dict[str, Any], path: str, name: str
+    ) -> dict[str, Any]:
+        """Download, prepare and upload one file (see ``_media_message``)."""
+        try:
+            data, served_mime = await self.rest.download(
+                path, max_bytes=MAX_FETCH, timeout=DOWNLOAD_TIMEOUT)
+        except FileRefused as exc:
+            if exc.status == 413:
+                raise MediaRefused("size", messages.MEDIA_FETCH_TOO_LARGE) from None
+            if exc.status == 404:
+                raise MediaRefused("fetch", messages.MEDIA_FETCH_MISSING) from None
+            raise MediaRefused(
+                "fetch", messages.MEDIA_FETCH_REFUSED.format(status=exc.status)) from None
+        media = await asyncio.to_thread(prepare, data, str(file.get("type") or served_mime), name)
+        if media.converted_from:
+            log.info("file %s converted from %s for Instagram (%d bytes)",
+                     media.filename, media.converted_from, len(media.data))
+        try:
+            attachment_id = await self.graphs.for_page(page).upload_attachment(
+                page.page_id, page.page_token, media.kind, media.data, media.filename, media.mime)
+        except (GraphAuthError, GraphRetryable, GraphWindowClosed, GraphConfigError):
+            raise  # about the page or the conversation, not this file: handled as for sends
+        except GraphError as exc:
+            raise MediaRefused("meta", messages.MEDIA_META_REFUSED.format(error=exc)) from None
+        return {"attachment": {"type": media.kind, "payload": {"attachment_id": attachment_id}}}
+
+    async def _file_refused(
+        self, item: WorkItem, index: int, file: dict[str, Any], exc: MediaRefused
+    ) -> None:
+        log.warning("outbound item %s part %d: file not sent (%s): %s",
+                    item.item_id, index + 1, exc.key, exc.reason)
+        await self._tell_agent(item, messages.OUTBOUND_FILE_REFUSED, error=exc.reason,
+                               name=str(file.get("name") or "file"), key=f"{item.item_id}:{index}")
+        self._dropped(f"media_{exc.key}")
 
     async def _refused(
         self, item: WorkItem, page: Page, exc: GraphError, index: int, total: int
@@ -604,14 +702,16 @@ class OutboundRelay:
         error: str = "",
         sent: int = 0,
         total: int = 0,
+        name: str = "",
+        key: str | None = None,
         reason: str = "",
-        note_key: str = "",
         partial_template: str | None = None,
     ) -> None:
         """Queue a note into the item's room (agents' messages only; others are logged).
 
-        ``note_key`` tells apart several notes about one item (an unknown part, then a
-        refusal); ``partial_template`` replaces the "only the first n parts" phrase.
+        ``key`` tells apart several notes about one item (one per refused file, one per
+        part of unknown outcome); ``partial_template`` replaces the "only the first n
+        parts" phrase.
         """
         room_id = item.payload.get("room_id")
         if item.kind != "agent_message" or not room_id:
@@ -624,9 +724,10 @@ class OutboundRelay:
             partial = partial_template.format(part=sent + 1, total=total)
         else:
             partial = messages.OUTBOUND_PARTIAL.format(sent=sent, total=total) if sent else ""
-        text = template.format(visitor=visitor, error=error, partial=partial, reason=reason)
+        text = template.format(visitor=visitor, error=error, partial=partial, name=name,
+                               reason=reason)
         note = WorkItem(
-            item_id=f"note:{item.item_id}" + (f":{note_key}" if note_key else ""),
+            item_id=f"note:{key or item.item_id}",
             queue="outbound",
             conversation=f"note:{room_id}",
             kind="note",

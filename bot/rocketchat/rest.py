@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 from rocketchat_API.APIExceptions.RocketExceptions import (
@@ -127,6 +127,14 @@ class RouteMissing(RocketChatError):
     (audit §1.2 R3, D12). ``rocketchat_API`` hands such a body back as a ``str``.
     A proxy or SSO page in front of the server looks the same, so the message says both.
     """
+
+
+class FileRefused(RocketChatError):
+    """``/file-upload`` answered 401/403/404, or the file is over the size asked for."""
+
+
+#: Redirects followed for one download (S3/GCS stores answer with a signed URL).
+MAX_FILE_REDIRECTS = 3
 
 
 def random_id(length: int = 17) -> str:
@@ -555,7 +563,10 @@ class RocketChatREST:
 
     # --- messages ------------------------------------------------------------------------
 
-    async def send_message(self, rid: str, text: str, msg_id: str | None = None) -> dict:
+    async def send_message(
+        self, rid: str, text: str, msg_id: str | None = None,
+        attachments: list[dict] | None = None,
+    ) -> dict:
         """Post ``text`` to room ``rid`` via ``chat.sendMessage`` with a client ``_id``.
 
         Retrying with the same ``msg_id`` never duplicates: if the message already
@@ -563,7 +574,9 @@ class RocketChatREST:
         Network failures are retried a few times with the same id.
         """
         msg_id = msg_id or random_id()
-        message = {"_id": msg_id, "rid": rid, "msg": text}
+        message: dict = {"_id": msg_id, "rid": rid, "msg": text}
+        if attachments:
+            message["attachments"] = attachments
         delays = [0.2, 0.5, 1.0]
         while True:
             try:
@@ -628,16 +641,20 @@ class RocketChatREST:
             self._dm_rooms[username] = rid
         return rid
 
-    async def send_dm(self, username: str, text: str, msg_id: str | None = None) -> dict:
-        """Direct-message ``username``; idempotent for a given ``msg_id``."""
+    async def send_dm(
+        self, username: str, text: str, msg_id: str | None = None,
+        attachments: list[dict] | None = None,
+    ) -> dict:
+        """Direct-message ``username`` (with ``attachments``, e.g. buttons); idempotent
+        for a given ``msg_id``."""
         rid = await self.dm_room(username)
         try:
-            return await self.send_message(rid, text, msg_id)
+            return await self.send_message(rid, text, msg_id, attachments)
         except NotAllowed:
             # A cached DM may have been deleted meanwhile: recreate it once.
             self._dm_rooms.pop(username, None)
             rid = await self.dm_room(username)
-            return await self.send_message(rid, text, msg_id)
+            return await self.send_message(rid, text, msg_id, attachments)
 
     async def subscriptions_since(self, since: datetime) -> list[dict]:
         """Subscriptions updated after ``since`` (``subscriptions.get?updatedSince``)."""
@@ -767,6 +784,58 @@ class RocketChatREST:
                 verify=api.ssl_verify, cert=api.cert, proxies=api.proxies, timeout=api.timeout,
             )),
         )
+
+
+    async def download(self, path: str, *, max_bytes: int, timeout: float) -> tuple[bytes, str]:
+        """GET ``path`` (``/file-upload/<id>/<name>…``) on the server: ``(bytes, mime)``.
+
+        Authenticated both ways the real server accepts (``requestCanAccessFiles``): the
+        link's own ``?token=`` JWT, valid one hour, and the bot's ``X-User-Id`` /
+        ``X-Auth-Token``, which still work after that hour when the bot may read the
+        room's files. Redirects (object stores) are followed without those headers, so
+        the bot's token never leaves the Rocket.Chat server. FileRefused for 401/403/404
+        or a body over ``max_bytes``; Unavailable for 5xx and network errors.
+        """
+        if not self._logged_in:
+            await self.login()
+        auth = {"X-User-Id": str(self.user_id or ""),
+                "X-Auth-Token": str(self._api.headers.get("X-Auth-Token") or "")}
+        route = "file-upload"
+
+        def fetch() -> tuple[bytes, str]:
+            url = self.url + path
+            origin = urlsplit(self.url)[:2]
+            for _ in range(MAX_FILE_REDIRECTS + 1):
+                headers = auth if urlsplit(url)[:2] == origin else {}
+                with self._session.get(url, headers=headers, timeout=timeout, stream=True,
+                                       allow_redirects=False) as resp:
+                    if resp.is_redirect and resp.headers.get("Location"):
+                        url = urljoin(url, resp.headers["Location"])
+                        continue
+                    return _read_file(resp, route, max_bytes)
+            raise Unavailable(f"{route}: too many redirects")
+
+        return await self._call(route, fetch)
+
+
+def _read_file(resp: requests.Response, route: str, max_bytes: int) -> tuple[bytes, str]:
+    """The body of a file response, at most ``max_bytes`` (read in chunks, never more)."""
+    if resp.status_code in (401, 403, 404):
+        raise FileRefused(f"{route}: HTTP {resp.status_code}", status=resp.status_code)
+    if resp.status_code != 200:
+        raise Unavailable(f"{route}: HTTP {resp.status_code}", status=resp.status_code)
+    declared = resp.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise FileRefused(f"{route}: {declared} bytes is over {max_bytes}", status=413)
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in resp.iter_content(256 * 1024):
+        size += len(chunk)
+        if size > max_bytes:
+            raise FileRefused(f"{route}: over {max_bytes} bytes", status=413)
+        chunks.append(chunk)
+    mime = resp.headers.get("Content-Type", "").split(";", 1)[0].strip()
+    return b"".join(chunks), mime
 
 
 def _nothing_stored(exc: RocketChatError) -> bool:

@@ -15,15 +15,17 @@ token is not ``instagram-<pageId>-<igsid>`` are someone else's and are ignored.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from bot.appkeys import BOT, MAX_BODY
+from bot.appkeys import BOT, MAX_BODY, ROCKETCHAT_MAX_BODY
 from bot.relay.outbound import parse_timestamp
 from storage.base import WorkItem, conversation_key
 
@@ -74,8 +76,12 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _files(message: dict[str, Any]) -> list[dict[str, str]]:
-    """The message's uploads as ``{"url", "type", "name"}`` (newer servers send several)."""
+def _files(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """The message's uploads as ``{"url", "type", "name", "size"}``.
+
+    Real servers fill only ``fileUpload`` (audit W5); ``filesUpload`` is read too so a
+    server that ever sends several files loses none.
+    """
     uploads = message.get("filesUpload")
     if not isinstance(uploads, list) or not uploads:
         single = message.get("fileUpload")
@@ -87,10 +93,13 @@ def _files(message: dict[str, Any]) -> list[dict[str, str]]:
     out = []
     for index, upload in enumerate(uploads):
         if isinstance(upload, dict) and upload.get("publicFilePath"):
+            size = upload.get("size")
             out.append({
                 "url": str(upload["publicFilePath"]),
                 "type": str(upload.get("type") or ""),
                 "name": names[index] if index < len(names) else "",
+                # Lets the relay refuse a file over Instagram's limits without fetching it.
+                "size": size if isinstance(size, int) and not isinstance(size, bool) else None,
             })
     return out
 
@@ -179,15 +188,20 @@ async def receive(request: web.Request) -> web.Response:
                     "wrong" if SECRET_HEADER in request.headers else "missing")
         bot.metrics.webhooks_rejected.labels(SOURCE, "secret").inc()
         return web.Response(status=403, text="Forbidden")
-    if request.content_length is not None and request.content_length > MAX_BODY:
+    if request.content_length is not None and request.content_length > ROCKETCHAT_MAX_BODY:
         bot.metrics.webhooks_rejected.labels(SOURCE, "too_large").inc()
+        return web.Response(status=413, text="too large")
+    raw = await _read_bounded(request, ROCKETCHAT_MAX_BODY)
+    if raw is None:
+        bot.metrics.webhooks_rejected.labels(SOURCE, "too_large").inc()
+        log.warning("Omnichannel webhook refused: body over %d bytes", ROCKETCHAT_MAX_BODY)
         return web.Response(status=413, text="too large")
     try:
-        raw = await request.read()
-        body = json.loads(raw)
-    except web.HTTPRequestEntityTooLarge:
-        bot.metrics.webhooks_rejected.labels(SOURCE, "too_large").inc()
-        return web.Response(status=413, text="too large")
+        if len(raw) > MAX_BODY:
+            # A long room's close: skip its messages off the event loop (see below).
+            body = await asyncio.to_thread(parse_large_body, raw)
+        else:
+            body = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):  # too deep: not JSON for us
         bot.metrics.webhooks_rejected.labels(SOURCE, "not_json").inc()
         return web.Response(status=400, text="not JSON")
@@ -217,6 +231,82 @@ async def receive(request: web.Request) -> web.Response:
              body.get("type"), parsed.room_id, len(parsed.items), len(added),
              ", ".join(i.item_id for i in added) or "-")
     return web.Response(status=200, text="ok")
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+def parse_large_body(raw: bytes) -> Any:
+    """``json.loads`` for big bodies, without building a close event's ``messages``.
+
+    A ``LivechatSession`` close carries every message of the room, and none is needed
+    (only the room, visitor and ``closedAt``): parsed whole, 32 MiB of messages take
+    about 150 MiB and a second of CPU. Here each message is decoded and dropped one by
+    one, so memory stays near the body's size, and the caller runs this in a thread so
+    the event loop keeps answering. ``messages`` is kept whenever the body does not say
+    it is a ``LivechatSession`` before the array (Rocket.Chat writes ``type`` first), so
+    no message webhook can lose its messages. Raises ValueError for invalid JSON.
+    """
+    text = raw.decode("utf-8")
+    at = _WS.match(text, 0).end()
+    if text[at:at + 1] != "{":
+        return json.loads(text)
+    out: dict[str, Any] = {}
+    at = _WS.match(text, at + 1).end()
+    while text[at:at + 1] != "}":
+        if text[at:at + 1] != '"':
+            raise ValueError(f"expected a key at {at}")
+        key, at = json.decoder.scanstring(text, at + 1)
+        at = _WS.match(text, at).end()
+        if text[at:at + 1] != ":":
+            raise ValueError(f"expected ':' at {at}")
+        at = _WS.match(text, at + 1).end()
+        if key == "messages" and out.get("type") == "LivechatSession" and text[at] == "[":
+            out[key], at = [], _skip_array(text, at)
+        else:
+            out[key], at = _DECODER.raw_decode(text, at)
+        at = _WS.match(text, at).end()
+        if text[at:at + 1] == ",":
+            at = _WS.match(text, at + 1).end()
+            if text[at:at + 1] != '"':
+                raise ValueError(f"expected a key after ',' at {at}")
+        elif text[at:at + 1] != "}":
+            raise ValueError(f"expected ',' or '}}' at {at}")
+    if text[at + 1:].strip():
+        raise ValueError("extra data after the object")
+    return out
+
+
+def _skip_array(text: str, at: int) -> int:
+    """Validate the JSON array starting at ``at`` element by element; return its end."""
+    at = _WS.match(text, at + 1).end()
+    if text[at:at + 1] == "]":
+        return at + 1
+    while True:
+        _, at = _DECODER.raw_decode(text, at)
+        at = _WS.match(text, at).end()
+        if text[at:at + 1] == "]":
+            return at + 1
+        if text[at:at + 1] != ",":
+            raise ValueError(f"expected ',' or ']' at {at}")
+        at = _WS.match(text, at + 1).end()
+
+
+async def _read_bounded(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None once it passes ``limit`` bytes (chunked bodies have no length).
+
+    Read from the stream rather than ``request.read()``, whose cap is the app-wide
+    ``MAX_BODY`` meant for Meta's webhooks.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(256 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _add_finished_text(bot: Bot, parsed: Parsed) -> None:

@@ -23,7 +23,10 @@ Served (``{v}`` must equal ``api_version`` on the Graph side; the dialog accepts
   (messaging fields need ``pages_messaging``, others ``pages_manage_metadata``; one
   missing refuses the whole call); ``drop_subscription`` uninstalls as Meta does
 - ``GET /{v}/{igsid}``                    Instagram user profile (230 without consent)
-- ``POST /{v}/{page}/messages``, ``/{v}/me/messages``   Send API with window enforcement
+- ``POST /{v}/{page}/messages``, ``/{v}/me/messages``   Send API with window enforcement;
+  URL media is fetched by "Meta" itself (hosts flagged private fail ``(#100)``)
+- ``POST /{v}/{page}/message_attachments``   attachment upload (``filedata`` or URL), with
+  Instagram's formats (sniffed from the bytes) and sizes (``sandbox/meta/upload.py``)
 - ``GET /{v}/{page}/conversations``, ``/{v}/{conversation}[/messages]``, ``/{v}/{mid}``
   Conversations API (newest 20 messages, 2 calls/s per account; sandbox/meta/conversations.py)
 

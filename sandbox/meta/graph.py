@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from sandbox.meta.wire import (
+    _JSON,
     _PAGE_TASKS,
     _SUBSCRIBABLE_PAGE_FIELDS,
     _GraphFail,
@@ -72,7 +73,14 @@ class GraphMixin:
             self._check_injected("subscribed_apps")
             return self._ok(self._subscribed_apps(node, method, params, tok))
         if edge == "messages" and method == "POST":
-            return self._ok(self._send(request, params, node, tok))
+            try:  # Meta fetches URL media during the call; the send records the failure
+                await self._check_send_media(request.get(_JSON) or dict(params))
+                media_fail = None
+            except _GraphFail as fail:
+                media_fail = fail
+            return self._ok(self._send(request, params, node, tok, media_fail))
+        if edge == "message_attachments" and method == "POST":
+            return self._ok(await self._message_attachments(request, params, node, tok))
         if method == "GET":
             raise _GraphFail(
                 100, f"(#100) Tried accessing nonexisting field ({edge})", type="OAuthException"

@@ -32,7 +32,12 @@ class SendMixin:
     # ------------------------------------------------------------------ Send API
 
     def _send(
-        self, request: web.Request, params: Mapping[str, str], node: str, tok: _Token
+        self,
+        request: web.Request,
+        params: Mapping[str, str],
+        node: str,
+        tok: _Token,
+        media_fail: _GraphFail | None = None,
     ) -> dict[str, Any]:
         body = request.get(_JSON)
         if body is None:  # form-encoded variant: recipient/message travel as JSON strings
@@ -54,7 +59,7 @@ class SendMixin:
             "time": self.now(),
         }
         try:
-            result = self._send_checked(node, tok, body, rec)
+            result = self._send_checked(node, tok, body, rec, media_fail)
             rec.update(status=200, ok=True, response=result, message_id=result.get("message_id"))
         except _GraphFail as fail:
             rec.update(
@@ -86,9 +91,14 @@ class SendMixin:
         return result
 
     def _send_checked(
-        self, node: str, tok: _Token, body: Any, rec: dict[str, Any]
+        self,
+        node: str,
+        tok: _Token,
+        body: Any,
+        rec: dict[str, Any],
+        media_fail: _GraphFail | None = None,
     ) -> dict[str, Any]:
-        if tok.kind != "page":
+        if tok.kind not in ("page", "ig_user"):  # ig_user: the Instagram Login route
             raise _GraphFail(
                 210, "(#210) A page access token is required to request this resource."
             )
@@ -117,6 +127,9 @@ class SendMixin:
         message = body.get("message")
         if sender_action is None:
             self._validate_message(message)
+            for att in message.get("attachments") or [message.get("attachment")]:
+                if isinstance(att, dict) and att["payload"].get("attachment_id"):
+                    self._uploaded(node, att["type"], att["payload"]["attachment_id"])
         elif sender_action not in ("typing_on", "typing_off", "mark_seen", "react", "unreact"):
             raise _GraphFail(
                 100,
@@ -136,6 +149,8 @@ class SendMixin:
         injected = self._take_error("messages", igsid)
         if injected is not None:
             raise injected
+        if media_fail is not None:
+            raise media_fail
         with self._lock:
             page = self._pages.get(node)
             ig_id = (page.ig_id if page else None) or node
@@ -160,7 +175,9 @@ class SendMixin:
             else:
                 atts = message.get("attachments") or [message["attachment"]]
                 echo_msg["attachments"] = [
-                    {"type": a["type"], "payload": {"url": a.get("payload", {}).get("url")}}
+                    {"type": a["type"], "payload": {"url": a.get("payload", {}).get("url") or (
+                        "https://lookaside.fbsbx.com/ig_messaging_cdn/?asset_id="
+                        + str(a.get("payload", {}).get("attachment_id")))}}
                     for a in atts
                 ]
             echo_msg["app_id"] = int(self.app_id) if self.app_id.isdigit() else self.app_id

@@ -20,8 +20,10 @@ from aiohttp import web
 from sandbox.meta.conversations import ConversationsMixin
 from sandbox.meta.events import EventsMixin
 from sandbox.meta.graph import GraphMixin
+from sandbox.meta.instagram_login import InstagramLoginMixin
 from sandbox.meta.login import LoginMixin
 from sandbox.meta.send import SendMixin
+from sandbox.meta.upload import _FILES, FILE_FIELD, MAX_REQUEST, UploadMixin
 from sandbox.meta.webhooks import WebhookMixin
 from sandbox.meta.wire import (
     _JSON,
@@ -46,7 +48,8 @@ log = logging.getLogger("sandbox.meta")
 
 
 class SandboxMeta(
-    LoginMixin, GraphMixin, SendMixin, WebhookMixin, EventsMixin, ConversationsMixin
+    LoginMixin, InstagramLoginMixin, GraphMixin, SendMixin, UploadMixin, WebhookMixin,
+    EventsMixin, ConversationsMixin,
 ):
     """Facebook Login + Graph API + Instagram webhooks on a loopback port."""
 
@@ -59,9 +62,13 @@ class SandboxMeta(
         app_name: str = "rc-instagram (sandbox)",
         require_proof: bool = False,
         clock: Callable[[], float] = time.time,
+        ig_app_id: str = "1111111111111111",
+        ig_app_secret: str = "sandbox-instagram-app-secret",
     ) -> None:
         self.app_id = app_id
         self.app_secret = app_secret
+        self.ig_app_id = ig_app_id  # the Instagram app of the Instagram Login route
+        self.ig_app_secret = ig_app_secret
         self.api_version = api_version
         self.app_name = app_name
         self.require_proof = require_proof
@@ -90,6 +97,9 @@ class SandboxMeta(
         self._endpoint_errors: dict[str, list[ErrorSpec]] = {}
         self._calls: list[dict[str, Any]] = []
         self._sent: list[dict[str, Any]] = []
+        self._attachments: dict[str, dict[str, Any]] = {}  # attachment_id -> upload record
+        self._private_hosts: set[str] = set()
+        self._upload_latency = 0.0
         self._deliveries: list[dict[str, Any]] = []
         self._webhook_url: str | None = None
         self._echoes = True
@@ -103,6 +113,13 @@ class SandboxMeta(
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._port = 0
+        self._ig_accounts: dict[str, dict[str, str]] = {}
+        self._ig_login: tuple[str, list[str]] | None = None
+        self._ig_codes: dict[str, dict[str, Any]] = {}
+        self._ig_subscriptions: dict[str, list[str]] = {}
+        self._ig_refreshes = 0
+        self._ig_runner: web.AppRunner | None = None
+        self._ig_port = 0
         self.set_login_user(
             DEFAULT_USER_NAME,
             pages=[
@@ -181,7 +198,7 @@ class SandboxMeta(
         return f"http://127.0.0.1:{self._port}"
 
     async def _astart(self) -> None:
-        app = web.Application(middlewares=[self._middleware])
+        app = web.Application(middlewares=[self._middleware], client_max_size=MAX_REQUEST)
         app.router.add_route("*", "/dialog/oauth", self._dialog)
         app.router.add_route("*", r"/{version:v\d+\.\d+}/dialog/oauth", self._dialog)
         app.router.add_route("*", "/{tail:.*}", self._graph)
@@ -191,6 +208,7 @@ class SandboxMeta(
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self._port = self._runner.addresses[0][1]
+        await self._ig_start()
 
     async def _astop(self) -> None:
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -200,9 +218,10 @@ class SandboxMeta(
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        for runner in (self._runner, self._ig_runner):
+            if runner is not None:
+                await runner.cleanup()
+        self._runner = self._ig_runner = None
         with self._lock:
             self._pending = 0
             self._idle.notify_all()
@@ -424,7 +443,16 @@ class SandboxMeta(
 
     async def _params(self, request: web.Request) -> dict[str, str]:
         params = dict(request.query)
-        if request.can_read_body:
+        if request.content_type == "multipart/form-data":
+            files: list[tuple[str, bytes]] = []
+            for key, value in (await request.post()).items():
+                if isinstance(value, web.FileField):
+                    if key == FILE_FIELD:
+                        files.append((value.filename, value.file.read()))
+                else:
+                    params[key] = str(value)
+            request[_FILES] = files
+        elif request.can_read_body:
             raw = await request.read()
             ctype = request.content_type
             if ctype == "application/x-www-form-urlencoded":

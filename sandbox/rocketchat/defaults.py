@@ -95,6 +95,11 @@ SETTINGS: dict[str, tuple[Any, bool]] = {
     "Livechat_webhook_on_agent_message": (False, False),
     "Livechat_webhook_on_capture": (False, False),
     "Livechat_http_timeout": (5000, False),
+    # server/settings/file-upload.ts (see sandbox/rocketchat/files.py)
+    "FileUpload_ProtectFiles": (True, True),
+    "FileUpload_Enable_json_web_token_for_files": (True, False),
+    "FileUpload_Restrict_to_room_members": (True, False),
+    "FileUpload_Restrict_to_users_who_can_access_room": (False, False),
 }
 
 # Per-route rate limits and the reported version depend on the release: see versions.py.

@@ -28,6 +28,56 @@ Doc = dict[str, Any]
 _MENTION = re.compile(r"(?<![\w@])@([\w.\-]+)")
 
 
+# validateMessage's checks of message attachments and their action buttons [SMF
+# `validateAttachment`, `validateAttachmentsActions`]: a field that is present must have
+# the type; URLs must be absolute (``isURL``: http(s) or data) or a file-upload path, and
+# not ``javascript:`` (``validFullURLParam``).
+_ATTACHMENT_FIELDS: dict[str, Any] = {
+    "color": str, "text": str, "ts": (str, int, float), "thumb_url": "url",
+    "button_alignment": str, "actions": list, "message_link": "url", "collapsed": bool,
+    "author_name": str, "author_link": "url", "author_icon": "url", "title": str,
+    "title_link": "url", "title_link_download": bool, "image_dimensions": dict,
+    "image_url": "url", "image_preview": str, "image_type": str, "image_size": (int, float),
+    "audio_url": "url", "audio_type": str, "audio_size": (int, float), "video_url": "url",
+    "video_type": str, "video_size": (int, float), "fields": list,
+}
+_ACTION_FIELDS: dict[str, Any] = {
+    "type": str, "text": str, "url": "url", "image_url": "url", "is_webview": bool,
+    "webview_height_ratio": str, "msg": str, "msg_in_chat_window": bool,
+}
+_FULL_URL = re.compile(r"^(https?://|data:|/file-upload/)", re.IGNORECASE)
+
+
+def _match_error(path: str, expected: str) -> RCError:
+    return RCError("Match.Error", f"Match error: {expected} in field {path}")
+
+
+def _check_fields(doc: Any, fields: dict[str, Any], path: str) -> None:
+    if not isinstance(doc, dict):
+        raise _match_error(path, "Expected object")
+    for name, kind in fields.items():
+        value = doc.get(name)
+        if value is None:
+            continue
+        if kind == "url":
+            if (not isinstance(value, str) or not _FULL_URL.match(value)
+                    or value.lower().startswith("javascript:")):
+                raise _match_error(f"{path}.{name}", "Failed Match.Where validation")
+        # A JSON boolean is no Number for Meteor's check (Python's bool is an int).
+        elif not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise _match_error(f"{path}.{name}", f"Expected {kind}")
+
+
+def validate_attachments(attachments: Any) -> None:
+    """Refuse attachments the real server's ``validateMessage`` refuses."""
+    if not isinstance(attachments, list):
+        raise _match_error("attachments", "Expected array")
+    for i, attachment in enumerate(attachments):
+        _check_fields(attachment, _ATTACHMENT_FIELDS, f"attachments[{i}]")
+        for j, action in enumerate(attachment.get("actions") or []):
+            _check_fields(action, _ACTION_FIELDS, f"attachments[{i}].actions[{j}]")
+
+
 class SessionLike(Protocol):
     """What the state needs from a DDP session (see ddp.Session)."""
 
@@ -529,6 +579,8 @@ class State:
         text = message.get("msg", "")
         if not isinstance(text, str):
             raise RCError("error-invalid-params", "Invalid message", {"method": method})
+        if message.get("attachments") is not None:
+            validate_attachments(message["attachments"])
         if len(text) > int(self.setting("Message_MaxAllowedSize") or 5000):
             raise RCError(
                 "error-message-size-exceeded",

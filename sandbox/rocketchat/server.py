@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from .ddp import DDPServer
+from .files import FileStore, StoredFile
 from .model import Doc, State
 from .rest import Failure, RecordedRequest, RestAPI
 from .versions import DEFAULT_VERSION, VersionProfile
@@ -52,7 +53,10 @@ class SandboxRocketChat:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.profile = VersionProfile(version)
-        self._state = State(clock=clock)
+        self._base_clock = clock
+        self._offset = 0.0
+        self._state = State(clock=lambda: self._base_clock() + self._offset)
+        self._files = FileStore(self._state)
         self._state.webhook_sink = self._schedule_webhook
         self._ddp = DDPServer(
             self._state, heartbeat_interval=heartbeat_interval, heartbeat_timeout=heartbeat_timeout
@@ -110,6 +114,7 @@ class SandboxRocketChat:
         app = web.Application()
         app.router.add_get("/websocket", self._ddp.handle)
         app.router.add_route("*", "/api/{tail:.*}", self._rest.handle)
+        app.router.add_get("/file-upload/{file_id}/{name:.*}", self._files.handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -348,6 +353,40 @@ class SandboxRocketChat:
         rid = self.create_dm(from_user, to_user)
         return self.post_message(from_user, rid, text, **fields)
 
+    def buttons(self, msg_id: str) -> list[Doc]:
+        """The action buttons the web client renders under a message [ACT
+        ActionAttachment filter]: ``type`` "button", a ``text`` (or ``image_url``), and a
+        ``url`` or ``msg_in_chat_window``; others are not shown."""
+        with self._state.lock:
+            msg = self._state.messages.get(msg_id) or {}
+            return [
+                dict(action)
+                for attachment in msg.get("attachments") or []
+                for action in attachment.get("actions") or []
+                if action.get("type") == "button"
+                and (action.get("text") or action.get("image_url"))
+                and (action.get("url") or action.get("msg_in_chat_window"))
+            ]
+
+    def click_button(self, username: str, msg_id: str, text: str) -> Doc | str:
+        """Click the button ``text`` under message ``msg_id`` as ``username``, as the
+        client does [ACT usePerformActionMutation]: a ``url`` button opens the link (its
+        URL is returned); a ``msg_in_chat_window`` button with the default processing type
+        ``sendMessage`` posts ``msg`` into the room as a message of the clicking user
+        (returned), verbatim, never as a slash command."""
+        found = [b for b in self.buttons(msg_id) if b.get("text") == text]
+        if not found:
+            raise KeyError(f"no rendered button {text!r} under message {msg_id}")
+        button = found[0]
+        if button.get("url"):
+            return str(button["url"])
+        processing = button.get("msg_processing_type") or "sendMessage"
+        if processing != "sendMessage":
+            raise NotImplementedError(f"processing type {processing} only fills the composer")
+        with self._state.lock:
+            rid = self._state.messages[msg_id]["rid"]
+        return self.post_message(username, rid, str(button.get("msg") or ""))
+
     def edit_message(self, msg_id: str, text: str) -> Doc:
         """Edit a message: re-emitted with the same ``_id`` plus editedAt/editedBy."""
         with self._state.lock:
@@ -435,44 +474,65 @@ class SandboxRocketChat:
         self,
         username: str,
         rid: str,
-        url: str,
         name: str,
         mime: str,
+        data: bytes,
         caption: str | None = None,
-        size: int = 0,
     ) -> Doc:
-        """An agent uploads a file into a livechat room; the webhook carries ``fileUpload``."""
+        """An agent uploads ``data`` into a livechat room; the webhook carries ``fileUpload``.
+
+        The file is then served at ``/file-upload/<id>/<name>`` under the real server's
+        access rule (``sandbox/rocketchat/files.py``); ``publicFilePath`` is the
+        ``Site_Url`` link with a one-hour JWT, as the real webhook has it.
+        """
         file_id = random_id()
-        attachment: Doc = {
-            "title": name,
-            "type": "file",
-            "title_link": url,
-            "title_link_download": True,
-        }
-        if caption:
-            attachment["description"] = caption
-        kind = mime.split("/", 1)[0]
-        if kind in ("image", "video", "audio"):
-            attachment[f"{kind}_url"] = url
-            attachment[f"{kind}_type"] = mime
-            attachment[f"{kind}_size"] = size
-        file_doc = {"_id": file_id, "name": name, "type": mime, "size": size}
-        message = {
-            "rid": rid,
-            "msg": "",
-            "file": file_doc,
-            "files": [file_doc],
-            "attachments": [attachment],
-        }
+        size = len(data)
         with self._state.lock:
             uid = self._state.require_user(username)["_id"]
-            stored = self._state.execute_send_message(
+            stored = StoredFile(file_id, name, mime, bytes(data), rid, uid)
+            self._files.add(stored)
+            url = self._files.public_path(stored)
+            link = url.split("?", 1)[0].replace(
+                str(self._state.setting("Site_Url") or "").rstrip("/"), "", 1
+            )
+            attachment: Doc = {
+                "title": name,
+                "type": "file",
+                "title_link": link,
+                "title_link_download": True,
+            }
+            if caption:
+                attachment["description"] = caption
+            kind = mime.split("/", 1)[0]
+            if kind in ("image", "video", "audio"):
+                attachment[f"{kind}_url"] = link
+                attachment[f"{kind}_type"] = mime
+                attachment[f"{kind}_size"] = size
+            file_doc = {"_id": file_id, "name": name, "type": mime, "size": size}
+            message = {
+                "rid": rid,
+                "msg": "",
+                "file": file_doc,
+                "files": [file_doc],
+                "attachments": [attachment],
+            }
+            stored_msg = self._state.execute_send_message(
                 uid,
                 message,
                 extra={"__fileUpload": {"publicFilePath": url, "type": mime, "size": size}},
             )
-            assert stored is not None
-            return rest_json(self._state.message_for_client(stored))
+            assert stored_msg is not None
+            return rest_json(self._state.message_for_client(stored_msg))
+
+    def file_requests(self) -> list[Doc]:
+        """Every ``GET /file-upload`` so far: file_id, status, auth (open/jwt/user/None)."""
+        with self._state.lock:
+            return [dict(r) for r in self._files.requests]
+
+    def advance(self, seconds: float) -> None:
+        """Move the server clock forward (file JWTs and login tokens expire)."""
+        with self._state.lock:
+            self._offset += seconds
 
     def close_room(self, rid: str, by: str | None = None, comment: str | None = None) -> Doc:
         """Close a livechat room as user ``by`` (or as the visitor when ``by`` is None)."""

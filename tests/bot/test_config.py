@@ -154,3 +154,32 @@ def test_config_check_cli_ok_never_prints_secrets(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     for value in ENV.values():
         assert value not in result.stdout + result.stderr
+
+
+def test_storage_url_chooses_postgresql_and_is_never_shown() -> None:
+    """storage.url replaces the TinyDB path; repr and messages show it password-masked."""
+    url = "postgresql://bot:pg-pass%21word@db.internal:5432/rcig"
+    config = from_dict(_mutate(["storage", "url"], url), env=ENV)
+    assert config.storage.location == url
+    assert config.storage.where == "postgresql://bot:***@db.internal:5432/rcig"
+    assert "pg-pass" not in repr(config)
+    assert set(config.storage.url_secrets) >= {url, "pg-pass%21word", "pg-pass!word"}
+    assert load(EXAMPLE, env=ENV).storage.location == "data/rc-instagram.json"  # default
+
+
+@pytest.mark.parametrize("value", ["mysql://bot:pg-pass@db/rcig", "postgresql://bot:pg-pass@db:99999/x"])
+def test_bad_storage_url_names_the_key_without_the_password(value: str) -> None:
+    """A storage.url that is not a usable postgresql:// URL is refused, password masked."""
+    with pytest.raises(ConfigError) as caught:
+        from_dict(_mutate(["storage", "url"], value), env=ENV)
+    assert caught.value.key == "storage.url"
+    assert "pg-pass" not in str(caught.value)
+
+
+def test_storage_url_password_is_redacted_from_logs() -> None:
+    """The log filter's secrets include the database password (the URL itself too)."""
+    from bot.cli import secret_values
+
+    url = "postgresql://bot:pg-pass@db/rcig"
+    config = from_dict(_mutate(["storage", "url"], url), env=ENV)
+    assert {"pg-pass", url} <= set(secret_values(config))

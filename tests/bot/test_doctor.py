@@ -27,6 +27,7 @@ from bot.doctor import (
     WARN,
     CheckResult,
     check_graph_version,
+    check_monthly_contacts,
     diagnose,
     run_checks,
 )
@@ -162,7 +163,8 @@ async def test_all_green_sandbox_passes(setup: Setup, rc_version: str) -> None:
                  "omnichannel.webhook", "rocketchat.rate_limiter", "meta.app",
                  "meta.api_version", "storage.files",
                  "storage.encryption_key", "storage.open", f"page {DEFAULT_PAGE_ID} token",
-                 f"page {DEFAULT_PAGE_ID} subscribed", f"page {DEFAULT_PAGE_ID} instagram"):
+                 f"page {DEFAULT_PAGE_ID} subscribed", f"page {DEFAULT_PAGE_ID} instagram",
+                 "omnichannel.monthly_contacts"):
         assert results[name].status == PASS, (name, results[name].detail)
     major_minor = rc_version.rsplit(".", 1)[0]  # /api/info drops the patch (removePatchInfo)
     assert results["rocketchat.reachable"].detail.endswith(f"Rocket.Chat {major_minor}")
@@ -473,6 +475,12 @@ async def test_wrong_key_fails_opening_the_store(setup: Setup) -> None:
     assert r.status == FAIL and "not the key" in r.detail
 
 
+@pytest.mark.parametrize(("visitors", "status"), [(0, PASS), (79, PASS), (80, WARN), (250, WARN)])
+def test_monthly_contacts_near_the_plan_limit_warns(visitors: int, status: str) -> None:
+    """This month's visitors near or over the 100 contacts of Starter/Pro are a WARN."""
+    result = check_monthly_contacts(visitors)
+    assert result.status == status
+    assert f"{visitors} Instagram visitor(s)" in result.detail
 def _version_check(setup: Setup, version: str, day: str) -> CheckResult:
     setup.raw["instagram"]["api_version"] = version
     now = dt.datetime.fromisoformat(day + "T12:00:00+00:00").timestamp()

@@ -110,6 +110,7 @@ async def test_metrics_parse_and_move_when_messages_flow(
         # Gauges read from state are present.
         assert ("rcig_queue_depth", (("queue", "inbound"),)) in after
         assert ("rcig_conversations_waiting_for_agent", ()) in after
+        assert value(after, "rcig_monthly_visitors") >= 1
         # No label carries an id: the Graph call label has the page id replaced.
         assert not any(bridge.page_id in str(lbls) for _, lbls in after)
 

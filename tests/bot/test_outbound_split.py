@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.relay.outbound import MAX_TEXT_BYTES, attachment_type, build_parts, split_text
+from bot.relay.outbound import MAX_TEXT_BYTES, build_parts, split_text, upload_path
 
 
 def _size(text: str) -> int:
@@ -83,23 +83,21 @@ def test_limit_below_one_character_is_refused() -> None:
         split_text("x", 3)
 
 
-@pytest.mark.parametrize(
-    ("mime", "kind"),
-    [("image/png", "image"), ("image/jpeg", "image"), ("video/mp4", "video"),
-     ("audio/mpeg", "audio"), ("application/pdf", "file"), ("", "file"), (None, "file")],
-)
-def test_attachment_type_from_mime(mime: str | None, kind: str) -> None:
-    """MIME types map to the Send API's attachment types."""
-    assert attachment_type(mime) == kind
-
-
 def test_file_then_caption_parts() -> None:
-    """Files go first as attachments by URL, the caption follows as text."""
-    parts = build_parts("look at this", [{"url": "https://rc/x.png?token=j", "type": "image/png"}])
-    assert parts == [
-        {"attachment": {"type": "image", "payload": {"url": "https://rc/x.png?token=j"}}},
-        {"text": "look at this"},
-    ]
+    """Files go first (sent one by one after upload), the caption follows as text."""
+    file = {"url": "https://rc/file-upload/f/x.png?token=j", "type": "image/png"}
+    assert build_parts("look at this", [file]) == [{"file": file}, {"text": "look at this"}]
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [("https://chat.example/file-upload/f1/a%20b.png?token=j", "/file-upload/f1/a%20b.png?token=j"),
+     ("https://example.org/chat/file-upload/f1/x.pdf", "/file-upload/f1/x.pdf"),
+     ("https://cdn.example/other/x.png", None)],
+)
+def test_upload_path_keeps_only_the_rocketchat_path(url: str, path: str | None) -> None:
+    """Only /file-upload/… (with the JWT query) is kept: the host comes from rocketchat.url."""
+    assert upload_path(url) == path
 
 
 def test_whitespace_only_text_sends_nothing() -> None:

@@ -78,15 +78,17 @@ async def test_standing_watch_waits_a_jittered_interval_between_rounds(bridge: B
     waits: list[float] = []
     rounds: list[int] = []
     draws = iter([0.0, 1.0, 0.5])
+    now = [1000.0]
 
     async def sleep(seconds: float) -> None:
         waits.append(seconds)
+        now[0] += seconds
         if len(waits) > 3:
             raise asyncio.CancelledError
 
     watch = MetaWatch(bridge.bot.store, bridge.bot.graph, bridge.bot.notify_admins,
                       lambda page_id: asyncio.sleep(0), interval=100.0,
-                      rand=lambda: next(draws, 0.5), sleep=sleep)
+                      rand=lambda: next(draws, 0.5), sleep=sleep, clock=lambda: now[0])
 
     async def run_once() -> None:
         rounds.append(1)
@@ -98,3 +100,35 @@ async def test_standing_watch_waits_a_jittered_interval_between_rounds(bridge: B
         await watch.run()
     assert waits[:3] == pytest.approx([100 * (1 - JITTER), 100 * (1 + JITTER), 100.0])
     assert len(rounds) == 3
+
+
+async def test_two_replicas_run_one_watch_round_per_interval(bridge: Bridge) -> None:
+    """Two watches on one store (two replicas) reaching the same interval: only one of
+    them runs its round; in the next interval one runs again."""
+    rounds: list[str] = []
+    now = [5000.0]
+
+    def watch(name: str) -> MetaWatch:
+        calls = [0]
+
+        async def sleep(seconds: float) -> None:  # one round, then stop
+            calls[0] += 1
+            if calls[0] > 1:
+                raise asyncio.CancelledError
+
+        w = MetaWatch(bridge.bot.store, bridge.bot.graph, bridge.bot.notify_admins,
+                      lambda page_id: asyncio.sleep(0), interval=100.0, sleep=sleep,
+                      clock=lambda: now[0])
+
+        async def run_once() -> None:
+            rounds.append(name)
+            await asyncio.sleep(0.01)
+        w.run_once = run_once  # type: ignore[method-assign]
+        return w
+
+    for interval in range(2):
+        results = await asyncio.gather(watch("a").run(), watch("b").run(),
+                                       return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results)
+        assert len(rounds) == interval + 1
+        now[0] += 100.0

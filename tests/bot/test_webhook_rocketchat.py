@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from bot.rocketchat.webhook import parse_visitor_token, parse_webhook, secret_valid
+from bot.rocketchat.webhook import (
+    parse_large_body,
+    parse_visitor_token,
+    parse_webhook,
+    secret_valid,
+)
 
 BOT_ID = "BotUser000000001"
 TOKEN = "instagram-100000000000001-6543210987654321"
@@ -84,7 +90,8 @@ def test_file_message_carries_upload_url_and_caption() -> None:
                                  "type": "image/png", "size": 10})
     [item] = parse_webhook(_body(messages=[message]), bot_user_id=BOT_ID, now=1).items
     assert item.payload["files"] == [
-        {"url": "https://rc/file-upload/f/p.png?token=j", "type": "image/png", "name": "p.png"}
+        {"url": "https://rc/file-upload/f/p.png?token=j", "type": "image/png", "name": "p.png",
+         "size": 10}
     ]
     assert item.payload["text"] == "our catalogue"
 
@@ -96,3 +103,31 @@ def test_close_is_one_finished_item_per_room() -> None:
     parsed = parse_webhook(body, bot_user_id=BOT_ID, now=1)
     [item] = parsed.items
     assert parsed.close and (item.item_id, item.kind) == ("rc-close:room-1", "finished")
+
+
+@pytest.mark.parametrize("text", [
+    '{"type": "Message", "messages": [{"_id": "m", "msg": "hi"}], "x": [1, {"y": null}]}',
+    '{"messages": [{"_id": "m"}], "type": "LivechatSession"}',
+    ' { } ',
+    '[1, 2]',
+])
+def test_large_body_parser_keeps_everything_it_may_need(text: str) -> None:
+    """Big bodies parse like json.loads unless a close's messages (unused) come after type."""
+    assert parse_large_body(text.encode()) == json.loads(text)
+
+
+def test_large_body_parser_drops_only_a_close_events_messages() -> None:
+    """A LivechatSession's messages are validated but not kept; the rest is intact."""
+    text = '{"type": "LivechatSession", "_id": "r", "messages": [{"a": 1}, 2], "closedAt": "t"}'
+    assert parse_large_body(text.encode()) == {
+        "type": "LivechatSession", "_id": "r", "messages": [], "closedAt": "t"}
+
+
+@pytest.mark.parametrize("text", [
+    '{"a": 1,}', '{"type": "LivechatSession", "messages": [1,]}', '{"a": 1} x', '{"a" 1}',
+    '{"a": 1', '{"type": "LivechatSession", "messages": [1 2]}',
+])
+def test_large_body_parser_refuses_invalid_json(text: str) -> None:
+    """Invalid JSON is a ValueError (the receiver answers 400), as with json.loads."""
+    with pytest.raises(ValueError):
+        parse_large_body(text.encode())

@@ -31,9 +31,11 @@ class Context:
     issuer: Issuer = field(default_factory=lambda: Issuer("u-admin", "admin.alice", "dm-1", "d"))
     graph: Any = None
     replies: list[str] = field(default_factory=list)
+    buttons: list[Any] = field(default_factory=list)
 
-    async def reply(self, text: str) -> None:
+    async def reply(self, text: str, rows: Any = ()) -> None:
         self.replies.append(text)
+        self.buttons.append(list(rows))
 
     async def issuer_is_admin(self) -> bool:
         return True

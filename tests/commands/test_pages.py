@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 
+from bot.contacts import month_start
 from storage import WorkItem
+from storage.base import Conversation
 from tests.scenarios.oauth_harness import OAuthBridge
 
 
@@ -35,7 +37,8 @@ async def test_lists_id_name_username_department_subscribed(two_connected: OAuth
                                "subscribed: yes")
     assert "needs re-authorization" in lines[1]
     assert lines[2] == ("• `302` — Shop South — @shopsouth — department: none — "
-                        "subscribed: no")
+                        "subscribed: no — visitors this month: 0")
+    assert lines[3].startswith("0 Instagram visitor(s) wrote this month.")
 
 
 async def test_set_aside_messages_are_shown_per_page(two_connected: OAuthBridge) -> None:
@@ -72,3 +75,21 @@ async def test_non_admin_is_refused(two_connected: OAuthBridge) -> None:
     await two_connected.command("/instagram pages", username="bob")
     text = (await two_connected.wait_dms(1, username="bob"))[0]
     assert "for administrators only" in text and "301" not in text
+
+
+async def test_counts_visitors_who_wrote_this_month(two_connected: OAuthBridge) -> None:
+    """Visitors whose last message is in this calendar month (UTC) count per page; one who
+    last wrote before the month began does not."""
+    store = two_connected.bot.store
+    now = time.time()
+    for igsid, when in (("a", now), ("b", now - 60), ("c", month_start(now) - 1)):
+        await store.save_conversation(Conversation(
+            page_id="301", igsid=igsid, visitor_token=f"t-{igsid}", last_inbound_at=when))
+    await store.save_conversation(Conversation(page_id="302", igsid="d", visitor_token="t-d",
+                                               last_inbound_at=now))
+    before = len(two_connected.dms())
+    await two_connected.command("/instagram pages")
+    lines = (await two_connected.wait_dms(before + 1))[-1].splitlines()
+    assert lines[1].endswith("visitors this month: 2")
+    assert lines[2].endswith("visitors this month: 1")
+    assert lines[3].startswith("3 Instagram visitor(s) wrote this month.")

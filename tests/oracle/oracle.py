@@ -134,6 +134,9 @@ ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec("POST", "v1/logout", None, f"{_API}/api.ts"),
     RouteSpec("GET", "v1/me", None, f"{_API}/v1/misc.ts"),
     RouteSpec("GET", "v1/users.info", "isUsersInfoParamsGetProps", f"{_API}/v1/users.ts"),
+    # users.list validates nothing of its own: pagination and ``query`` go through
+    # getPaginationItems / parseJsonQuery (isUsersListStatusProps is users.listByStatus's).
+    RouteSpec("GET", "v1/users.list", None, f"{_API}/v1/users.ts"),
     RouteSpec("GET", "v1/rooms.get", None, f"{_API}/v1/rooms.ts"),
     RouteSpec("GET", "v1/settings/:_id", None, f"{_API}/v1/settings.ts (permissions only)"),
     RouteSpec("GET", "v1/permissions.listAll", None, f"{_API}/v1/permissions.ts (inline schema)"),

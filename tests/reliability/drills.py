@@ -180,3 +180,41 @@ def tally(direction: str, expected: dict[str, list[str]], got: dict[str, list[st
             if len(result.examples) < 5:
                 result.examples.append(f"{key}: got {first[at]!r} where {in_order[at]!r} was due")
     return result
+
+
+def reorderings_by_the_bot(
+    rc: Any, meta: SandboxMeta, page_id: str, agent_ids: dict[str, str],
+    late: list[tuple[str, str]], in_flight: float,
+) -> tuple[list[str], int, set[str], set[str]]:
+    """``(unexplained, retried, acked, refused_first)``: the outbound reorderings
+    (``Tally.late``) that are the bot's fault, how many came from a retried webhook, the
+    agent messages whose webhook the bot answered 200, and those whose first attempt it
+    did not.
+
+    Rocket.Chat's webhooks are fire-and-forget and retried on their own timer: a reply
+    typed while the bot was down, or whose webhook simply arrived late, can reach it after
+    a later reply was sent. A reordering is the bot's fault only if the due reply had been
+    acknowledged before the later one left the queue; the later one's arrival at Meta
+    trails that moment by its time in flight (``in_flight`` seconds: thread pool,
+    loopback, a loaded CI machine). ``agent_ids`` maps Rocket.Chat message ids to texts.
+    """
+    acked_at: dict[str, float] = {}  # agent message text -> when the bot answered 200
+    refused_first: set[str] = set()  # whose first webhook was not answered 200
+    for hook in rc.webhooks_sent():
+        if hook["type"] != "Message":
+            continue
+        text = agent_ids.get(hook["payload"]["messages"][0]["_id"], "")
+        if hook["status"] == 200:
+            acked_at.setdefault(text, hook["ts"])
+        elif hook["attempt"] == 1:
+            refused_first.add(text)
+    sent_at: dict[str, float] = {}
+    for sent in meta.sent_messages(page_id, ok=True):
+        sent_at.setdefault(sent["body"]["message"].get("text", ""), sent["time"])
+    unexplained = [
+        f"{due!r} acked {acked_at[due] - sent_at[came]:+.3f} s from {came!r} sent"
+        for due, came in late
+        if due in acked_at and came in sent_at and acked_at[due] < sent_at[came] - in_flight
+    ]
+    retried = sum(1 for due, _ in late if due in refused_first)
+    return unexplained, retried, set(acked_at), refused_first

@@ -35,7 +35,13 @@ from bot.relay.outbound import note_id
 from sandbox.meta import DEFAULT_IG_ID, DEFAULT_PAGE_ID, DEFAULT_PAGE_NAME, SandboxMeta
 from sandbox.rocketchat import SandboxRocketChat
 from storage import Page
-from tests.reliability.drills import BotProcess, deliver_until_ok, save_page, tally
+from tests.reliability.drills import (
+    BotProcess,
+    deliver_until_ok,
+    reorderings_by_the_bot,
+    save_page,
+    tally,
+)
 from tests.scenarios.harness import (
     AGENT,
     WEBHOOK_SECRET,
@@ -196,33 +202,10 @@ async def test_kill9_at_random_points_loses_nothing_in_either_direction(
     expected_out = {v: [t for t in texts if t not in told] for v, texts in expected_out.items()}
     outbound = tally("outbound", expected_out, outbound_texts(meta))
     settled, unknown = await reconcile_counts(store_path, DEFAULT_PAGE_ID)
-    acked_at: dict[str, float] = {}  # agent message text -> when the bot answered 200
-    refused_first: set[str] = set()  # agent messages whose first webhook was not answered 200
-    for hook in rc.webhooks_sent():
-        if hook["type"] != "Message":
-            continue
-        text = agent_ids.get(hook["payload"]["messages"][0]["_id"], "")
-        if hook["status"] == 200:
-            acked_at.setdefault(text, hook["ts"])
-        elif hook["attempt"] == 1:
-            refused_first.add(text)
-    never_acked = [text for text in agent_ids.values() if text not in acked_at]
-    sent_at: dict[str, float] = {}
-    for sent in meta.sent_messages(DEFAULT_PAGE_ID, ok=True):
-        sent_at.setdefault(sent["body"]["message"].get("text", ""), sent["time"])
-    # The bot can only keep the order of what it has heard of. Rocket.Chat's webhooks are
-    # fire-and-forget and retried on their own timer: a reply typed while the bot was
-    # down, or whose webhook simply arrived late, can reach it after a later reply was
-    # sent. A reordering is the bot's fault only if the due reply had been acknowledged
-    # before the later one left the queue; the later one's arrival at Meta trails that
-    # moment by its time in flight (thread pool, loopback, a loaded CI machine).
-    unexplained = [
-        f"{due!r} acked {acked_at[due] - sent_at[came]:+.3f} s from {came!r} sent"
-        for due, came in outbound.late
-        if due in acked_at and came in sent_at
-        and acked_at[due] < sent_at[came] - SEND_IN_FLIGHT
-    ]
-    retried = sum(1 for due, _ in outbound.late if due in refused_first)
+    # The bot can only keep the order of what it has heard of (see reorderings_by_the_bot).
+    unexplained, retried, acked, refused_first = reorderings_by_the_bot(
+        rc, meta, DEFAULT_PAGE_ID, agent_ids, outbound.late, SEND_IN_FLIGHT)
+    never_acked = [text for text in agent_ids.values() if text not in acked]
     print(f"\n[drill 1] {inbound.expected + outbound.expected} messages "
           f"({inbound.expected} inbound, {outbound.expected} outbound), "
           f"{bot.kills} kill -9, {bot.starts} starts "

@@ -497,7 +497,9 @@ def test_send_text_returns_ids_and_is_recorded(meta: SandboxMeta, sender: tuple[
             "message": {"attachment": {"type": "image", "payload": {"url": "https://x/p.png"}}},
         },
     )
-    assert resp.status_code == 200
+    # Meta fetches URL media during the call: a host it cannot reach fails the send.
+    assert resp.status_code == 400 and resp.json()["error"]["message"] == (
+        "(#100) Failed to fetch the file from the url")
 
 
 def test_send_over_1000_utf8_bytes_is_100(meta: SandboxMeta, sender: tuple[str, str]) -> None:

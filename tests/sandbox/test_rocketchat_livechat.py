@@ -304,14 +304,58 @@ def test_manager_note_is_allowed_in_livechat_room(
 
 def test_file_reply_carries_file_upload(rc: SandboxRocketChat, omni, crm: Receiver) -> None:
     """A file sent by the agent reaches the webhook with file, attachments and fileUpload."""
+    rc.set_setting("Site_Url", "https://chat.internal.example")
     room = _open_room(rc, "v1", omni["department"])["room"]
-    url = "http://127.0.0.1:9/file-upload/f1/cat.png?token=jwt"
-    rc.agent_send_file("agent.smith", room["_id"], url, "cat.png", "image/png", caption="look")
+    rc.agent_send_file("agent.smith", room["_id"], "cat.png", "image/png", b"\x89PNG-x",
+                       caption="look")
     [hook] = crm.wait(1)
     entry = hook["body"]["messages"][0]
-    assert entry["fileUpload"] == {"publicFilePath": url, "type": "image/png", "size": 0}
+    upload = entry["fileUpload"]
+    file_id = entry["file"]["_id"]
+    assert upload["publicFilePath"].startswith(
+        f"https://chat.internal.example/file-upload/{file_id}/cat.png?token=")
+    assert (upload["type"], upload["size"]) == ("image/png", 6)
     assert entry["file"]["name"] == "cat.png"
     assert entry["attachments"][0]["description"] == "look"
+
+
+def _uploaded(rc: SandboxRocketChat, omni, crm: Receiver) -> tuple[str, str]:
+    """An agent's file in a livechat room: (local URL with the JWT, local URL without)."""
+    room = _open_room(rc, "v1", omni["department"])["room"]
+    rc.agent_send_file("agent.smith", room["_id"], "a b.pdf", "application/pdf", b"%PDF-1")
+    [hook] = crm.wait(1)
+    public = hook["body"]["messages"][0]["fileUpload"]["publicFilePath"]
+    local = rc.url + public[public.index("/file-upload/"):]
+    return local, local.split("?", 1)[0]
+
+
+def test_file_link_serves_bytes_only_with_an_unexpired_token(
+    rc: SandboxRocketChat, omni, crm: Receiver
+) -> None:
+    """The JWT link works for an hour, then 403; no token is 403; an unknown id 404."""
+    with_token, bare = _uploaded(rc, omni, crm)
+    assert requests.get(with_token).content == b"%PDF-1"
+    assert requests.get(bare).status_code == 403
+    assert requests.get(rc.url + "/file-upload/nope/x.pdf").status_code == 404
+    rc.advance(3601)
+    assert requests.get(with_token).status_code == 403
+
+
+def test_file_link_with_user_headers_follows_room_restriction(
+    rc: SandboxRocketChat, omni, crm: Receiver, rc_people
+) -> None:
+    """X-User-Id/X-Auth-Token: refused to a non-member by default, allowed to livechat
+    staff once "restrict to users who can access the room" replaces "members only"."""
+    _, bare = _uploaded(rc, omni, crm)
+    login = requests.post(f"{rc.url}/api/v1/login",
+                          json={"user": "mybot", "password": "mybot"}).json()["data"]
+    headers = {"X-User-Id": login["userId"], "X-Auth-Token": login["authToken"]}
+    assert requests.get(bare, headers=headers).status_code == 403
+    assert requests.get(bare, headers={**headers, "X-Auth-Token": "forged"}).status_code == 403
+    rc.set_setting("FileUpload_Restrict_to_room_members", False)
+    rc.set_setting("FileUpload_Restrict_to_users_who_can_access_room", True)
+    assert requests.get(bare, headers=headers).content == b"%PDF-1"
+    assert [r["auth"] for r in rc.file_requests()][-1] == "user"
 
 
 def test_close_sends_livechat_session_webhook(rc: SandboxRocketChat, omni, crm: Receiver) -> None:

@@ -170,13 +170,18 @@ def setup_rocketchat(rc: SandboxRocketChat) -> str:
 
 @contextlib.asynccontextmanager
 async def running_bridge(
-    rocketchat: SandboxRocketChat, meta: SandboxMeta, tmp_path: Path, **bot_options: Any
+    rocketchat: SandboxRocketChat, meta: SandboxMeta, tmp_path: Path, *, store_url: str = "",
+    **bot_options: Any,
 ) -> AsyncIterator[Bridge]:
-    """A running Bot (``bot_options``: Bot keyword arguments) against both sandboxes,
-    with the sandbox page connected."""
+    """A running Bot against both sandboxes, with the sandbox page connected.
+
+    ``store_url`` (``storage.url``) runs it on PostgreSQL instead of a TinyDB file;
+    ``bot_options`` are Bot keyword arguments.
+    """
     department = setup_rocketchat(rocketchat)
     raw = config_dict(rocketchat.url, meta, str(tmp_path / "data" / "store.json"),
                       "127.0.0.1:8080")
+    raw["storage"]["url"] = store_url
     config = in_process(from_dict(raw, env={}))
     bot, task = await start_bot(config, **bot_options)
     page = Page(

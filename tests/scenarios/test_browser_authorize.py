@@ -2,52 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
 from sandbox.meta import DEFAULT_IG_USERNAME, DEFAULT_PAGE_ID
+from tests.scenarios.browser import BROWSER
 from tests.scenarios.oauth_harness import (
     SANDBOX_TOKEN,
     OAuthBridge,
     two_pages,
 )
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-
-playwright_api = pytest.importorskip("playwright.async_api")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        not (Path(CHROMIUM).exists() or shutil.which("chromium")),
-        reason="chromium is not installed (apt-get install chromium)",
-    ),
-]
-
-
-@pytest.fixture
-async def browser_page(tmp_path: Path) -> AsyncIterator[Any]:
-    """A fresh headless Chromium tab (own user-data-dir, no network beyond loopback)."""
-    async with playwright_api.async_playwright() as pw:
-        context = await pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),
-            executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
-            headless=True,
-            args=CHROMIUM_ARGS,
-        )
-        try:
-            page = await context.new_page()
-            page.set_default_timeout(15000)
-            yield page
-        finally:
-            await context.close()
+pytestmark = BROWSER
 
 
 async def test_browser_follows_dm_link_through_dialog_to_success(

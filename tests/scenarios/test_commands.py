@@ -138,6 +138,9 @@ async def test_commands_typed_across_ten_socket_drops_answered_exactly_once(
     for drop in range(10):
         rocketchat.block_connections(True)
         rocketchat.drop_all_sockets()
+        # Until the bot notices, `connected` is still true: waiting for the reconnect right
+        # away could let two drops count as one reconnect on a loaded machine.
+        await eventually(lambda: not bot.realtime.connected, timeout=5.0)
         for k in range(2):  # typed while the bot is away
             name = f"away{drop}x{k}"
             rocketchat.post_message("carol", rid, f"/instagram {name}")

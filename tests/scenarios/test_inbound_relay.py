@@ -287,8 +287,12 @@ async def test_closed_room_opens_a_new_room(bridge: Bridge, eventually):
     await eventually(lambda: bridge.texts(igsid) == ["first", "second"])
     rooms = bridge.rooms(igsid)
     assert len(rooms) == 2 and rooms[1]["open"]
-    conversation = await bridge.bot.store.conversation(bridge.page_id, igsid)
-    assert conversation is not None and conversation.room_id == rooms[1]["_id"]
+
+
+    async def new_room_saved() -> bool:  # the bot saves it just after posting the message
+        conversation = await bridge.bot.store.conversation(bridge.page_id, igsid)
+        return conversation is not None and conversation.room_id == rooms[1]["_id"]
+    await eventually(new_room_saved)
 
 
 async def test_welcome_text_goes_to_visitor_once_per_new_room(bridge: Bridge, eventually):

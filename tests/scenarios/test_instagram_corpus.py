@@ -116,7 +116,8 @@ async def test_every_corpus_body_is_answered_200_shown_and_stalls_nothing(
         if expect.get("echo"):
             # Echoes have their own lane (they wait for our own sends to be recorded), so
             # they may land after the trailer.
-            await eventually(lambda igsid=igsid: len(room_texts(bridge, igsid)) == 3)
+            await eventually(lambda igsid=igsid: len(room_texts(bridge, igsid)) == 3,
+                             timeout=20)
             texts = room_texts(bridge, igsid)
             between = [t for t in texts if t not in (opener, trailer)]
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.scenarios.harness import AGENT, WEBHOOK_SECRET, Bridge, every_rc_version
+from tests.scenarios.media_samples import png
 from tests.scenarios.outbound_helpers import (
     age_conversation,
     enable_omnichannel_webhooks,
@@ -48,13 +49,15 @@ async def test_long_reply_arrives_as_ordered_parts(live: Bridge) -> None:
 
 
 async def test_agent_image_is_sent_as_attachment_then_caption(live: Bridge) -> None:
-    """A file from an agent is an attachment call by URL, its caption a following text."""
+    """A file from an agent is uploaded to Meta, sent by attachment_id, its caption after."""
     igsid, rid = await visitor_with_room(live)
-    url = f"{live.rc.url}/file-upload/f1/photo.png?token=jwt"
-    live.rc.agent_send_file(AGENT, rid, url, "photo.png", "image/png", caption="Our catalogue")
+    live.rc.agent_send_file(AGENT, rid, "photo.png", "image/png", png(), caption="Our catalogue")
     await wait_for(lambda: len(sends(live, igsid)) == 2)
     first, second = (s["body"]["message"] for s in sends(live, igsid))
-    assert first == {"attachment": {"type": "image", "payload": {"url": url}}}
+    [upload] = live.meta.uploads()
+    assert (upload["type"], upload["format"], upload["filename"]) == ("image", "png", "photo.png")
+    assert first == {"attachment": {"type": "image",
+                                    "payload": {"attachment_id": upload["attachment_id"]}}}
     assert second == {"text": "Our catalogue"}
 
 

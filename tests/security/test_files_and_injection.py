@@ -114,8 +114,11 @@ async def test_visitor_profile_names_with_markup_and_newlines_are_relayed(
     assert status == 200
     await eventually(lambda: bridge.texts(igsid))
     assert bridge.texts(igsid) == ["<b>hi</b>"]
-    conv = await bridge.bot.store.conversation(bridge.page_id, igsid)
-    assert conv is not None and conv.visitor_registered
+
+    async def registered():  # saved by the bot just after it posts the message
+        found = await bridge.bot.store.conversation(bridge.page_id, igsid)
+        return found if found is not None and found.visitor_registered else None
+    conv = await eventually(registered)
     assert "\r" not in conv.visitor_name and "\n" not in conv.visitor_name
 
 

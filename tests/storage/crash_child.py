@@ -4,8 +4,8 @@ Enqueues items from several concurrent producers, completes every third one, and
 prints ``ack <id>`` after each enqueue has returned (that is: once it is durable),
 ``completing <id>`` before and ``done <id>`` after each completion, flushing each
 line. The parent kills it with SIGKILL at a random moment and checks the store
-against what was printed. Small compaction thresholds make snapshot rewrites happen
-during the run too.
+against what was printed. PATH may be a ``postgresql://`` URL. For TinyDB, small
+compaction thresholds make snapshot rewrites happen during the run too.
 """
 
 from __future__ import annotations
@@ -13,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from storage import WorkItem, open_store
+from storage import WorkItem, is_postgres_url, open_store
 
 PRODUCERS = 6
 CONVERSATIONS = 5
 
 
 async def main(path: str, run: str) -> None:
-    store = open_store(path, compact_min_bytes=16 * 1024, compact_ratio=1.0)
+    options = {} if is_postgres_url(path) else {"compact_min_bytes": 16 * 1024,
+                                                "compact_ratio": 1.0}
+    store = open_store(path, **options)
     await store.open()
     out = sys.stdout
     out.write("ready\n")

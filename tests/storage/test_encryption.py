@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from storage import LoginState, Page, StorageError, StoreFiles, TokenCipher, open_store
+from storage import LoginState, Page, StorageError, TokenCipher, open_store
+from tests.storage.helpers import stored_bytes
 
 KEY = TokenCipher.generate_key()
 OTHER_KEY = TokenCipher.generate_key()
 SECRETS = ("EAAG-page-token-secret", "EAAG-user-token-secret", "EAAG-candidate-secret")
-
-
-def all_bytes(path: str) -> bytes:
-    files = StoreFiles.for_path(path)
-    return b"".join(Path(f).read_bytes() for f in files.all() if Path(f).exists())
 
 
 async def save_secrets(store, clock) -> None:
@@ -33,12 +27,12 @@ async def save_secrets(store, clock) -> None:
 
 
 async def test_tokens_are_not_in_the_files_when_a_key_is_set(make_store, store_path, clock):
-    """With a key, no token appears in plain text in any file, before or after close."""
+    """With a key, no token appears in plain text at rest, before or after close."""
     store = await make_store(encryption_key=KEY)
     await save_secrets(store, clock)
-    journal_state = all_bytes(store_path)  # changes still in the journal
+    journal_state = stored_bytes(store_path)  # (TinyDB: changes still in the journal)
     await store.close()
-    compacted_state = all_bytes(store_path)  # folded into the snapshot
+    compacted_state = stored_bytes(store_path)  # (TinyDB: folded into the snapshot)
     for secret in SECRETS:
         assert secret.encode() not in journal_state
         assert secret.encode() not in compacted_state
@@ -53,7 +47,7 @@ async def test_without_a_key_tokens_are_stored_plain(make_store, store_path, clo
     """No key: tokens are stored as they are (doctor warns about it)."""
     store = await make_store()
     await save_secrets(store, clock)
-    assert SECRETS[0].encode() in all_bytes(store_path)
+    assert SECRETS[0].encode() in stored_bytes(store_path)
 
 
 async def test_wrong_key_is_a_clear_startup_error(make_store, store_path, clock):
@@ -96,7 +90,7 @@ async def test_plain_store_is_encrypted_when_a_key_is_added(make_store, store_pa
     await store.close()
     store = await make_store(encryption_key=KEY)
     await store.close()
-    data = all_bytes(store_path)
+    data = stored_bytes(store_path)
     assert not any(secret.encode() in data for secret in SECRETS)
     store = await make_store(encryption_key=KEY)
     assert (await store.page("p1")).user_token == SECRETS[1]

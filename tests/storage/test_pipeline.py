@@ -1,4 +1,4 @@
-"""Pipelined group commit: reads never wait for an fsync, mutations always do."""
+"""Pipelined group commit: reads never wait for an fsync, mutations always do (TinyDB)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import json
 import os
 import threading
 
+import pytest
+
 from storage import Page, StoreFiles
 from storage.journal import encode_tables
 from tests.storage.helpers import item
+
+pytestmark = pytest.mark.tinydb_only  # the TinyDB writer's own fsync pipeline
 
 
 class SlowFsync:

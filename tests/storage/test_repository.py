@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from storage import Conversation, LoginState, Page, StorageError, WorkItem
@@ -102,6 +104,16 @@ async def test_waiting_conversations_follow_the_flag(store):
     assert [c.igsid for c in await store.conversations_waiting()] == ["b"]
 
 
+async def test_visitors_since_counts_recent_writers_per_page(store):
+    """visitors_since counts, per page, the visitors whose last message is that recent."""
+    for page_id, igsid, last in [("p1", "a", 100.0), ("p1", "b", 250.0), ("p2", "c", 300.0),
+                                 ("p2", "d", None), ("p3", "e", 50.0)]:
+        await store.save_conversation(Conversation(page_id, igsid, f"instagram-{page_id}-{igsid}",
+                                                   last_inbound_at=last))
+    assert await store.visitors_since(100.0) == {"p1": 2, "p2": 1}
+    assert await store.visitors_since(1000.0) == {}
+
+
 # -- queues ------------------------------------------------------------------------------
 async def test_duplicate_webhook_enqueues_once(store):
     """The same item id stored twice (pending, then after completion) is stored once."""
@@ -136,6 +148,18 @@ async def test_items_come_out_in_conversation_order(store, clock):
         order.append(head.item_id)
         await store.complete(head)
     assert order == ["m1", "m2", "m3"]
+
+
+async def test_later_enqueue_never_becomes_visible_before_an_earlier_one(store):
+    """When an enqueue returns, every enqueue called before it is stored too: a later
+    reply must not be relayed while an earlier one is still being written."""
+    for n in range(20):
+        conversation = f"p1:c{n}"
+        first = asyncio.create_task(store.enqueue([item(f"{n}-a", conversation, order_ts=1.0)]))
+        await asyncio.sleep(0)  # the first call is under way
+        await store.enqueue([item(f"{n}-b", conversation, order_ts=2.0)])
+        assert (await store.head("inbound", conversation)).item_id == f"{n}-a"
+        await first
 
 
 async def test_next_items_gives_one_head_per_conversation(store, clock):
@@ -246,6 +270,24 @@ async def test_remember_reports_first_time_only(store):
     assert await store.remember("k") is True
     assert await store.remember("k") is False
     assert await store.seen("k")
+
+
+async def test_once_lets_exactly_one_caller_do_it(store, clock):
+    """Of concurrent callers of once(key) one gets True; later ones False until the ttl."""
+    results: list[bool] = []
+
+    async def caller() -> None:
+        async with store.once("command:m1", ttl=60) as mine:
+            results.append(mine)
+            await asyncio.sleep(0.01)  # inside: the others must wait, not enter
+
+    await asyncio.gather(*(caller() for _ in range(5)))
+    assert sorted(results) == [False] * 4 + [True]
+    async with store.once("command:m1", ttl=60) as mine:
+        assert not mine
+    clock.advance(61)
+    async with store.once("command:m1", ttl=60) as mine:
+        assert mine
 
 
 async def test_closed_store_refuses_calls(make_store):
