@@ -27,8 +27,10 @@ from bot.instagram.instagram_login import InstagramLoginClient, TokenRefresher
 from bot.instagram.reauth import mark_needs_reauth
 from bot.instagram.watch import DEFAULT_INTERVAL, MetaWatch, WatchRound
 from bot.metrics import Metrics
+from bot.relay.backfill import ALIVE, START_GRACE, Backfill
 from bot.relay.inbound import InboundRelay
 from bot.relay.intake import Intake
+from bot.relay.order import ReplyOrder
 from bot.relay.outbound import OutboundRelay
 from bot.relay.pressure import ReceiverLoad
 from bot.relay.worker import QueueWorker
@@ -154,6 +156,7 @@ class Bot:
         backoff: Callable[[], Iterator[float]] | None = None,
         registry: Registry | None = None,
         watch_interval: float = DEFAULT_INTERVAL,
+        backfill_grace: float = START_GRACE,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -227,7 +230,19 @@ class Bot:
             notify_outbound=lambda: self.outbound.notify(), load=self.receiver_load,
             notify_admins=self.notify_admins,
         )
-        self.intake = Intake(self.store, self.inbound, self.metrics, self.receiver_load)
+        # Reconciliation with Instagram's own record: visitor messages Meta never
+        # delivered (backfill), replies Rocket.Chat redelivers after a restart (order).
+        self.backfill = Backfill(
+            self.store, self.graphs, self.metrics, notify_inbound=lambda: self.inbound.notify(),
+            clock=clock, start_grace=backfill_grace,
+        )
+        self.reply_order = ReplyOrder(self.store, self.rest, clock=clock)
+        self.outbound_relay.order = self.reply_order
+        self.intake = Intake(
+            self.store, self.inbound, self.metrics, self.receiver_load,
+            on_heard=self.backfill.heard,
+            on_gap=lambda: self.backfill.request(None, "intake_gap"),
+        )
         self.token_refresher = (
             TokenRefresher(self.store, self.ig_graph, self._reauth_page, clock=clock)
             if self.ig_graph is not None else None
@@ -237,6 +252,7 @@ class Bot:
             self.store, self.graphs, self.notify_admins,
             lambda page_id: mark_needs_reauth(self.store, self.notify_admins, page_id),
             clock=clock, interval=watch_interval, on_round=self._watch_round,
+            on_resubscribed=lambda page_id: self.backfill.request(page_id, "watch"),
         )
         self.receiver = Receiver(self)
         self._tasks: list[asyncio.Task[Any]] = []
@@ -253,6 +269,9 @@ class Bot:
             log.warning("storage.encryption_key is not set: page and user access tokens are "
                         "stored in plain text in %s (mode 0600); see README \"Security\"",
                         self.config.storage.path)
+        # When the previous run was last known alive: what a restart may have missed.
+        alive = await self.store.mark(ALIVE)
+        self.reply_order.resume(alive)
         await self.rest.login()
         await self.receiver.start()
         self.port = self.receiver.public.port
@@ -269,6 +288,7 @@ class Bot:
             self._tasks.append(asyncio.create_task(self.token_refresher.run(),
                                                    name="instagram-tokens"))
         self._tasks.append(asyncio.create_task(self.meta_watch.run(), name="meta-watch"))
+        self._tasks.append(asyncio.create_task(self.backfill.run(alive), name="backfill"))
 
     async def run(self) -> None:
         """The whole process lifetime; raises AuthenticationFailed on bad credentials."""
@@ -297,6 +317,7 @@ class Bot:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.backfill.flush()  # when Meta was last heard, for the next start
         await self.receiver.stop()
         await self.graphs.close()
         await self.rest.close()

@@ -252,6 +252,13 @@ PAGES_ROUTE_INSTAGRAM = " — via Instagram Login, token until {until}"
 PAGES_NEEDS_REAUTH = " — *needs re-authorization* (`/instagram authorize`)"
 # Appended to a page's line when Rocket.Chat refused some of its messages for good.
 PAGES_SET_ASIDE = " — *{count} message(s) set aside*, last: {reason}"
+# Appended to a page's line once reconciliation with Instagram's own record did anything:
+# sends settled by reading the thread back, outcomes left unknown (the agent was told),
+# visitor messages found in the threads that no webhook had delivered, last backfill.
+PAGES_RECONCILE = (
+    " — Instagram's record: {settled} send(s) settled by read-back, {unknown} unknown, "
+    "{backfilled} message(s) backfilled, last backfill: {last}"
+)
 UNKNOWN_PAGE = "I know no connected page with id `{page_id}`. Known page ids: {known}."
 UNKNOWN_PAGE_NONE = (
     "I know no connected page with id `{page_id}`: no page is connected yet "
@@ -577,6 +584,21 @@ OUTBOUND_PAGE_NOT_CONNECTED = (
     "connected to the bridge, so an administrator must connect it again{partial}."
 )
 OUTBOUND_PARTIAL = " (only the first {sent} of {total} parts were delivered)"
+# A send was interrupted (crash or timeout) and Instagram's record could not tell whether
+# it arrived; {reason} is one of OUTCOME_UNKNOWN_REASONS, {partial} OUTBOUND_UNKNOWN_PART.
+OUTBOUND_OUTCOME_UNKNOWN = (
+    "⚠️ Not sure this reached Instagram{partial}: the send was interrupted and "
+    "{reason}. It was not sent again, so {visitor} never gets it twice; if {visitor} "
+    "did not get it, send it again."
+)
+OUTBOUND_UNKNOWN_PART = " (part {part} of {total})"
+OUTCOME_UNKNOWN_REASONS = {
+    "identical_texts": "the conversation holds the same text more than once, so "
+                       "Instagram's record cannot tell which one this was",
+    "thread_moved_on": "more than 20 messages came since, and Instagram only shows "
+                       "the newest 20",
+    "api_refused": "Instagram did not let the bridge read the conversation back",
+}
 # A file the bridge could not send; {name} is its file name, {error} one of MEDIA_* below.
 # The rest of the message (its caption, other files) is still sent.
 OUTBOUND_FILE_REFUSED = (

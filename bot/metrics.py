@@ -92,6 +92,21 @@ class Metrics:
             "resubscribe_failed, reauth, unknown)",
             ["outcome"], registry=r,
         )
+        self.outbound_settled = Counter(
+            "rcig_outbound_settled_total",
+            "Outbound parts whose outcome was settled by reading the thread back "
+            "(delivered: not sent again; resent: missing, sent once; unknown: the agent "
+            "was told)", ["outcome"], registry=r,
+        )
+        self.backfilled = Counter(
+            "rcig_backfilled_total",
+            "Messages found in Instagram's threads that no webhook had delivered, relayed",
+            ["kind"], registry=r,
+        )
+        self.backfill_runs = Counter(
+            "rcig_backfill_runs_total", "Backfill runs per page and trigger (start, watch, "
+            "intake_gap) and outcome", ["trigger", "outcome"], registry=r,
+        )
         self.commands = Counter(
             "rcig_commands_total", "Commands handled", ["command"], registry=r
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from bot import messages
 from bot.contacts import INCLUDED_CONTACTS, month_start
@@ -42,6 +43,7 @@ async def handle(ctx: CommandContext, args: Sequence[str]) -> None:
         if kept:
             line += messages.render(messages.PAGES_SET_ASIDE, count=len(kept),
                                     reason=kept[-1].reason)
+        line += await _reconcile_suffix(ctx, page.page_id)
         lines.append(line)
     total = sum(visitors.values())
     lines.append(messages.render(messages.PAGES_CONTACTS, total=total, included=INCLUDED_CONTACTS))
@@ -59,6 +61,21 @@ def page_buttons(page: Page) -> ButtonRow:
     edit = Button(messages.PAGES_BUTTON_EDIT, command=f"instagram edit {page.page_id}")
     username = f" (@{page.username})" if page.username else ""
     return ButtonRow((edit, toggle), title=f"{page.name}{username}")
+
+
+async def _reconcile_suffix(ctx: CommandContext, page_id: str) -> str:
+    """What reconciliation did for the page (bot.relay.backfill marks); "" if nothing."""
+    counts = {what: await ctx.store.mark(f"reconcile:{page_id}:{what}")
+              for what in ("settled", "unknown", "backfilled", "last_backfill")}
+    if not any(counts.values()):
+        return ""
+    last = counts["last_backfill"]
+    when = (datetime.fromtimestamp(last, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+            if last else "never")
+    return messages.PAGES_RECONCILE.format(
+        settled=int(counts["settled"] or 0), unknown=int(counts["unknown"] or 0),
+        backfilled=int(counts["backfilled"] or 0), last=when,
+    )
 
 
 command = Command(

@@ -147,6 +147,11 @@ class WorkItem:
     created_at: float = 0.0
     last_error: str | None = None
     progress: int = 0  # parts already done, for multi-part effects (split texts)
+    #: Epoch seconds when the send of part ``progress`` started and its outcome is not
+    #: recorded yet (None: no send in doubt). Set durably before the Send API call; a
+    #: crash or timeout leaves it set, and the part is settled by reading the thread
+    #: back (bot.relay.outbound) before anything is sent again. Persisted by update_item.
+    sending_at: float | None = None
 
 
 @dataclass
@@ -309,7 +314,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def update_item(self, item: WorkItem) -> None:
-        """Persist ``attempts``, ``next_try_at``, ``last_error`` and ``progress``."""
+        """Persist ``attempts``, ``next_try_at``, ``last_error``, ``progress`` and
+        ``sending_at``."""
 
     @abc.abstractmethod
     async def queue_depth(self, queue: QueueName) -> int: ...
@@ -347,6 +353,25 @@ class Store(abc.ABC):
 
     async def set_aside_items(self) -> list[SetAsideItem]:
         """Every set-aside item, oldest first."""
+        raise NotImplementedError
+
+    async def mark(self, name: str) -> float | None:
+        """A named number kept across restarts (None if never set). Reconciliation's
+        bookkeeping: ``heard:<page_id>`` (when Meta was last heard from for the page),
+        ``reconcile:<page_id>:<what>`` (its counts and last run, for ``/instagram pages``).
+        """
+        raise NotImplementedError
+
+    async def set_marks(self, values: dict[str, float]) -> None:
+        """Durably set several marks in one write (they never expire)."""
+        raise NotImplementedError
+
+    async def add_marks(self, deltas: dict[str, float], *, once: str | None = None) -> bool:
+        """Durably add to several marks (a missing one counts from 0), atomically: two
+        concurrent additions both count. With ``once``, a dedupe key: nothing is added
+        when it is already remembered, else it is remembered (default TTL) in the same
+        write, so a crash never counts one event twice or not at all. Returns whether
+        the marks were added."""
         raise NotImplementedError
 
     async def stats(self) -> dict[str, int]:

@@ -108,7 +108,8 @@ _PAGE_FIELDS = _fields(Page)
 _LOGIN_FIELDS = _fields(LoginState)
 _CONV_FIELDS = _fields(Conversation)
 _ITEM_COLUMNS = ("item_id", "queue", "conversation", "kind", "payload", "order_ts", "seq",
-                 "attempts", "next_try_at", "created_at", "last_error", "progress")
+                 "attempts", "next_try_at", "created_at", "last_error", "progress",
+                 "sending_at")
 _ITEM_SELECT = ", ".join(_ITEM_COLUMNS)
 _LOCK_KEY = len(_ITEM_COLUMNS)  # the column after the item's in a heads row
 
@@ -761,9 +762,9 @@ class PostgresStore(Store):
     async def update_item(self, item: WorkItem) -> None:
         await self._write(
             "UPDATE rcig_items SET attempts = %s, next_try_at = %s, last_error = %s, "
-            "progress = %s WHERE queue = %s AND item_id = %s",
+            "progress = %s, sending_at = %s WHERE queue = %s AND item_id = %s",
             (item.attempts, item.next_try_at, item.last_error, item.progress,
-             item.queue, item.item_id))
+             item.sending_at, item.queue, item.item_id))
 
     async def set_aside(self, item: WorkItem, reason: str) -> None:
         async def run(conn: psycopg.AsyncConnection) -> None:
@@ -826,6 +827,43 @@ class PostgresStore(Store):
         rows = await self._read("SELECT 1 FROM rcig_dedupe WHERE key = %s AND exp > %s",
                                 (key, self.clock()))
         return bool(rows)
+
+    # -- marks -------------------------------------------------------------------------
+    async def mark(self, name: str) -> float | None:
+        rows = await self._read("SELECT value FROM rcig_marks WHERE name = %s", (name,))
+        return float(rows[0][0]) if rows else None
+
+    async def set_marks(self, values: dict[str, float]) -> None:
+        async def run(conn: psycopg.AsyncConnection) -> None:
+            async with conn.transaction():
+                for name, value in sorted(values.items()):  # one lock order for all
+                    await conn.execute(
+                        "INSERT INTO rcig_marks (name, value) VALUES (%s, %s) "
+                        "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                        (name, float(value)))
+
+        await self._call(run, mutating=True)
+
+    async def add_marks(self, deltas: dict[str, float], *, once: str | None = None) -> bool:
+        now = self.clock()
+
+        async def run(conn: psycopg.AsyncConnection) -> bool:
+            async with conn.transaction():
+                if once is not None:
+                    cur = await conn.execute(
+                        "INSERT INTO rcig_dedupe (key, exp) VALUES (%s, %s) ON CONFLICT (key) "
+                        "DO UPDATE SET exp = EXCLUDED.exp WHERE rcig_dedupe.exp <= %s "
+                        "RETURNING 1", (once, now + self.dedupe_ttl, now))
+                    if await cur.fetchone() is None:
+                        return False
+                for name, delta in sorted(deltas.items()):
+                    await conn.execute(
+                        "INSERT INTO rcig_marks (name, value) VALUES (%s, %s) "
+                        "ON CONFLICT (name) DO UPDATE SET value = rcig_marks.value + "
+                        "EXCLUDED.value", (name, float(delta)))
+                return True
+
+        return await self._call(run, mutating=True)
 
     # -- maintenance -------------------------------------------------------------------
     async def expire(self, now: float) -> dict[str, int]:
@@ -917,11 +955,11 @@ class PostgresStore(Store):
                 # In processing order: the new seqs keep each conversation's order.
                 await cur.executemany(
                     "INSERT INTO rcig_items (queue, item_id, conversation, lock_key, kind, "
-                    "payload, order_ts, attempts, next_try_at, created_at, last_error, progress)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    "payload, order_ts, attempts, next_try_at, created_at, last_error, progress,"
+                    " sending_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     [(i.queue, i.item_id, i.conversation, lock_key(i.conversation), i.kind,
                       Jsonb(i.payload), i.order_ts, i.attempts, i.next_try_at, i.created_at,
-                      i.last_error, i.progress)
+                      i.last_error, i.progress, i.sending_at)
                      for i in sorted(dump.items,
                                      key=lambda i: (i.queue, i.conversation, i.order_ts, i.seq))])
                 await cur.executemany(_REMEMBER, list(dump.dedupe.items()))

@@ -104,6 +104,16 @@ MIGRATIONS: tuple[str, ...] = (
         DEFAULT clock_timestamp();
     CREATE INDEX rcig_inbox_received ON rcig_inbox (received_at);
     """,
+    # 4: reconciliation with Instagram's record: the start of a send whose outcome is not
+    # recorded yet (WorkItem.sending_at), and named numbers kept across restarts
+    # (Store.mark: when Meta was last heard, per-page counts).
+    """
+    ALTER TABLE rcig_items ADD COLUMN sending_at double precision;
+    CREATE TABLE rcig_marks (
+        name  text PRIMARY KEY,
+        value double precision NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

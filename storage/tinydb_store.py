@@ -255,6 +255,7 @@ class TinyDBStore(Store):
         self._meta_t = self._cold_db.table("_meta")
         self._items_t = {q: self._hot_db.table(q) for q in QUEUES}
         self._dedupe_t = self._hot_db.table("dedupe")
+        self._marks_t = self._hot_db.table("marks")
         # Same family as the queues: moving an item here is one append, one fsync.
         self._set_aside_t = self._hot_db.table("set_aside")
         self._reset_indexes()
@@ -635,6 +636,7 @@ class TinyDBStore(Store):
                 "next_try_at": item.next_try_at,
                 "last_error": item.last_error,
                 "progress": item.progress,
+                "sending_at": item.sending_at,
             },
             doc_ids=[item.item_id],
         )
@@ -696,6 +698,33 @@ class TinyDBStore(Store):
 
     async def seen(self, key: str) -> bool:
         return await self._read(lambda: self._seen(key, self.clock()))
+
+    # -- marks -------------------------------------------------------------------------
+    async def mark(self, name: str) -> float | None:
+        def get() -> float | None:
+            doc = self._marks_t.get(doc_id=name)
+            return float(doc["value"]) if doc is not None else None
+
+        return await self._read(get)
+
+    async def set_marks(self, values: dict[str, float]) -> None:
+        def put() -> None:
+            for name, value in values.items():
+                _put(self._marks_t, name, {"value": float(value)})
+
+        await self._write(put)
+
+    async def add_marks(self, deltas: dict[str, float], *, once: str | None = None) -> bool:
+        def add() -> bool:
+            if once is not None and not self._remember_new(once, None):
+                return False
+            for name, delta in deltas.items():
+                doc = self._marks_t.get(doc_id=name)
+                current = float(doc["value"]) if doc is not None else 0.0
+                _put(self._marks_t, name, {"value": current + float(delta)})
+            return True
+
+        return await self._write(add)
 
     # -- maintenance -------------------------------------------------------------------
     async def expire(self, now: float) -> dict[str, int]:

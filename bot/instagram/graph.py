@@ -95,6 +95,41 @@ _CONFIG_TEXTS = ("advanced access", "thread owner", "standby")
 SUBSCRIBED_FIELDS: tuple[str, ...] = ("feed",)
 PAGE_FIELDS = "id,name,access_token,instagram_business_account{id,username}"
 PROFILE_FIELDS = "name,username,profile_pic"
+#: The message fields a thread read-back asks for (protocols §10).
+MESSAGE_FIELDS = "id,created_time,from,to,message"
+#: Conversations API calls Meta allows per account per second (protocols §6, §10).
+CONVERSATIONS_PER_SECOND = 2.0
+
+
+class AccountPacer:
+    """At most ``rate`` calls per second per account, in the order they asked.
+
+    In-process only: each waiter reserves the next free slot of its account, so a burst
+    of reconciliation calls queues behind itself and never spends the budget a later
+    subscription check needs (it just takes its turn).
+    """
+
+    def __init__(self, rate: float = CONVERSATIONS_PER_SECOND, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        # A little under the limit: Meta counts by its clock, the sleep is ours.
+        self.spacing = 1.0 / rate * 1.05
+        self._clock = clock
+        self._next: dict[str, float] = {}
+
+    def delay(self, account: str) -> float:
+        """Reserve the account's next slot; seconds to wait for it."""
+        now = self._clock()
+        slot = max(now, self._next.get(account, 0.0))
+        self._next[account] = slot + self.spacing
+        return slot - now
+
+    async def wait(self, account: str) -> None:
+        """Sleep until this call may go out."""
+        delay = self.delay(account)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
 #: Seconds an attachment upload may wait for Meta's answer: a 25 MB file on a slow uplink
 #: plus Meta's processing. Uploads are safe to retry (an unused attachment id is harmless),
 #: and the send that follows names the stored attachment, so it stays small and quick.
@@ -301,6 +336,9 @@ class GraphClient:
         self.health = MetaHealth()
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="graph")
         self._app_token: str | None = None
+        #: Spaces the calls Meta limits to 2/s per account (Conversations API and the
+        #: subscription checks); the Send API and profile look-ups are never paced.
+        self.pacer = AccountPacer()
 
     def for_page(self, page: Any) -> GraphClient:
         """The client serving ``page``: this one (see ``bot.instagram.accounts``, which
@@ -431,8 +469,14 @@ class GraphClient:
         self._expect_success(body, f"DELETE /{page_id}/subscribed_apps")
 
     async def subscribed_apps(self, page_id: str, page_token: str) -> list[dict]:
-        """Apps installed on the Page, with their subscribed fields."""
-        body = await self._call("GET", f"/{page_id}/subscribed_apps", token=page_token)
+        """Apps installed on the Page, with their subscribed fields.
+
+        Paced with the Conversations API calls (the standing watch and ``doctor`` share
+        the account's budget with reconciliation, :class:`AccountPacer`).
+        """
+        body = await self._call(
+            "GET", f"/{page_id}/subscribed_apps", token=page_token, pace=page_id
+        )
         data = body.get("data") if isinstance(body, dict) else None
         return [a for a in (data or []) if isinstance(a, dict)]
 
@@ -476,6 +520,44 @@ class GraphClient:
         if not mid:
             raise GraphPermanent("response without message_id", call=f"POST /{page_id}/messages")
         return str(mid)
+
+    # -- Conversations API (protocols/instagram.md §10), paced per account ------------
+    async def conversations(
+        self,
+        page_id: str,
+        page_token: str,
+        *,
+        user_id: str | None = None,
+        after: str | None = None,
+        limit: int = 25,
+        fields: str = "id,updated_time",
+    ) -> dict:
+        """``GET /{page}/conversations?platform=instagram``: one page of threads, most
+        recently updated first (``data`` of ``{id, updated_time, …fields}``, ``paging``)."""
+        params = {"platform": "instagram", "fields": fields, "limit": str(limit)}
+        if user_id:
+            params["user_id"] = user_id
+        if after:
+            params["after"] = after
+        body = await self._call(
+            "GET", f"/{page_id}/conversations", token=page_token, params=params, pace=page_id
+        )
+        return body if isinstance(body, dict) else {}
+
+    async def thread_messages(
+        self, page_id: str, page_token: str, conversation_id: str
+    ) -> list[dict]:
+        """The newest messages of a thread (at most 20, newest first), each with
+        ``id, created_time, from, to, message``."""
+        segment = quote(conversation_id, safe="").replace(".", "%2E")
+        body = await self._call(
+            "GET", f"/{segment}", token=page_token,
+            params={"fields": f"messages{{{MESSAGE_FIELDS}}}"},
+            label="/{conversation-id}?fields=messages", pace=page_id,
+        )
+        messages = body.get("messages") if isinstance(body, dict) else None
+        data = messages.get("data") if isinstance(messages, dict) else None
+        return [m for m in (data or []) if isinstance(m, dict)]
 
     async def upload_attachment(
         self,
@@ -527,6 +609,7 @@ class GraphClient:
         label: str | None = None,
         idempotent: bool = True,
         secrets: tuple[str, ...] = (),
+        pace: str | None = None,
     ) -> Any:
         """One logical call with retries; returns the parsed JSON body of a 2xx answer.
 
@@ -546,6 +629,8 @@ class GraphClient:
                    "files": files, "timeout": timeout or self.timeout}
         attempt = 0
         while True:
+            if pace is not None:
+                await self.pacer.wait(pace)
             try:
                 return await self._once(method, path, request, call, scrub)
             except GraphRetryable as exc:

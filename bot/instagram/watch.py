@@ -11,7 +11,8 @@ token, which answers both questions:
 - 190: the token died; the re-authorization flow starts (:func:`mark_needs_reauth`).
 - our app missing: Meta removed the subscription; the watch installs it again (with the
   permitted fields, :mod:`bot.instagram.subscription`) and tells the admins once per
-  spell, also when the re-install fails.
+  spell, also when the re-install fails; after a re-install the page is backfilled
+  from Instagram's threads (``on_resubscribed``, :mod:`bot.relay.backfill`).
 - any other error: the state is unknown; nothing is changed, the next round asks again.
 
 Pages an admin unsubscribed, or already waiting for re-authorization, are skipped. The
@@ -63,6 +64,9 @@ class MetaWatch:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     #: Awaited after each round (the metrics gauges).
     on_round: Callable[[WatchRound], None] | None = None
+    #: Told the page id after its subscription was installed again: Meta delivered
+    #: nothing meanwhile, so the bridge backfills from the threads (bot.relay.backfill).
+    on_resubscribed: Callable[[str], None] | None = None
     last: WatchRound | None = None
     _told: set[str] = field(default_factory=set)  # pages whose dropped spell was reported
 
@@ -136,6 +140,8 @@ class MetaWatch:
         self._told.discard(page.page_id)  # a new spell may be reported again
         await self._notify(messages.render(messages.WATCH_RESUBSCRIBED, fields=listed, **fmt))
         log.info("standing watch: page %s subscribed again (%s)", page.page_id, fields)
+        if self.on_resubscribed is not None:
+            self.on_resubscribed(page.page_id)
         return "resubscribed"
 
     async def _tell_once(self, page_id: str, text: str) -> None:

@@ -59,6 +59,8 @@ class Intake:
         max_defer: float = MAX_DEFER,
         replay_window: float = REPLAY_WINDOW,
         clock: Callable[[], float] = time.time,
+        on_heard: Callable[[str], None] | None = None,
+        on_gap: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.inbox = store.inbox
@@ -70,6 +72,11 @@ class Intake:
         self.max_defer = max_defer
         self.replay_window = replay_window
         self.clock = clock
+        #: Told each page id a taken body was for (when Meta was last heard, backfill).
+        self.on_heard = on_heard or (lambda page_id: None)
+        #: Told when an acknowledged body had to be skipped: Meta will not send it again,
+        #: only Instagram's threads still hold its messages (an intake gap, backfill).
+        self.on_gap = on_gap or (lambda: None)
         self._wake = asyncio.Event()
 
     def notify(self) -> None:
@@ -139,6 +146,8 @@ class Intake:
                 page_id = await self.inbound.route(account)
                 if page_id is not None:
                     pages[account] = page_id
+            for page_id in set(pages.values()):
+                self.on_heard(page_id)
             try:
                 parsed = parse_webhook(body, pages)
             except Exception:
@@ -158,6 +167,9 @@ class Intake:
             dropped.extend(parsed.dropped)
         added = await self.store.enqueue(items) if items else []
         self.inbox.release(events[taken - 1].seq)
+        if any(reason == "unparseable" or (reason, detail) == ("malformed", "stored body")
+               for reason, detail in dropped):
+            self.on_gap()
         for reason, _detail in dropped:
             self.metrics.dropped.labels("inbound", reason).inc()
         if items:

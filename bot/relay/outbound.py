@@ -19,10 +19,16 @@ exponential backoff (the item stays at the head of its conversation, so order is
 kept); code 190 holds the page's items until it is re-authorized; anything the agent
 can act on (window closed, user unavailable, blocked) becomes a note in the room.
 
-Exactly-once is bounded by the Send API, which has no idempotency key: a crash after
-Meta accepted a part but before ``item.progress`` (or the item's completion) is
-durable re-sends that one part. Each part's progress is written right after its send,
-so at most one part per conversation in flight can be duplicated.
+Exactly once, though the Send API has no idempotency key: before each part is sent,
+``item.sending_at`` is written durably; after the send, ``item.progress`` (or the item's
+completion). A part found with ``sending_at`` still set (a crash or a timeout came in
+between) is settled by reading the thread back (:mod:`bot.instagram.conversations`),
+once Meta must have handled the request (:data:`SEND_SEALED_AFTER`), before anything
+is sent again: a matching message from the account → delivered, not
+sent again; certainly missing → sent once; the record cannot tell (identical texts, the
+thread moved past the 20 messages Meta shows, the read refused) → unknown: never resent,
+the agent gets a note in the room and can send it again by hand. Every part therefore
+ends delivered, failed (a note with Meta's reason) or unknown (a note).
 """
 
 from __future__ import annotations
@@ -33,10 +39,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from bot import messages
+from bot.instagram.conversations import (
+    ABSENT,
+    DELIVERED,
+    UNKNOWN,
+    Settlement,
+    ThreadReader,
+    settle,
+)
 from bot.instagram.graph import (
     GraphAuthError,
     GraphConfigError,
@@ -48,6 +62,9 @@ from bot.instagram.graph import (
 )
 from bot.relay.media import MAX_FETCH, MediaRefused, prepare
 from bot.relay.worker import Done, Outcome, Retry, retry_delay
+
+if TYPE_CHECKING:
+    from bot.relay.order import ReplyOrder
 from bot.rocketchat.ddp import parse_date
 from bot.rocketchat.rest import (
     FileRefused,
@@ -70,6 +87,10 @@ RESPONSE_WINDOW = 24 * 3600.0
 #: How long a human agent may still answer with the HUMAN_AGENT tag.
 HUMAN_AGENT_WINDOW = 7 * 24 * 3600.0
 
+#: Seconds after a send started by which Meta has handled it, or never will: the
+#: earliest a send in doubt is read back. Meta answers a send well within this; one it
+#: handled later still (a request stuck at Meta for longer) could be sent twice.
+SEND_SEALED_AFTER = 2.0
 #: Item kinds this processor sends to the visitor.
 VISITOR_KINDS = frozenset({"agent_message", "welcome", "offline", "finished"})
 
@@ -248,6 +269,14 @@ class OutboundRelay:
         # page_id -> conversations whose head is held for re-authorization (in memory:
         # after a restart held items are found again within hold_interval).
         self._held: dict[str, set[str]] = {}
+        #: Reads threads back to settle sends in doubt (paced by the graph client).
+        self.reader = ThreadReader(graphs)
+        #: A send in doubt from an earlier process is sealed by now: any read from here on
+        #: will do. Timeouts in this process are sealed when their call returned.
+        self._started = self.reader.now()
+        self._sealed: dict[str, float] = {}  # item id -> when its timed-out call returned
+        #: Orders replies Rocket.Chat redelivers after a restart (bot.relay.order).
+        self.order: ReplyOrder | None = None
 
     # -- entry point ---------------------------------------------------------------------
     async def process(self, item: WorkItem) -> Outcome:
@@ -289,6 +318,13 @@ class OutboundRelay:
         if item.progress >= len(parts):
             # Nothing (left) to send: an empty text, or every part went out before a crash.
             return Done()
+        room_id = item.payload.get("room_id") if item.kind in RC_WEBHOOK_KINDS else None
+        if (room_id and item.kind == "agent_message" and self.order is not None
+                and item.progress == 0 and item.sending_at is None
+                and await self.order.earlier_replies_queued(item, room_id)):
+            # Replies typed before this one were still on Rocket.Chat's retry timer:
+            # they are queued now, ahead of it; the queue hands them out first.
+            return Retry(self.clock(), "earlier replies queued first")
         last_inbound = conversation.last_inbound_at if conversation else None
         now = self.clock()
         decision = window_decision(
@@ -306,7 +342,18 @@ class OutboundRelay:
             )
         if not decision.send:
             return await self._outside_window(item, conversation, decision)
+        if item.progress == 0 and item.sending_at is None and await self._overtaken(item):
+            return Retry(self.clock(), "an earlier item arrived meanwhile")
         return await self._send_parts(item, page, igsid, parts, decision)
+
+    async def _overtaken(self, item: WorkItem) -> bool:
+        """Whether an item ordered before this one was queued while this one was being
+        looked at (a late webhook, or replies the order check just found): the queue
+        then hands that one out first."""
+        head = await self.store.head("outbound", item.conversation)
+        return head is not None and head.item_id != item.item_id and (
+            (head.order_ts, head.seq) < (item.order_ts, item.seq)
+        )
 
     async def on_page_reauthorized(self, page_id: str) -> int:
         """Make the page's held items due now; returns how many were re-scheduled."""
@@ -331,11 +378,42 @@ class OutboundRelay:
         parts: list[dict[str, Any]],
         decision: WindowDecision,
     ) -> Outcome:
-        for index in range(item.progress, len(parts)):
-            try:
-                message = parts[index]
-                if "file" in message:
+        remember: list[str] = []
+        index = item.progress
+        while index < len(parts):
+            if item.sending_at is not None:
+                # This part's send started before a crash or a timeout and its outcome
+                # was never recorded: ask Instagram's record before sending anything.
+                settled = await self._settle(item, page, igsid, parts[index], index, len(parts))
+                if isinstance(settled, Retry):
+                    return settled
+                if settled is not None:  # delivered, or unknown: never sent again
+                    remember.extend(settled)
+                    index = await self._advance(item, index, len(parts), remember)
+                    continue
+            message = parts[index]
+            if "file" in message:
+                # Download and upload first: nothing reaches the visitor before the send.
+                try:
                     message = await self._media_message(page, message["file"])
+                except MediaRefused as exc:
+                    # This file cannot go; the agent is told why and the rest still goes.
+                    await self._file_refused(item, index, parts[index]["file"], exc)
+                    index = await self._advance(item, index, len(parts), remember)
+                    continue
+                except (Unavailable, RateLimited) as exc:  # downloading from Rocket.Chat
+                    delay = retry_delay(item.attempts + 1, base=self.retry_base,
+                                        cap=self.retry_cap)
+                    log.warning("outbound item %s part %d/%d: file download failed (%s); "
+                                "retry in %.1f s", item.item_id, index + 1, len(parts), exc,
+                                delay)
+                    return Retry(self.clock() + delay, f"file download: {exc}")
+                except GraphError as exc:
+                    return await self._graph_failure(item, page, exc, index, len(parts))
+            # Durable before the call: a crash from here on leaves a part to settle.
+            item.sending_at = self.clock()
+            await self.store.update_item(item)
+            try:
                 mid = await self.graphs.for_page(page).send_message(
                     page.page_id,
                     page.page_token,
@@ -344,49 +422,130 @@ class OutboundRelay:
                     messaging_type=decision.messaging_type,
                     tag=decision.tag,
                 )
-            except MediaRefused as exc:
-                # This file cannot go; the agent is told why and the rest still goes.
-                await self._file_refused(item, index, parts[index]["file"], exc)
-                if index + 1 == len(parts):
-                    return Done()
-                item.progress = index + 1
-                await self.store.update_item(item)
-                continue
-            except (Unavailable, RateLimited) as exc:  # downloading from Rocket.Chat
-                delay = retry_delay(item.attempts + 1, base=self.retry_base, cap=self.retry_cap)
-                log.warning("outbound item %s part %d/%d: file download failed (%s); "
-                            "retry in %.1f s", item.item_id, index + 1, len(parts), exc, delay)
-                return Retry(self.clock() + delay, f"file download: {exc}")
-            except GraphAuthError as exc:
-                log.warning("outbound item %s: page %s token rejected (%s)",
-                            item.item_id, page.page_id, exc)
-                await self._needs_reauth(page)
-                return self._hold(item, page.page_id)
-            except GraphRetryable as exc:
-                delay = retry_delay(item.attempts + 1, base=self.retry_base, cap=self.retry_cap)
-                kind = ("throttled" if isinstance(exc, GraphThrottled)
-                        else "meta_incident" if isinstance(exc, GraphIncident) else "transient")
-                log.warning(
-                    "outbound item %s part %d/%d %s (%s); retry in %.1f s",
-                    item.item_id, index + 1, len(parts), kind, exc, delay,
-                )
-                return Retry(self.clock() + delay, f"{kind}: {exc}")
             except GraphError as exc:
-                return await self._refused(item, page, exc, index, len(parts))
-            echo = f"echo:{mid}"
+                return await self._graph_failure(item, page, exc, index, len(parts))
             log.info(
                 "outbound item %s part %d/%d sent as %s (%s)",
                 item.item_id, index + 1, len(parts), mid, decision.messaging_type,
             )
-            if index + 1 == len(parts):
-                self._relayed(item.kind)
-                return Done(remember=[echo])
-            # Record the part before anything else: this write is what keeps a crash
-            # from sending it twice. The echo key follows (it only hides our own echo).
-            item.progress = index + 1
+            remember.append(f"echo:{mid}")
+            index = await self._advance(item, index, len(parts), remember)
+        self._relayed(item.kind)
+        return Done(remember=remember)
+
+    async def _graph_failure(
+        self, item: WorkItem, page: Page, exc: GraphError, index: int, total: int
+    ) -> Outcome:
+        """What a failed upload or send of part ``index`` means for the item.
+
+        Only a send that may have reached Meta (a timeout, a 5xx, a network error) keeps
+        ``sending_at``: the next attempt settles it by reading the thread back.
+        """
+        if isinstance(exc, GraphAuthError):
+            item.sending_at = None  # refused: nothing was sent
+            log.warning("outbound item %s: page %s token rejected (%s)",
+                        item.item_id, page.page_id, exc)
+            await self._needs_reauth(page)
+            return self._hold(item, page.page_id)
+        if isinstance(exc, GraphRetryable):
+            delay = retry_delay(item.attempts + 1, base=self.retry_base, cap=self.retry_cap)
+            if isinstance(exc, GraphThrottled):
+                item.sending_at = None  # Meta refused the call: certainly not sent
+            elif item.sending_at is not None:
+                self._sealed[item.item_id] = self.reader.now()
+            kind = ("throttled" if isinstance(exc, GraphThrottled)
+                    else "meta_incident" if isinstance(exc, GraphIncident) else "transient")
+            log.warning(
+                "outbound item %s part %d/%d %s (%s); retry in %.1f s%s",
+                item.item_id, index + 1, total, kind, exc, delay,
+                "" if item.sending_at is None else ", settled by read-back first",
+            )
+            return Retry(self.clock() + delay, f"{kind}: {exc}")
+        item.sending_at = None
+        return await self._refused(item, page, exc, index, total)
+
+    async def _advance(
+        self, item: WorkItem, index: int, total: int, remember: list[str]
+    ) -> int:
+        """Record part ``index`` as done (its outcome is known); returns the next index."""
+        item.sending_at = None
+        item.progress = index + 1
+        if index + 1 < total:
+            # This write is what keeps a crash from settling the part again; the echo
+            # keys follow (they only hide our own echoes).
             await self.store.update_item(item)
-            await self.store.remember(echo)
-        return Done()
+            for key in remember:
+                await self.store.remember(key)
+            remember.clear()
+        return index + 1
+
+    async def _settle(
+        self, item: WorkItem, page: Page, igsid: str, part: dict[str, Any], index: int,
+        total: int,
+    ) -> list[str] | Retry | None:
+        """Settle a part whose send was started but never recorded, from the thread.
+
+        Returns the keys to remember when it was delivered or stays unknown (either way
+        it is not sent again), None when the record shows it missing (send it once), or
+        a Retry while Meta throttles the read.
+        """
+        started = item.sending_at or 0.0
+        text = part.get("text", "")
+        # Meta may still be handling a request whose connection died with us: read the
+        # thread only once such a request must have been handled.
+        sealed_in = started + SEND_SEALED_AFTER - self.clock()
+        if sealed_in > 0:
+            return Retry(self.clock() + sealed_in, "send in doubt: waiting to read back")
+        fresh_after = max(self._sealed.get(item.item_id, self._started),
+                          self.reader.now() + sealed_in)
+        try:
+            thread = await self.reader.messages(page, igsid, fresh_after)
+        except GraphThrottled as exc:
+            delay = retry_delay(item.attempts + 1, base=self.retry_base, cap=self.retry_cap)
+            log.warning("outbound item %s part %d/%d: read-back throttled (%s); retry in %.1f s",
+                        item.item_id, index + 1, total, exc, delay)
+            return Retry(self.clock() + delay, f"read-back throttled: {exc}")
+        except GraphError as exc:
+            verdict = Settlement(UNKNOWN, reason="api_refused")
+            log.warning("outbound item %s part %d/%d: Instagram's record could not be read "
+                        "(%s)", item.item_id, index + 1, total, exc)
+        else:
+            verdict = settle(thread, account_id=page.instagram_id, text=text,
+                             started_at=started)
+        self._sealed.pop(item.item_id, None)
+        # Counted once per send in doubt, even when a crash makes the next run settle it
+        # again (a part sent once more after "absent" and interrupted again is a new one).
+        if await self._count(page.page_id, "unknown" if verdict.state == UNKNOWN
+                             else "settled", once=f"settled:{item.item_id}:{index}:{started}"):
+            self._settled(verdict.state if verdict.state != ABSENT else "resent")
+        if verdict.state == DELIVERED:
+            log.info("outbound item %s part %d/%d: delivered before the interruption "
+                     "(%s, read back); not sent again", item.item_id, index + 1, total,
+                     verdict.mid)
+            return [f"echo:{verdict.mid}"]
+        if verdict.state == ABSENT:
+            log.info("outbound item %s part %d/%d: not in Instagram's thread; sending it once",
+                     item.item_id, index + 1, total)
+            item.sending_at = None
+            return None
+        log.warning("outbound item %s part %d/%d: outcome unknown (%s); not sent again, "
+                    "the agent is told", item.item_id, index + 1, total, verdict.reason)
+        await self._tell_agent(
+            item, messages.OUTBOUND_OUTCOME_UNKNOWN,
+            reason=messages.OUTCOME_UNKNOWN_REASONS.get(verdict.reason, verdict.reason),
+            sent=index, total=total, key=f"{item.item_id}:unknown:{index}",
+            partial_template=messages.OUTBOUND_UNKNOWN_PART if total > 1 else "",
+        )
+        return []
+
+    async def _count(self, page_id: str, what: str, *, once: str) -> bool:
+        """Add one to a per-page reconciliation count (shown by ``/instagram pages``),
+        once per ``once`` key; True when it was added."""
+        try:
+            return await self.store.add_marks({f"reconcile:{page_id}:{what}": 1}, once=once)
+        except Exception:  # a count must never decide an item's fate
+            log.exception("could not count %s for page %s", what, page_id)
+            return False
 
     async def _media_message(self, page: Page, file: dict[str, Any]) -> dict[str, Any]:
         """Download one agent file, check/convert it, upload it to Meta: the Send API message.
@@ -548,10 +707,14 @@ class OutboundRelay:
         total: int = 0,
         name: str = "",
         key: str | None = None,
+        reason: str = "",
+        partial_template: str | None = None,
     ) -> None:
         """Queue a note into the item's room (agents' messages only; others are logged).
 
-        ``key`` tells apart several notes about one item (one per refused file).
+        ``key`` tells apart several notes about one item (one per refused file, one per
+        part of unknown outcome); ``partial_template`` replaces the "only the first n
+        parts" phrase.
         """
         room_id = item.payload.get("room_id")
         if item.kind != "agent_message" or not room_id:
@@ -560,10 +723,13 @@ class OutboundRelay:
             page_id, igsid = split_conversation(item.conversation)
             conversation = await self.store.conversation(page_id, igsid)
         visitor = (conversation.visitor_name if conversation else "") or "the visitor"
-        partial = (messages.render(messages.OUTBOUND_PARTIAL, sent=sent, total=total)
-                   if sent else "")
+        if partial_template is not None:
+            partial = messages.render(partial_template, part=sent + 1, total=total)
+        else:
+            partial = (messages.render(messages.OUTBOUND_PARTIAL, sent=sent, total=total)
+                       if sent else "")
         text = messages.render(template, visitor=visitor, error=error,
-                               partial=messages.Markup(partial), name=name)
+                               partial=messages.Markup(partial), name=name, reason=reason)
         note = WorkItem(
             item_id=f"note:{key or item.item_id}",
             queue="outbound",
@@ -602,6 +768,10 @@ class OutboundRelay:
     def _relayed(self, kind: str) -> None:
         if self.metrics is not None:
             self.metrics.relayed.labels("outbound", kind).inc()
+
+    def _settled(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.outbound_settled.labels(outcome).inc()
 
     def _dropped(self, reason: str) -> None:
         if self.metrics is not None:

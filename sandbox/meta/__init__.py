@@ -5,7 +5,8 @@ tests check the bot against an independent reading of Meta's wire format.
 
 `SandboxMeta` runs a real aiohttp server on 127.0.0.1:0 in its own daemon thread and event
 loop. Everything a test or `rc-instagram demo` needs to steer it (login user, pages,
-profiles, injected errors, clock, token expiry, webhook delivery) is a synchronous,
+profiles, injected errors, clock, token expiry, webhook delivery, threads: messages
+recorded without a webhook, a person writing while the app is unsubscribed) is a
 thread-safe method that only touches in-memory state under one lock.
 
 Served (``{v}`` must equal ``api_version`` on the Graph side; the dialog accepts any):
@@ -26,6 +27,8 @@ Served (``{v}`` must equal ``api_version`` on the Graph side; the dialog accepts
   URL media is fetched by "Meta" itself (hosts flagged private fail ``(#100)``)
 - ``POST /{v}/{page}/message_attachments``   attachment upload (``filedata`` or URL), with
   Instagram's formats (sniffed from the bytes) and sizes (``sandbox/meta/upload.py``)
+- ``GET /{v}/{page}/conversations``, ``/{v}/{conversation}[/messages]``, ``/{v}/{mid}``
+  Conversations API (newest 20 messages, 2 calls/s per account; sandbox/meta/conversations.py)
 
 Times: control methods take epoch *seconds*; webhook builders take ``ts`` in epoch
 *milliseconds* like the wire (a value below 1e11 is taken as seconds and converted).

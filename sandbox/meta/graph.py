@@ -53,6 +53,11 @@ class GraphMixin:
             raise _GraphFail(2500, f"Unknown path components: {request.path}")
         node = self._resolve_node(segs[0], tok)
         edge = segs[1] if len(segs) == 2 else None
+        if method == "GET" and self.is_conversation_node(node):
+            return self._ok(self._conversation_node(node, edge, params, tok))
+        if edge == "conversations" and method == "GET":
+            self._require(tok, "page", node)
+            return self._ok(self._list_conversations(node, params, tok))
         if edge is None and method == "GET":
             return self._ok(self._node(node, params, tok))
         if edge == "accounts" and method == "GET":

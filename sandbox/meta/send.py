@@ -164,6 +164,7 @@ class SendMixin:
             if sender_action is not None:
                 return {"recipient_id": igsid}
             mid = self.new_mid()
+            self._record_locked(ig_id, igsid, mid, message.get("text") or "", True, None)
             url, echoes, delay = self._webhook_url, self._echoes, self._echo_delay
             if url and echoes:
                 self._pending += 1

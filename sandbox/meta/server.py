@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 import aiohttp
 from aiohttp import web
 
+from sandbox.meta.conversations import ConversationsMixin
 from sandbox.meta.events import EventsMixin
 from sandbox.meta.graph import GraphMixin
 from sandbox.meta.instagram_login import InstagramLoginMixin
@@ -48,7 +49,7 @@ log = logging.getLogger("sandbox.meta")
 
 class SandboxMeta(
     LoginMixin, InstagramLoginMixin, GraphMixin, SendMixin, UploadMixin, WebhookMixin,
-    EventsMixin,
+    EventsMixin, ConversationsMixin,
 ):
     """Facebook Login + Graph API + Instagram webhooks on a loopback port."""
 
@@ -106,6 +107,7 @@ class SandboxMeta(
         self._pending = 0
         self._idle = threading.Condition(self._lock)
         self._igsid_seq = 0
+        self._threads_init()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -330,7 +332,8 @@ class SandboxMeta(
         """Queue errors for an endpoint, consumed once each, in order.
 
         ``endpoint``: ``oauth``, ``debug_token``, ``me``, ``accounts``, ``permissions``,
-        ``subscribed_apps``, ``profile`` or ``messages`` (any recipient).
+        ``subscribed_apps``, ``profile``, ``messages`` (any recipient) or ``conversations``
+        (every Conversations API call).
         """
         with self._lock:
             self._endpoint_errors.setdefault(endpoint, []).extend(codes)

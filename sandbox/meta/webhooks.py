@@ -163,8 +163,10 @@ class WebhookMixin:
         return target, body, hdrs
 
     def _note_inbound(self, payload: Mapping[str, Any]) -> None:
-        """Messages and postbacks from a person (re)open the window (M6, M8)."""
+        """Messages and postbacks from a person (re)open the window (M6, M8); every
+        message is recorded in its thread (the Conversations API's record)."""
         with self._lock:
+            self._note_thread_payload(payload)
             for entry in payload.get("entry") or []:
                 if not isinstance(entry, Mapping):
                     continue

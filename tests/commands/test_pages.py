@@ -57,6 +57,18 @@ async def test_set_aside_messages_are_shown_per_page(two_connected: OAuthBridge)
     assert "set aside" not in lines[2]
 
 
+async def test_reconciliation_figures_are_shown_per_page(two_connected: OAuthBridge) -> None:
+    """A page whose sends were settled from Instagram's record says so; others do not."""
+    await two_connected.bot.store.add_marks({"reconcile:301:settled": 3,
+                                             "reconcile:301:unknown": 1})
+    before = len(two_connected.dms())
+    await two_connected.command("/instagram pages")
+    lines = (await two_connected.wait_dms(before + 1))[-1].splitlines()
+    assert lines[1].endswith("— Instagram's record: 3 send(s) settled by read-back, 1 unknown, "
+                             "0 message(s) backfilled, last backfill: never")
+    assert "Instagram's record" not in lines[2]
+
+
 async def test_non_admin_is_refused(two_connected: OAuthBridge) -> None:
     """A plain user cannot list the pages."""
     two_connected.rc.create_user("bob", "bob-password", roles=["user"])

@@ -140,9 +140,10 @@ def in_process(config: Config) -> Config:
     return dataclasses.replace(config, server=ServerConfig("127.0.0.1:0", "http://127.0.0.1"))
 
 
-async def start_bot(config: Config) -> tuple[Bot, asyncio.Task[None]]:
-    """Run a Bot until its web receiver listens; return it and its run() task."""
-    bot = Bot(config)
+async def start_bot(config: Config, **options: Any) -> tuple[Bot, asyncio.Task[None]]:
+    """Run a Bot (``options``: Bot keyword arguments) until its web receiver listens;
+    return it and its run() task."""
+    bot = Bot(config, **options)
     task = asyncio.create_task(bot.run(), name="bot")
     for _ in range(500):
         if bot.port is not None:
@@ -184,18 +185,20 @@ def setup_rocketchat(rc: SandboxRocketChat) -> str:
 
 @contextlib.asynccontextmanager
 async def running_bridge(
-    rocketchat: SandboxRocketChat, meta: SandboxMeta, tmp_path: Path, *, store_url: str = ""
+    rocketchat: SandboxRocketChat, meta: SandboxMeta, tmp_path: Path, *, store_url: str = "",
+    **bot_options: Any,
 ) -> AsyncIterator[Bridge]:
     """A running Bot against both sandboxes, with the sandbox page connected.
 
-    ``store_url`` (``storage.url``) runs it on PostgreSQL instead of a TinyDB file.
+    ``store_url`` (``storage.url``) runs it on PostgreSQL instead of a TinyDB file;
+    ``bot_options`` are Bot keyword arguments.
     """
     department = setup_rocketchat(rocketchat)
     raw = config_dict(rocketchat.url, meta, str(tmp_path / "data" / "store.json"),
                       "127.0.0.1:8080")
     raw["storage"]["url"] = store_url
     config = in_process(from_dict(raw, env={}))
-    bot, task = await start_bot(config)
+    bot, task = await start_bot(config, **bot_options)
     page = Page(
         page_id=DEFAULT_PAGE_ID,
         name=DEFAULT_PAGE_NAME,

@@ -2,10 +2,9 @@
 
 300 agent messages across 30 rooms are acknowledged by a bot running as a subprocess
 (``rc-instagram run``); the bot is SIGKILLed while sends are in flight, restarted, and
-the sandbox Meta's Send API log is checked: every part delivered, per-room order kept,
-and any duplicate attributable to a send in flight at the kill (the window between Meta
-accepting a send and our durable record of it, which no client can close: the Send API
-has no idempotency key).
+the sandbox Meta's Send API log is checked: every part delivered once, per-room order
+kept. The sends in flight at the kill (Meta accepted them, the bot never recorded it)
+are settled after the restart by reading the threads back, so none is repeated.
 """
 
 from __future__ import annotations
@@ -56,6 +55,9 @@ class CrashResult:
     #: For each duplicate, when Meta accepted the first copy, relative to the SIGKILL (s).
     duplicate_offsets: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    #: Parts settled by reading the thread back after the restart, and those left unknown.
+    settled: int = 0
+    unknown: int = 0
 
 
 def _message_text(room: int, index: int) -> str:
@@ -239,5 +241,18 @@ async def run_crash_experiment(
                 result.duplicate_offsets.append(round(first_at - killed_at, 3))
         result.duplicates += extra
         result.duplicate_rooms += 1 if extra else 0
+    result.settled, result.unknown = await reconcile_counts(str(store_path), DEFAULT_PAGE_ID)
     result.seconds = time.monotonic() - started
     return result
+
+
+async def reconcile_counts(store_path: str, page_id: str) -> tuple[int, int]:
+    """(parts settled by read-back, parts left unknown) as the stopped bot recorded them."""
+    store = open_store(store_path)
+    await store.open()
+    try:
+        settled = await store.mark(f"reconcile:{page_id}:settled") or 0
+        unknown = await store.mark(f"reconcile:{page_id}:unknown") or 0
+    finally:
+        await store.close()
+    return int(settled), int(unknown)

@@ -59,9 +59,10 @@ async def test_older_schema_is_migrated_on_start_keeping_the_data(replicas, pg_l
     store = await replicas()
     await store.enqueue([item("m1")])
     await store.close()
-    # Back to schema 1 as it was: without what migrations 2 and 3 added.
+    # Back to schema 1 as it was: without what migrations 2, 3 and 4 added.
     sql(pg_location, "DROP TABLE rcig_set_aside; ALTER TABLE rcig_inbox DROP COLUMN "
-        "received_at; ALTER TABLE rcig_items DROP COLUMN queued_at")
+        "received_at; ALTER TABLE rcig_items DROP COLUMN queued_at; ALTER TABLE rcig_items "
+        "DROP COLUMN sending_at; DROP TABLE rcig_marks")
     sql(pg_location, "UPDATE rcig_meta SET value = '1'::jsonb WHERE key = 'schema'")
     store = await replicas()
     assert [i.item_id for i in await store.pending_items("inbound", "p1:u1")] == ["m1"]

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from storage import Conversation, LoginState, Page, StorageError
+from storage import Conversation, LoginState, Page, StorageError, WorkItem
 from tests.storage.helpers import item
 
 
@@ -322,3 +322,23 @@ async def test_concurrent_first_calls_agree_on_one_bridge_secret(store):
     """Replicas (or relay tasks) asking for the secret at once all get the same bytes."""
     secrets = await asyncio.gather(*(store.bridge_secret() for _ in range(8)))
     assert len(set(secrets)) == 1
+
+
+async def test_marks_and_sending_at_survive_a_restart(make_store):
+    """Marks (set, added, added once) and an item's ``sending_at`` are durable."""
+    store = await make_store()
+    await store.set_marks({"heard:p1": 123.5})
+    assert await store.add_marks({"reconcile:p1:settled": 1, "reconcile:p1:unknown": 2})
+    assert await store.add_marks({"reconcile:p1:settled": 1}, once="settled:i1:0")
+    assert not await store.add_marks({"reconcile:p1:settled": 1}, once="settled:i1:0")
+    [item] = await store.enqueue([WorkItem("rc-msg:a", "outbound", "p1:u1", "agent_message", {})])
+    item.sending_at = 1_700_000_001.25
+    await store.update_item(item)
+    await store.close()
+    store = await make_store()
+    assert await store.mark("heard:p1") == 123.5
+    assert await store.mark("reconcile:p1:settled") == 2
+    assert await store.mark("reconcile:p1:unknown") == 2
+    assert await store.mark("never-set") is None
+    head = await store.head("outbound", "p1:u1")
+    assert head is not None and head.sending_at == 1_700_000_001.25
