@@ -84,9 +84,13 @@ class ReplyOrder:
         ]
         if not replies:
             return False
+        conversation = await self.store.conversation(page_id, igsid)
+        if conversation is None:
+            return False
         body = {"type": "Message", "_id": room_id,
-                "visitor": {"token": f"instagram-{page_id}-{igsid}"}, "messages": replies}
-        parsed = parse_webhook(body, bot_user_id=self.rest.user_id, now=self.clock())
+                "visitor": {"token": conversation.visitor_token}, "messages": replies}
+        parsed = parse_webhook(body, conversation=conversation, bot_user_id=self.rest.user_id,
+                               now=self.clock())
         added = await self.store.enqueue(parsed.items) if parsed.items else []
         earlier = [a for a in added if (a.order_ts, a.seq) < (item.order_ts, item.seq)]
         if added:
