@@ -177,7 +177,8 @@ class StoreDump:
     """Everything a store holds, decrypted, for moving it to another store (offline).
 
     ``inbox`` is the raw bodies of acknowledged webhooks not yet queued, oldest first;
-    ``dedupe`` maps each unexpired key to its expiry (epoch seconds).
+    ``dedupe`` maps each unexpired key to its expiry (epoch seconds); ``bridge_secret``
+    keys the visitor tokens (moved too, so a returning visitor keeps their token).
     """
 
     pages: list[Page] = field(default_factory=list)
@@ -187,6 +188,7 @@ class StoreDump:
     dedupe: dict[str, float] = field(default_factory=dict)
     inbox: list[bytes] = field(default_factory=list)
     set_aside: list[SetAsideItem] = field(default_factory=list)
+    bridge_secret: bytes | None = None
 
     def counts(self) -> dict[str, int]:
         """What a migration verifies: one count per kind of record."""

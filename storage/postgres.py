@@ -932,6 +932,7 @@ class PostgresStore(Store):
             dedupe=dict(dedupe),  # type: ignore[arg-type]
             inbox=[event.raw for event in self.inbox.pending()],
             set_aside=await self.set_aside_items(),
+            bridge_secret=await self.bridge_secret(),
         )
 
     async def restore(self, dump: StoreDump) -> None:
@@ -963,6 +964,11 @@ class PostgresStore(Store):
                      for i in sorted(dump.items,
                                      key=lambda i: (i.queue, i.conversation, i.order_ts, i.seq))])
                 await cur.executemany(_REMEMBER, list(dump.dedupe.items()))
+                if dump.bridge_secret:
+                    await cur.execute(
+                        "INSERT INTO rcig_meta (key, value) VALUES ('bridge_secret', %s) "
+                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                        (Jsonb(self._cipher.encrypt(dump.bridge_secret.hex())),))
                 await cur.executemany(
                     "INSERT INTO rcig_set_aside (queue, item_id, item, reason, set_aside_at, "
                     "seq) VALUES (%s, %s, %s, %s, %s, %s)",

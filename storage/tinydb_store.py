@@ -801,6 +801,7 @@ class TinyDBStore(Store):
         dump = await self._read(collect)
         dump.inbox = [event.raw for event in self.inbox.pending()]
         dump.set_aside = await self.set_aside_items()
+        dump.bridge_secret = await self.bridge_secret()
         return dump
 
     async def restore(self, dump: StoreDump) -> None:
@@ -810,6 +811,9 @@ class TinyDBStore(Store):
         await asyncio.gather(*(self.inbox.append(raw) for raw in dump.inbox))
 
     def _restore(self, dump: StoreDump, payloads: list[Any]) -> None:
+        if dump.bridge_secret:
+            _put(self._meta_t, _BRIDGE_ID,
+                 {"secret": self._cipher.encrypt(dump.bridge_secret.hex())})
         for page in dump.pages:
             self._save_page(page)
         for state in dump.login_states:

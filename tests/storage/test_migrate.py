@@ -44,7 +44,7 @@ def locations(request, tmp_path) -> Iterator:
         yield place
 
 
-async def fill(location: str, clock) -> None:
+async def fill(location: str, clock) -> bytes:
     """A store with one of everything, including work in flight and pending webhooks."""
     store = open_store(location, KEY, clock=clock)
     await store.open()
@@ -67,7 +67,9 @@ async def fill(location: str, clock) -> None:
     await store.remember("rc-msg-9", ttl=DAY)
     await store.inbox.append(b'{"entry": "not queued yet"}')
     await store.inbox.append(b"second")
+    secret = await store.bridge_secret()
     await store.close()
+    return secret
 
 
 @pytest.mark.parametrize(("src_kind", "dst_kind"), DIRECTIONS,
@@ -75,9 +77,10 @@ async def fill(location: str, clock) -> None:
 async def test_migration_copies_every_record_and_keeps_tokens_encrypted(
         locations, clock, src_kind, dst_kind):
     """Everything arrives: pages, states, conversations (times kept), queue order and
-    retries, set-aside items, dedupe keys, unqueued webhooks; tokens stay encrypted."""
+    retries, set-aside items, dedupe keys, unqueued webhooks, the bridge secret (so
+    visitor tokens of new conversations do not change); tokens stay encrypted."""
     source, destination = locations(src_kind), locations(dst_kind)
-    await fill(source, clock)
+    secret = await fill(source, clock)
     counts = await migrate(source, destination, KEY, clock=clock)
     assert counts == {"pages": 1, "login_states": 1, "conversations": 2, "inbound": 3,
                       "outbound": 1, "dedupe_keys": 6, "inbox": 2, "set_aside": 1}
@@ -105,6 +108,7 @@ async def test_migration_copies_every_record_and_keeps_tokens_encrypted(
         [kept] = await store.set_aside_items()
         assert (kept.item.item_id, kept.item.attempts, kept.reason, kept.page_id) == (
             "bad", 7, "livechat/message: error-weird", "p1")
+        assert await store.bridge_secret() == secret
         clock.advance(61 * DAY)  # the old conversation's 90 days are counted from its save
         await store.expire(clock())
         assert await store.conversation("p1", "old") is None
