@@ -5,12 +5,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /opt/rc-instagram
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY bot ./bot
 COPY commands ./commands
 COPY storage ./storage
 COPY sandbox ./sandbox
-RUN pip install . && useradd --system --uid 10001 --home-dir /data rc-instagram \
+RUN pip install -c constraints.txt . && useradd --system --uid 10001 --home-dir /data rc-instagram \
     && mkdir -p /data /etc/rc-instagram && chown rc-instagram /data && chmod 700 /data
 
 USER rc-instagram
