@@ -189,6 +189,15 @@ async def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise SystemExit("server did not start")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc), all threads.
+
+    Throughput on a shared machine moves with the load; CPU per message much less.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
@@ -425,12 +434,23 @@ async def bench_throughput(
     proc, url = await env.start_bot()
     try:
         base = env.message_count()
+        calls_before = env.rc.call_counts()
+        bot_cpu_before = cpu_seconds(proc.pid)
+        own_cpu_before = time.process_time()
         started = time.perf_counter()
         elapsed_post, _, failures = await hammer(url, bodies, 8)
         done = await wait_for_messages(env, base + total, timeout=300)
+        calls = {route: n - calls_before.get(route, 0)
+                 for route, n in env.rc.call_counts().items()
+                 if n - calls_before.get(route, 0)}
+        bot_cpu = cpu_seconds(proc.pid) - bot_cpu_before
+        own_cpu = time.process_time() - own_cpu_before
     finally:
         stop(proc)
     seconds = done - started
+    print(f"    Rocket.Chat REST calls during the run: {calls}")
+    print(f"    CPU per message: bot {bot_cpu / total * 1000:.2f} ms, this process "
+          f"(sandboxes, load generator) {own_cpu / total * 1000:.2f} ms")
     print(f"{label} end-to-end throughput ({env.stores.kind}): {total} messages, "
           f"{conversations} new conversations ({per_conversation} messages each), "
           f"20 ms injected on every Rocket.Chat REST response")
@@ -439,7 +459,9 @@ async def bench_throughput(
     print(f"    (first message of each conversation also registers the visitor and opens "
           f"the room: {conversations} x livechat/visitor + livechat/room + Graph profile)")
     return {f"{prefix}_messages": total, f"{prefix}_conversations": conversations,
-            f"{prefix}_messages_per_s": total / seconds, f"{prefix}_seconds": seconds}
+            f"{prefix}_messages_per_s": total / seconds, f"{prefix}_seconds": seconds,
+            f"{prefix}_bot_cpu_ms_per_message": bot_cpu / total * 1000,
+            f"{prefix}_sandbox_cpu_ms_per_message": own_cpu / total * 1000}
 
 
 async def bench_latency(
