@@ -437,6 +437,7 @@ async def bench_throughput(
         calls_before = env.rc.call_counts()
         bot_cpu_before = cpu_seconds(proc.pid)
         own_cpu_before = time.process_time()
+        server_cpu_before = env.stores.server_cpu_seconds()
         started = time.perf_counter()
         elapsed_post, _, failures = await hammer(url, bodies, 8)
         done = await wait_for_messages(env, base + total, timeout=300)
@@ -445,12 +446,17 @@ async def bench_throughput(
                  if n - calls_before.get(route, 0)}
         bot_cpu = cpu_seconds(proc.pid) - bot_cpu_before
         own_cpu = time.process_time() - own_cpu_before
+        server_cpu_after = env.stores.server_cpu_seconds()
     finally:
         stop(proc)
     seconds = done - started
     print(f"    Rocket.Chat REST calls during the run: {calls}")
+    server_cpu = (None if server_cpu_before is None or server_cpu_after is None
+                  else server_cpu_after - server_cpu_before)
+    server = ("" if server_cpu is None
+              else f", PostgreSQL server {server_cpu / total * 1000:.2f} ms")
     print(f"    CPU per message: bot {bot_cpu / total * 1000:.2f} ms, this process "
-          f"(sandboxes, load generator) {own_cpu / total * 1000:.2f} ms")
+          f"(sandboxes, load generator) {own_cpu / total * 1000:.2f} ms{server}")
     print(f"{label} end-to-end throughput ({env.stores.kind}): {total} messages, "
           f"{conversations} new conversations ({per_conversation} messages each), "
           f"20 ms injected on every Rocket.Chat REST response")
@@ -461,7 +467,9 @@ async def bench_throughput(
     return {f"{prefix}_messages": total, f"{prefix}_conversations": conversations,
             f"{prefix}_messages_per_s": total / seconds, f"{prefix}_seconds": seconds,
             f"{prefix}_bot_cpu_ms_per_message": bot_cpu / total * 1000,
-            f"{prefix}_sandbox_cpu_ms_per_message": own_cpu / total * 1000}
+            f"{prefix}_sandbox_cpu_ms_per_message": own_cpu / total * 1000,
+            **({} if server_cpu is None else
+               {f"{prefix}_server_cpu_ms_per_message": server_cpu / total * 1000})}
 
 
 async def bench_latency(

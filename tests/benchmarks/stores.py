@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 
@@ -75,6 +77,41 @@ class BenchStores:
         if self.kind == "tinydb":
             return {"path": location, "encryption_key": ""}
         return {"url": location, "encryption_key": ""}
+
+    def server_cpu_seconds(self) -> float | None:
+        """CPU seconds used so far by the server's processes (postmaster and backends),
+        for a server on this machine listening on the URL's port; else None.
+
+        Backends that exited are not counted: read it while the bot is connected.
+        """
+        if self.kind != "postgres" or self._url is None:
+            return None
+        port = urlsplit(self._url).port or 5432
+        postmasters = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                args = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if args and args[0].endswith(b"postgres") and b"-p" in args \
+                    and args[args.index(b"-p") + 1:][:1] == [str(port).encode()]:
+                postmasters.append(proc.name)
+        if not postmasters:
+            return None
+        total = 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if proc.name in postmasters or fields[1] in postmasters:
+                total += (int(fields[11]) + int(fields[12])) / tick
+        return total
 
     def close(self) -> None:
         if self._url is not None and self._schemas:
