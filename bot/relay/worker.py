@@ -116,14 +116,21 @@ class QueueWorker:
             await self._sleep_until_work()
 
     async def _sleep_until_work(self) -> None:
-        timeout = self._idle_poll
-        due = await self._store.earliest_due(self._queue)
-        if due is not None:
-            timeout = max(0.0, min(timeout, due - self._clock()))
+        if self._wake.is_set():
+            # Work was signalled while dispatching (a conversation finished, an item
+            # arrived): look again at once. Asking earliest_due first would cost a
+            # query per finished conversation (PostgreSQL: a scan of every head).
+            return
         limit = self._limit()
         if min(self._concurrency, limit) - len(self._busy) <= 0:
             # A finishing conversation wakes us; a lowered limit may also rise meanwhile.
+            # No slot is free, so when the next item is due does not matter yet.
             timeout = self._idle_poll if limit >= self._concurrency else LIMIT_RECHECK
+        else:
+            timeout = self._idle_poll
+            due = await self._store.earliest_due(self._queue)
+            if due is not None:
+                timeout = max(0.0, min(timeout, due - self._clock()))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.001))
 

@@ -1,6 +1,8 @@
 """Run every benchmark, print one table of figures and goals, write bench-results/results.json.
 
-Run: ``python -m tests.benchmarks [--quick] [--only NAME ...] [--out DIR]`` (``make bench``).
+Run: ``python -m tests.benchmarks [--quick] [--only NAME ...] [--out DIR] [--store-url URL]``
+(``make bench``). The ``*_pg`` benchmarks run on PostgreSQL: a throwaway local cluster
+each starts and removes (``initdb``/``pg_ctl`` needed), or ``--store-url``.
 
 Each benchmark runs as its own child process (``python -m tests.benchmarks.<module>
 --json FILE``), so one crash or hang does not stop the rest; its output is echoed and
@@ -31,6 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from storage import is_postgres_url, mask_url
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -43,6 +47,8 @@ class Figure:
     unit: str = ""
     goal: tuple[str, float] | None = None  # (">=" | "<=" | "==", value)
     digits: int = 1
+    #: Only some sizes produce it (e.g. not ``--quick``): no row when it is missing.
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,8 @@ class Benchmark:
     quick_args: tuple[str, ...]
     timeout: float
     figures: tuple[Figure, ...] = field(default_factory=tuple)
+    #: Runs on PostgreSQL: gets ``--store-url`` when one is given.
+    postgres: bool = False
 
 
 BENCHMARKS: tuple[Benchmark, ...] = (
@@ -70,9 +78,34 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         Figure("ack_busy_relay_p99_ms", "storm meeting a busy relay, ack p99", "ms"),
         Figure("relay_messages_per_s", "relay throughput, 1k conversations, 20 ms injected",
                "msg/s", (">=", 500), 0),
+        Figure("relay_bot_cpu_ms_per_message", "  bot CPU per message", "ms", None, 2),
+        Figure("first_contact_messages_per_s",
+               "relay throughput, 1k new visitors x 3 messages, 20 ms injected", "msg/s",
+               (">=", 500), 0),
+        Figure("first_contact_bot_cpu_ms_per_message", "  bot CPU per message", "ms", None, 2),
         Figure("latency_p50_ms", "webhook -> room latency p50 at 100 msg/s", "ms"),
         Figure("latency_p99_ms", "webhook -> room latency p99 at 100 msg/s", "ms"),
     )),
+    Benchmark("inbound_pg", "bench_inbound",
+              ("--store", "postgres", "--parts", "ack", "relay", "first_contact"),
+              ("--store", "postgres", "--parts", "ack", "relay", "first_contact", "--quick"),
+              1200, (
+        Figure("ack_ratio", "PostgreSQL: durable ingest / no-op aiohttp (median ratio)", "",
+               (">=", 0.5), 2),
+        Figure("ack_bot_req_s", "webhooks acknowledged, rc-instagram", "req/s", None, 0),
+        Figure("ack_noop_req_s", "webhooks acknowledged, no-op aiohttp handler", "req/s", None, 0),
+        Figure("ack_bot_p99_ms", "webhook acknowledgement p99", "ms", ("<=", 50)),
+        Figure("ack_ingest_only_ratio", "durable ingest only / no-op (relay held back)", "",
+               (">=", 0.5), 2),
+        Figure("ack_ingest_only_p99_ms", "durable ingest only, ack p99", "ms", ("<=", 50)),
+        Figure("relay_messages_per_s", "relay throughput, 1k conversations, 20 ms injected",
+               "msg/s", (">=", 500), 0),
+        Figure("relay_bot_cpu_ms_per_message", "  bot CPU per message", "ms", None, 2),
+        Figure("first_contact_messages_per_s",
+               "relay throughput, 1k new visitors x 3 messages, 20 ms injected", "msg/s",
+               (">=", 500), 0),
+        Figure("first_contact_bot_cpu_ms_per_message", "  bot CPU per message", "ms", None, 2),
+    ), postgres=True),
     Benchmark("storage", "bench_storage", (), ("--items", "5000", "--history", "20000"), 900, (
         Figure("enqueue_concurrent_acks_s", "durable enqueue, 64 producers", "acks/s",
                (">=", 2000), 0),
@@ -109,6 +142,21 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         Figure("open_seconds", "store open time", "s", None, 2),
         Figure("files_total_mb", "store files on disk", "MiB"),
     )),
+    Benchmark("rss_pg", "bench_rss", ("--store", "postgres"), ("--store", "postgres", "--quick"),
+              1800, (
+        Figure("bot_rss_empty_store_mb", "PostgreSQL: bot RSS, empty store", "MiB"),
+        Figure("bot_rss_10000_mb", "bot RSS, 10,000 conversations", "MiB", ("<=", 150),
+               optional=True),
+        Figure("bot_rss_30000_mb", "bot RSS, 30,000 conversations", "MiB", ("<=", 150),
+               optional=True),
+        Figure("bot_rss_100000_mb", "bot RSS, 100,000 conversations", "MiB", ("<=", 150),
+               optional=True),
+        Figure("bot_rss_1000000_mb", "bot RSS, 1,000,000 conversations", "MiB", ("<=", 150),
+               optional=True),
+        Figure("bot_rss_growth_mb", "bot RSS growth, smallest to largest size", "MiB"),
+        Figure("open_seconds", "store open time (largest size, fresh process)", "s", None, 2),
+        Figure("database_mb", "database size (largest size)", "MiB", None, 0),
+    ), postgres=True),
     Benchmark("outbound_crash", "outbound_crash", ("5",), ("1",), 900, (
         Figure("duplicates_per_crash", "outbound duplicates per kill -9", "", None, 2),
         Figure("lost", "outbound parts lost over the kills", "", ("==", 0), 0),
@@ -164,11 +212,14 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def run_one(bench: Benchmark, quick: bool, out: Path) -> dict[str, Any]:
+def run_one(bench: Benchmark, quick: bool, out: Path,
+            store_url: str | None = None) -> dict[str, Any]:
     """Run one benchmark child process; its status, seconds and figures."""
     figures_path = out / f"{bench.name}.json"
     figures_path.unlink(missing_ok=True)
     args = bench.quick_args if quick else bench.args
+    if bench.postgres and store_url:
+        args = (*args, "--store-url", store_url)
     command = [sys.executable, "-m", f"tests.benchmarks.{bench.module}", *args,
                "--json", str(figures_path)]
     print(f"\n=== {bench.name}: {' '.join(command[1:])}", flush=True)
@@ -205,7 +256,9 @@ def run_one(bench: Benchmark, quick: bool, out: Path) -> dict[str, Any]:
         status = "no figures written"
     if status == "ok" and proc.returncode:
         status = f"ok (exit {proc.returncode}: a target of its own was missed)"
-    return {"status": status, "seconds": round(seconds, 1), "args": list(args),
+    # The password of a --store-url stays out of results.json.
+    shown = [mask_url(a) if is_postgres_url(a) else a for a in args]
+    return {"status": status, "seconds": round(seconds, 1), "args": shown,
             "figures": figures}
 
 
@@ -227,6 +280,8 @@ def table(results: dict[str, dict[str, Any]]) -> list[str]:
             continue
         for fig in bench.figures:
             value = figures.get(fig.key)
+            if value is None and fig.optional:
+                continue
             goal = f"{fig.goal[0]} {fmt(fig.goal[1], fig.digits)}" if fig.goal else ""
             verdict = ""
             if value is None:
@@ -255,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
     parser.add_argument("--only", nargs="+", choices=[b.name for b in BENCHMARKS],
                         help="run only these benchmarks")
+    parser.add_argument("--store-url", metavar="URL",
+                        help="PostgreSQL server for the *_pg benchmarks (default: each "
+                             "starts a throwaway local cluster)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results",
                         help="where results.json and the logs go (default: bench-results/)")
     args = parser.parse_args(argv)
@@ -277,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     for bench in BENCHMARKS:
         if args.only and bench.name not in args.only:
             continue
-        report["benchmarks"][bench.name] = run_one(bench, args.quick, args.out)
+        report["benchmarks"][bench.name] = run_one(bench, args.quick, args.out, args.store_url)
         # Written after each benchmark, so an interrupted run keeps what it measured.
         (args.out / "results.json").write_text(json.dumps(report, indent=2))
     report["total_seconds"] = round(time.perf_counter() - started, 1)

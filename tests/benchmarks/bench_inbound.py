@@ -1,6 +1,7 @@
 """Inbound benchmark: webhook acknowledgement, end-to-end throughput, end-to-end latency.
 
-Run: ``python -m tests.benchmarks.bench_inbound [--quick]``. Prints its figures.
+Run: ``python -m tests.benchmarks.bench_inbound [--quick] [--store postgres] [--parts ...]``.
+Prints its figures.
 
 (a) Acknowledged webhooks/s and latency percentiles of ``POST /webhooks/instagram`` on the
     real bot (``rc-instagram run`` in a child process, relaying meanwhile), side by side
@@ -43,12 +44,18 @@ Run: ``python -m tests.benchmarks.bench_inbound [--quick]``. Prints its figures.
     through those first contacts at full speed, 64 conversations in flight), the same
     measured bodies. The relay's calls in flight finish before pacing can take hold.
 (b) End-to-end webhook → room throughput across 1,000 conversations with 20 ms latency
-    injected into every sandbox Rocket.Chat REST response (goal ≥ 500 messages/s).
+    injected into every sandbox Rocket.Chat REST response (goal ≥ 500 messages/s):
+    10,000 messages, 10 per conversation.
+(b2) The same, first-contact heavy: 1,000 new visitors with 3 messages each (each
+    first message also fetches a profile, registers the visitor and opens a room).
 (c) p50/p99 webhook → room latency at a steady 100 messages/s (same 20 ms injected),
     measured from just before the POST to the message's server timestamp.
 
 The sandboxes run in this process (threads); the bot and the no-op server are separate
 processes, so the numbers include real sockets, HMAC, JSON and durable storage.
+``--store postgres`` runs every bot on the PostgreSQL store (a throwaway local cluster
+unless ``--store-url``; a fresh schema per bot, see :mod:`tests.benchmarks.stores`);
+``--parts`` picks the parts.
 """
 
 from __future__ import annotations
@@ -81,6 +88,8 @@ from sandbox.meta import (
 )
 from sandbox.rocketchat import SandboxRocketChat
 from storage import Page, open_store
+from tests.benchmarks import stores as bench_stores
+from tests.benchmarks.stores import BenchStores
 from tests.scenarios.harness import APP_SECRET, config_dict, free_port, setup_rocketchat
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,10 +119,11 @@ def percentile(values: list[float], p: float) -> float:
 
 
 class Env:
-    """Sandboxes in this process, bots as child processes."""
+    """Sandboxes in this process, bots as child processes (on ``stores``' stores)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, stores: BenchStores) -> None:
         self.workdir = workdir
+        self.stores = stores
         self.rc = SandboxRocketChat().start()
         self.rc.set_setting("API_Enable_Rate_Limiter", False)
         self.meta = SandboxMeta(app_secret=APP_SECRET).start()
@@ -131,13 +141,13 @@ class Env:
         run_dir = self.workdir / f"bot{self.runs}"
         run_dir.mkdir()
         port = free_port()
-        store_path = str(run_dir / "store.json")
+        store_path = self.stores.location(run_dir)
         import yaml
 
         config = run_dir / "config.yaml"
-        config.write_text(yaml.safe_dump(
-            config_dict(self.rc.url, self.meta, store_path, f"127.0.0.1:{port}")
-        ))
+        raw = config_dict(self.rc.url, self.meta, store_path, f"127.0.0.1:{port}")
+        raw["storage"] = self.stores.storage_config(store_path)
+        config.write_text(yaml.safe_dump(raw))
         store = open_store(store_path)
         await store.open()
         await store.save_page(Page(
@@ -177,6 +187,15 @@ async def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
             except aiohttp.ClientError:
                 await asyncio.sleep(0.05)
     raise SystemExit("server did not start")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc), all threads.
+
+    Throughput on a shared machine moves with the load; CPU per message much less.
+    """
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -400,8 +419,14 @@ async def wait_for_messages(env: Env, target: int, timeout: float) -> float:
 
 
 async def bench_throughput(
-    env: Env, conversations: int, per_conversation: int
+    env: Env, conversations: int, per_conversation: int, label: str = "(b)",
+    prefix: str = "relay",
 ) -> dict[str, float]:
+    """End-to-end throughput: ``conversations`` new visitors, ``per_conversation`` each.
+
+    (b) is 1,000 × 10 (first contacts are a tenth of the messages); (b2), first-contact
+    heavy, is 1,000 × 3 (a third). The figures are keyed ``<prefix>_…``.
+    """
     env.rc.rest_latency = 0.02
     visitors = [env.meta.new_igsid() for _ in range(conversations)]
     total = conversations * per_conversation
@@ -409,20 +434,42 @@ async def bench_throughput(
     proc, url = await env.start_bot()
     try:
         base = env.message_count()
+        calls_before = env.rc.call_counts()
+        bot_cpu_before = cpu_seconds(proc.pid)
+        own_cpu_before = time.process_time()
+        server_cpu_before = env.stores.server_cpu_seconds()
         started = time.perf_counter()
         elapsed_post, _, failures = await hammer(url, bodies, 8)
         done = await wait_for_messages(env, base + total, timeout=300)
+        calls = {route: n - calls_before.get(route, 0)
+                 for route, n in env.rc.call_counts().items()
+                 if n - calls_before.get(route, 0)}
+        bot_cpu = cpu_seconds(proc.pid) - bot_cpu_before
+        own_cpu = time.process_time() - own_cpu_before
+        server_cpu_after = env.stores.server_cpu_seconds()
     finally:
         stop(proc)
     seconds = done - started
-    print(f"(b) end-to-end throughput: {total} messages, {conversations} conversations, "
+    print(f"    Rocket.Chat REST calls during the run: {calls}")
+    server_cpu = (None if server_cpu_before is None or server_cpu_after is None
+                  else server_cpu_after - server_cpu_before)
+    server = ("" if server_cpu is None
+              else f", PostgreSQL server {server_cpu / total * 1000:.2f} ms")
+    print(f"    CPU per message: bot {bot_cpu / total * 1000:.2f} ms, this process "
+          f"(sandboxes, load generator) {own_cpu / total * 1000:.2f} ms{server}")
+    print(f"{label} end-to-end throughput ({env.stores.kind}): {total} messages, "
+          f"{conversations} new conversations ({per_conversation} messages each), "
           f"20 ms injected on every Rocket.Chat REST response")
     print(f"    all acknowledged in {elapsed_post:.2f} s ({failures} non-200); all in rooms "
           f"after {seconds:.2f} s -> {total / seconds:.0f} messages/s (goal >= 500)")
     print(f"    (first message of each conversation also registers the visitor and opens "
           f"the room: {conversations} x livechat/visitor + livechat/room + Graph profile)")
-    return {"relay_messages": total, "relay_conversations": conversations,
-            "relay_messages_per_s": total / seconds, "relay_seconds": seconds}
+    return {f"{prefix}_messages": total, f"{prefix}_conversations": conversations,
+            f"{prefix}_messages_per_s": total / seconds, f"{prefix}_seconds": seconds,
+            f"{prefix}_bot_cpu_ms_per_message": bot_cpu / total * 1000,
+            f"{prefix}_sandbox_cpu_ms_per_message": own_cpu / total * 1000,
+            **({} if server_cpu is None else
+               {f"{prefix}_server_cpu_ms_per_message": server_cpu / total * 1000})}
 
 
 async def bench_latency(
@@ -480,13 +527,21 @@ async def bench_latency(
             "latency_max_ms": max(latencies) * 1000}
 
 
+#: The parts of this benchmark, for ``--parts``.
+PARTS = ("ack", "relay", "first_contact", "latency")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs (smoke test)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--ack-only", action="store_true", help="run (a), (a2) and (a3) only")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="run only these parts: ack = (a)-(a3), relay = (b), "
+                             "first_contact = (b2), latency = (c) (default: all)")
+    parser.add_argument("--ack-only", action="store_true", help="same as --parts ack")
     parser.add_argument("--rounds", type=int, default=5,
                         help="rounds of (a)-(a3); the medians are reported (default 5)")
+    bench_stores.add_arguments(parser)
     parser.add_argument("--load-generator", nargs=3, metavar=("BODIES", "URL", "CONCURRENCY"),
                         help=argparse.SUPPRESS)  # internal: the child of hammer_in_child
     args = parser.parse_args()
@@ -494,24 +549,34 @@ async def main() -> None:
         path, url, concurrency = args.load_generator
         await load_generator(path, url, int(concurrency))
         return
+    parts = ["ack"] if args.ack_only else args.parts
     figures: dict[str, float] = {}
-    print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
-    runs = [lambda env: bench_ack(env, 1000 if args.quick else 5000, 32,
-                                  1 if args.quick else args.rounds)]
-    if not args.ack_only:
-        runs += [lambda env: bench_throughput(env, 1000, 2 if args.quick else 10),
-                 lambda env: bench_latency(env, 100.0, 3 if args.quick else 10, 200)]
-    with tempfile.TemporaryDirectory(prefix="bench-inbound-") as tmp:
-        for n, run in enumerate(runs):
+    print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+          f"load {os.getloadavg()[0]:.2f}")
+    runs = {
+        "ack": lambda env: bench_ack(env, 1000 if args.quick else 5000, 32,
+                                     1 if args.quick else args.rounds),
+        "relay": lambda env: bench_throughput(env, 1000, 2 if args.quick else 10),
+        "first_contact": lambda env: bench_throughput(
+            env, 300 if args.quick else 1000, 3, "(b2)", "first_contact"),
+        "latency": lambda env: bench_latency(env, 100.0, 3 if args.quick else 10, 200),
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-inbound-") as tmp, \
+            BenchStores.from_args(args) as stores:
+        figures["store"] = stores.kind  # type: ignore[assignment]
+        for name in PARTS:
+            if name not in parts:
+                continue
             # Fresh sandboxes for each figure: the sandbox Rocket.Chat slows down as its
             # rooms fill, which would charge (a)'s messages to (b) and (c).
-            workdir = Path(tmp) / f"env{n}"
+            workdir = Path(tmp) / f"env-{name}"
             workdir.mkdir()
-            env = Env(workdir)
+            env = Env(workdir, stores)
             try:
-                figures.update(await run(env))
+                figures.update(await runs[name](env))
             finally:
                 env.close()
+    figures["load_avg_1_at_end"] = round(os.getloadavg()[0], 2)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 

@@ -1,6 +1,8 @@
 """Memory with 100,000 conversations: process RSS, store open time, file sizes.
 
 Run: ``python -m tests.benchmarks.bench_rss [--conversations 100000] [--quick] [--json PATH]``
+or, for the PostgreSQL store, ``python -m tests.benchmarks.bench_rss --store postgres
+[--conversations 10000 100000 1000000] [--store-url URL]`` (see "PostgreSQL" below).
 
 1. Fill (this process): a fresh store gets 3 connected pages, ``--conversations``
    conversations (registered visitors with rooms, spread over the pages, active within
@@ -13,6 +15,18 @@ Run: ``python -m tests.benchmarks.bench_rss [--conversations 100000] [--quick] [
    RSS with an empty store and with a copy of the filled one, once it is connected.
 
 RSS is VmRSS from /proc (Linux); file sizes are of the store's files after the close.
+
+PostgreSQL (``--store postgres``; a throwaway local cluster unless ``--store-url``, see
+:mod:`tests.benchmarks.stores`): one schema grows through the sizes given (default
+10,000, 100,000 and 1,000,000 conversations) and at each size the bot's RSS is measured
+the same way (3.), plus a fresh process's RSS and time for ``open()`` and one lookup
+(2.) and the database's size. The rows are written by :func:`bulk_fill_postgres` —
+``COPY`` of the conversations (the same records as 1., in the store's row format) and
+of one remembered dedupe key per conversation — not by the bot's per-item calls, which
+would take hours for a million; pages and the pending items (2,000 inbound, 500
+outbound, fresh ids at every size, the previous size's deleted) go through the store's
+own ``save_page``/``enqueue``. The relay then works on those pending items while the
+bot's RSS is read, as with TinyDB.
 """
 
 from __future__ import annotations
@@ -20,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -32,7 +47,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from storage import Conversation, Page, WorkItem, open_store
+import psycopg
+
+from storage import DEFAULT_DEDUPE_TTL, Conversation, Page, TinyDBStore, WorkItem, open_store
+from tests.benchmarks import stores as bench_stores
+from tests.benchmarks.stores import BenchStores
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [("page-1001", "ig-1001"), ("page-1002", "ig-1002"), ("page-1003", "ig-1003")]
@@ -61,8 +80,12 @@ def conversation(n: int, now: float, rng: random.Random) -> Conversation:
     )
 
 
+def mid_of(n: int) -> str:
+    return f"aWdfZAG1faXRlbToxOklHTWVzc2FnZAUlEOjE3ODQx{n:012d}"
+
+
 def inbound(n: int, conv: Conversation, now: float) -> WorkItem:
-    mid = f"aWdfZAG1faXRlbToxOklHTWVzc2FnZAUlEOjE3ODQx{n:012d}"
+    mid = mid_of(n)
     return WorkItem(
         item_id=f"ig:{mid}", queue="inbound", conversation=conv.key, kind="message",
         order_ts=now, payload={
@@ -139,7 +162,10 @@ async def reopen(path: str) -> dict[str, Any]:
     found = await store.conversation_by_token(f"instagram-{PAGES[1][0]}-{17841400000000001}")
     rss_after = rss_mb()
     peak = rss_mb(field="VmHWM")
-    await store.close(compact=False)
+    if isinstance(store, TinyDBStore):
+        await store.close(compact=False)
+    else:
+        await store.close()
     return {
         "reopen_rss_before_mb": rss_before,
         "reopen_rss_after_mb": rss_after,
@@ -157,8 +183,13 @@ def file_sizes(path: str) -> dict[str, float]:
     return sizes
 
 
-async def bot_rss(store_path: str, settle: float = 2.0) -> float:
-    """RSS of ``rc-instagram run`` on ``store_path`` once connected to the sandbox."""
+async def bot_rss(store_path: str, settle: float = 2.0, *, workdir: Path | None = None,
+                  storage: dict[str, str] | None = None) -> float:
+    """RSS of ``rc-instagram run`` on ``store_path`` once connected to the sandbox.
+
+    ``workdir`` holds its config and log (default: the store file's folder), ``storage``
+    is the config's storage section (default: the TinyDB file at ``store_path``).
+    """
     import aiohttp
     import yaml
 
@@ -172,11 +203,14 @@ async def bot_rss(store_path: str, settle: float = 2.0) -> float:
         rc.set_setting("API_Enable_Rate_Limiter", False)
         setup_rocketchat(rc)
         port = free_port()
-        config = Path(store_path).parent / "config.yaml"
-        config.write_text(yaml.safe_dump(
-            config_dict(rc.url, meta, store_path, f"127.0.0.1:{port}")))
+        folder = workdir or Path(store_path).parent
+        config = folder / "config.yaml"
+        raw = config_dict(rc.url, meta, store_path, f"127.0.0.1:{port}")
+        if storage is not None:
+            raw["storage"] = storage
+        config.write_text(yaml.safe_dump(raw))
         exe = Path(sys.executable).parent / "rc-instagram"
-        with (Path(store_path).parent / "bot.log").open("ab") as log:
+        with (folder / "bot.log").open("ab") as log:
             proc = subprocess.Popen(
                 [str(exe), "run", "--config", str(config), "--log-level", "WARNING"],
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -205,6 +239,121 @@ async def bot_rss(store_path: str, settle: float = 2.0) -> float:
         rc.stop()
         meta.stop()
 
+def bulk_fill_postgres(url: str, start: int, stop: int, now: float) -> None:
+    """Conversations ``start``..``stop - 1`` (as :func:`conversation`) by ``COPY``.
+
+    The rows are what :meth:`PostgresStore.save_conversation` writes (key, token,
+    updated_at, waiting, the record as JSON), plus one remembered dedupe key per
+    conversation (its relayed message, as :meth:`PostgresStore.complete` keeps it), in
+    one transaction; then ``ANALYZE``. For benchmarks only: it bypasses the store.
+    """
+    rng = random.Random(8 + start)
+    exp = now + DEFAULT_DEDUPE_TTL
+    with psycopg.connect(url) as conn:
+        with conn.cursor() as cur:
+            with cur.copy("COPY rcig_conversations (key, visitor_token, updated_at, waiting, "
+                          "doc) FROM STDIN") as copy:
+                for n in range(start, stop):
+                    conv = conversation(n, now, rng)
+                    conv.updated_at = now
+                    copy.write_row((conv.key, conv.visitor_token, now, False,
+                                    json.dumps(dataclasses.asdict(conv))))
+            with cur.copy("COPY rcig_dedupe (key, exp) FROM STDIN") as copy:
+                for n in range(start, stop):
+                    copy.write_row((f"ig:{mid_of(n)}", exp))
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("ANALYZE")
+
+
+async def reset_pending(url: str, count: int, generation: int, now: float) -> None:
+    """The pending work of 1., fresh: 2,000 inbound and 500 outbound items (new ids)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM rcig_items")
+        conn.execute("DELETE FROM rcig_inbox")
+    rng = random.Random(generation)
+    store = open_store(url)
+    await store.open()
+    try:
+        base = (generation + 1) * 10_000_000  # ids no earlier size used
+        picks = rng.sample(range(count), PENDING_INBOUND)
+        await store.enqueue([inbound(base + k, conversation(n, now, rng), now)
+                             for k, n in enumerate(picks)])
+        await store.enqueue([outbound(base + k, conversation(n, now, rng), now)
+                             for k, n in enumerate(picks[:PENDING_OUTBOUND])])
+    finally:
+        await store.close()
+
+
+def database_mb(url: str) -> float:
+    """The store's tables and indexes (its schema), in MiB."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm')").fetchone()
+    return int(row[0]) / 2**20 if row else 0.0
+
+
+async def run_postgres(stores: BenchStores, counts: list[int]) -> dict[str, Any]:
+    """Bot RSS with the PostgreSQL store at each size of ``counts`` (one growing schema)."""
+    now = time.time()
+    figures: dict[str, Any] = {"store": "postgres", "sizes": counts}
+    with tempfile.TemporaryDirectory(prefix="bench-rss-pg-") as tmp:
+        workdir = Path(tmp)
+        url = stores.location(workdir)
+        storage = stores.storage_config(url)
+        store = open_store(url)
+        await store.open()
+        for page_id, ig_id in PAGES:
+            await store.save_page(Page(
+                page_id=page_id, name=f"Shop {page_id}", instagram_id=ig_id, username="shop",
+                page_token="EAAG" + "x" * 180, user_token="EAAG" + "y" * 180,
+                department_id="dept1", welcome_text="Welcome! An agent will answer shortly.",
+                connected_at=now,
+            ))
+        await store.close()
+        figures["bot_rss_empty_store_mb"] = await bot_rss(url, workdir=workdir, storage=storage)
+        print(f"  empty store: bot RSS {figures['bot_rss_empty_store_mb']:.1f} MiB", flush=True)
+        filled = 0
+        for generation, count in enumerate(sorted(counts)):
+            started = time.perf_counter()
+            bulk_fill_postgres(url, filled, count, now)
+            filled = count
+            await reset_pending(url, count, generation, now)
+            fill_seconds = time.perf_counter() - started
+            child = subprocess.run(
+                [sys.executable, "-m", "tests.benchmarks.bench_rss", "--reopen", url],
+                cwd=ROOT, capture_output=True, text=True, check=True)
+            reopened = json.loads(child.stdout.strip().splitlines()[-1])
+            rss = await bot_rss(url, workdir=workdir, storage=storage)
+            size = database_mb(url)
+            figures.update({
+                f"bot_rss_{count}_mb": rss,
+                f"fill_seconds_{count}": fill_seconds,
+                f"open_seconds_{count}": reopened["open_seconds"],
+                f"reopen_rss_after_{count}_mb": reopened["reopen_rss_after_mb"],
+                f"lookup_ok_{count}": reopened["lookup_ok"],
+                f"database_{count}_mb": size,
+            })
+            print(f"  {count:>9,} conversations (+{count:,} dedupe keys, {PENDING_INBOUND} "
+                  f"inbound and {PENDING_OUTBOUND} outbound pending): bulk fill "
+                  f"{fill_seconds:.1f} s; bot RSS {rss:.1f} MiB; a fresh process's open "
+                  f"{reopened['open_seconds']:.2f} s, RSS {reopened['reopen_rss_after_mb']:.1f}"
+                  f" MiB; database {size:.0f} MiB", flush=True)
+    largest, smallest = max(counts), min(counts)
+    figures["conversations"] = largest
+    figures["bot_rss_filled_store_mb"] = figures[f"bot_rss_{largest}_mb"]
+    figures["bot_rss_growth_mb"] = (figures[f"bot_rss_{largest}_mb"]
+                                    - figures[f"bot_rss_{smallest}_mb"])
+    figures["bot_rss_per_conversation_kb"] = (
+        (figures["bot_rss_filled_store_mb"] - figures["bot_rss_empty_store_mb"]) * 1024
+        / largest)
+    figures["open_seconds"] = figures[f"open_seconds_{largest}"]
+    figures["reopen_rss_after_mb"] = figures[f"reopen_rss_after_{largest}_mb"]
+    figures["database_mb"] = figures[f"database_{largest}_mb"]
+    return figures
+
 
 async def run(count: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-rss-") as tmp:
@@ -230,15 +379,33 @@ async def run(count: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--conversations", type=int, default=100_000)
-    parser.add_argument("--quick", action="store_true", help="10,000 conversations")
+    parser.add_argument("--conversations", type=int, nargs="+",
+                        help="conversations (TinyDB: one size, default 100,000; "
+                             "PostgreSQL: the sizes, default 10,000 100,000 1,000,000)")
+    parser.add_argument("--quick", action="store_true",
+                        help="10,000 conversations (PostgreSQL: 10,000 and 30,000)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    bench_stores.add_arguments(parser)
     parser.add_argument("--reopen", metavar="PATH", help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args()
     if args.reopen:
         print(json.dumps(asyncio.run(reopen(args.reopen))))
         return
-    count = 10_000 if args.quick else args.conversations
+    with BenchStores.from_args(args) as stores:
+        if stores.kind == "postgres":
+            counts = ([10_000, 30_000] if args.quick
+                      else args.conversations or [10_000, 100_000, 1_000_000])
+            print(f"memory with the PostgreSQL store at {', '.join(f'{c:,}' for c in counts)}"
+                  f" conversations (3 pages)", flush=True)
+            figures = asyncio.run(run_postgres(stores, counts))
+            print(f"  bot RSS grew {figures['bot_rss_growth_mb']:.1f} MiB from "
+                  f"{min(counts):,} to {max(counts):,} conversations")
+            if args.json:
+                args.json.write_text(json.dumps(figures, indent=2))
+            return
+    if args.conversations and len(args.conversations) > 1:
+        parser.error("the TinyDB store takes one --conversations size per run")
+    count = 10_000 if args.quick else (args.conversations or [100_000])[0]
     figures = asyncio.run(run(count))
     print(f"memory with {count} conversations "
           f"(+{figures['store_dedupe_keys']} dedupe keys, "

@@ -68,3 +68,53 @@ async def test_lowered_limit_caps_conversations_in_flight_and_raising_it_resumes
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await store.close()
+
+
+async def test_full_worker_does_not_query_when_the_next_item_is_due(tmp_path: Path) -> None:
+    """With every slot busy the worker waits for a finish, not for earliest_due answers.
+
+    On PostgreSQL earliest_due scans every head; a full relay asked it after each dispatch
+    and threw the answer away (bench_inbound (b2): once per conversation).
+    """
+    store = open_store(str(tmp_path / "store.json"))
+    await store.open()
+    asked = 0
+    earliest_due = store.earliest_due
+
+    async def counted(queue: str) -> float | None:
+        nonlocal asked
+        asked += 1
+        return await earliest_due(queue)  # type: ignore[arg-type]
+
+    store.earliest_due = counted  # type: ignore[method-assign]
+    release = asyncio.Event()
+    done: list[str] = []
+
+    async def process(item: WorkItem) -> Outcome:
+        await release.wait()
+        done.append(item.conversation)
+        return Done()
+
+    worker = QueueWorker(store, "inbound", process, concurrency=2, idle_poll=0.05)
+    task = asyncio.create_task(worker.run())
+    try:
+        await store.enqueue(_items(4))
+        worker.notify()
+        for _ in range(100):
+            if worker.in_flight == 2:
+                break
+            await asyncio.sleep(0.01)
+        asked_when_full = asked
+        await asyncio.sleep(0.3)  # six idle polls with both slots busy
+        assert worker.in_flight == 2 and asked == asked_when_full
+        release.set()
+        for _ in range(200):
+            if len(done) == 4:
+                break
+            await asyncio.sleep(0.01)
+        assert sorted(done) == [f"c{n}" for n in range(4)]
+    finally:
+        await worker.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.close()
