@@ -30,8 +30,9 @@ _MENTION = re.compile(r"(?<![\w@])@([\w.\-]+)")
 
 # validateMessage's checks of message attachments and their action buttons [SMF
 # `validateAttachment`, `validateAttachmentsActions`]: a field that is present must have
-# the type; URLs must be absolute (``isURL``: http(s) or data) or a file-upload path, and
-# not ``javascript:`` (``validFullURLParam``).
+# the type; URLs must pass ``isURL`` or start with the file-upload path, and never be
+# ``javascript:`` (``validFullURLParam``). ``isURL``'s exact rule was not re-read here: the
+# sandbox accepts http(s) and data URLs, all the bot and file messages ever send.
 _ATTACHMENT_FIELDS: dict[str, Any] = {
     "color": str, "text": str, "ts": (str, int, float), "thumb_url": "url",
     "button_alignment": str, "actions": list, "message_link": "url", "collapsed": bool,
