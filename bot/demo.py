@@ -294,12 +294,7 @@ class Demo:
             raise DemoFailed(f"the login dialog did not open (HTTP {login.status_code})")
         self.t.say("browser", f"opens the link: Facebook Login dialog, clicks "
                               f"\"Continue as {META_USER}\"")
-        action, fields = parse_form(login.text, login.url)
-        fields["action"] = "continue"
-        approved = self.http.post(action, data=fields, allow_redirects=False, timeout=5)
-        location = approved.headers.get("Location", "")
-        if approved.status_code != 302 or not location.startswith(self.public_url):
-            raise DemoFailed(f"Meta did not redirect to the bot (HTTP {approved.status_code})")
+        location = self.consent(login, "continue", "Meta")
         self.step = "OAuth callback"
         callback = self.http.get(location, timeout=10)
         title = page_title(callback.text)
@@ -330,6 +325,16 @@ class Demo:
                            alive=self.alive)[:1]:
             self.t.say("bot", f"-> {ADMIN} (DM): {short(dm['msg'])}")
 
+    def consent(self, page: requests.Response, action: str, who: str) -> str:
+        """Submit a login dialog's form with ``action``; the bot URL it redirects to."""
+        target, fields = parse_form(page.text, page.url)
+        fields["action"] = action
+        answer = self.http.post(target, data=fields, allow_redirects=False, timeout=5)
+        location = answer.headers.get("Location", "")
+        if answer.status_code != 302 or not location.startswith(self.public_url):
+            raise DemoFailed(f"{who} did not redirect to the bot (HTTP {answer.status_code})")
+        return location
+
     def instagram_login(self) -> None:
         """Connect an account with no Facebook Page, and let one of its visitors write."""
         self.step = "Instagram Login"
@@ -343,12 +348,7 @@ class Demo:
                              f"{consent.status_code})")
         self.t.say("browser", f"opens the Instagram Login link, clicks \"Allow\" for "
                               f"@{STUDIO['username']} (no Facebook Page)")
-        action, fields = parse_form(consent.text, consent.url)
-        fields["action"] = "allow"
-        allowed = self.http.post(action, data=fields, allow_redirects=False, timeout=5)
-        location = allowed.headers.get("Location", "")
-        if allowed.status_code != 302 or not location.startswith(self.public_url):
-            raise DemoFailed(f"Instagram did not redirect to the bot (HTTP {allowed.status_code})")
+        location = self.consent(consent, "allow", "Instagram")
         seen = len(self.bot_dms())
         callback = self.http.get(location.split("#", 1)[0], timeout=10)
         title = page_title(callback.text)
