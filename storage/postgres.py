@@ -131,6 +131,10 @@ _SETTLED_VALUE = ("NOT EXISTS (SELECT 1 FROM rcig_inbox b WHERE b.received_at < 
 _SETTLED = ("AND NOT EXISTS (SELECT 1 FROM rcig_inbox b WHERE b.received_at < h.queued_at) ")
 
 
+#: A conversation row ``c`` that has not expired: recently active, or with work queued.
+_LIVE = ("(updated_at > %(idle)s OR EXISTS "
+         "(SELECT 1 FROM rcig_items i WHERE i.conversation = c.key))")
+
 #: Conversation locks held by any session of this database, as unsigned keys.
 _LOCKED = ("SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted "
            "AND objsubid = 2 AND classid = %(ns)s::oid "
@@ -155,6 +159,15 @@ _REMEMBER = ("INSERT INTO rcig_dedupe (key, exp) VALUES (%s, %s) "
 
 def _item(row: tuple[Any, ...]) -> WorkItem:
     return WorkItem(**dict(zip(_ITEM_COLUMNS, row, strict=False)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Completion:
+    """One finished item waiting for the next group commit."""
+
+    item: WorkItem
+    remember: list[str]
+    want_head: bool
 
 
 class _GroupCommit:
@@ -506,15 +519,27 @@ class PostgresStore(Store):
     # -- conversations -----------------------------------------------------------------
     async def _live_conversation(self, where: str, value: str) -> Conversation | None:
         rows = await self._read(
-            f"SELECT doc FROM rcig_conversations c WHERE {where} = %(value)s "
-            "AND (updated_at > %(idle)s OR EXISTS "
-            "(SELECT 1 FROM rcig_items i WHERE i.conversation = c.key)) LIMIT 1",
+            f"SELECT doc FROM rcig_conversations c WHERE {where} = %(value)s AND {_LIVE} LIMIT 1",
             {"value": value, "idle": self.clock() - self.conversation_ttl})
         # An expired one is gone already for its caller; expire() drops the row.
         return self._conv_record(rows[0][0]) if rows else None
 
     async def conversation(self, page_id: str, igsid: str) -> Conversation | None:
         return await self._live_conversation("key", f"{page_id}:{igsid}")
+
+    async def relay_context(
+        self, page_id: str, igsid: str, seen_key: str | None = None
+    ) -> tuple[Page | None, bool, Conversation | None]:
+        now = self.clock()
+        rows = await self._read(
+            "SELECT (SELECT doc FROM rcig_pages WHERE page_id = %(page)s), "
+            "EXISTS (SELECT 1 FROM rcig_dedupe WHERE key = %(seen)s AND exp > %(now)s), "
+            f"(SELECT doc FROM rcig_conversations c WHERE key = %(conv)s AND {_LIVE})",
+            {"page": page_id, "seen": seen_key, "now": now, "conv": f"{page_id}:{igsid}",
+             "idle": now - self.conversation_ttl})
+        page_doc, seen, conv_doc = rows[0]
+        return (self._page_record(page_doc) if page_doc is not None else None, bool(seen),
+                self._conv_record(conv_doc) if conv_doc is not None else None)
 
     async def conversation_by_token(self, visitor_token: str) -> Conversation | None:
         return await self._live_conversation("visitor_token", visitor_token)
@@ -760,10 +785,12 @@ class PostgresStore(Store):
         rows = await self._read(
             f"SELECT *, {_SETTLED_VALUE} FROM ({_heads('AND conversation = %(conv)s')}) h",
             {"queue": queue, "conv": conversation})
-        if not rows:
-            return None
-        item = _item(rows[0])
-        if queue == "inbound" and not rows[0][-1]:
+        return self._head_item(queue, rows[0]) if rows else None
+
+    def _head_item(self, queue: QueueName, row: tuple[Any, ...]) -> WorkItem:
+        """A head row (with its ``settled`` flag last) as the item a worker may take."""
+        item = _item(row)
+        if queue == "inbound" and not row[-1]:
             item.next_try_at = max(item.next_try_at, self.clock() + UNSETTLED_RECHECK)
         return item
 
@@ -774,35 +801,58 @@ class PostgresStore(Store):
         return [_item(row) for row in rows]
 
     async def complete(self, item: WorkItem, remember: list[str] | None = None) -> None:
-        await self._completions.submit(
-            (item.queue, item.item_id, list(remember or ()), self.clock() + self.dedupe_ttl))
+        await self._completions.submit(_Completion(item, list(remember or ()), False))
 
-    async def _commit_completions(
-        self, calls: list[tuple[str, str, list[str], float]]
-    ) -> list[None]:
-        """One transaction for the completions waiting together (their order is free).
+    async def complete_then_head(
+        self, item: WorkItem, remember: list[str] | None = None
+    ) -> WorkItem | None:
+        return await self._completions.submit(_Completion(item, list(remember or ()), True))
+
+    async def _commit_completions(self, calls: list[_Completion]) -> list[WorkItem | None]:
+        """One round trip for the completions waiting together (their order is free).
 
         Every finished item is a commit; alone, each would hold a pooled session for a
         WAL flush, and with dozens of conversations in flight the relay's reads queued
         behind them (bench_inbound (b): 224 ms per ``complete`` with four sessions).
+        The heads asked for come back in the same pipeline, one query per queue.
         """
-        queues = [queue for queue, _, _, _ in calls]
-        item_ids = [item_id for _, item_id, _, _ in calls]
+        exp = self.clock() + self.dedupe_ttl
+        queues = [call.item.queue for call in calls]
+        item_ids = [call.item.item_id for call in calls]
         # Sorted: one lock order for the dedupe rows, whichever replica commits.
-        keys = sorted((key, exp) for _, _, remember, exp in calls for key in remember)
+        keys = sorted((key, exp) for call in calls for key in call.remember)
+        wanted: dict[str, list[str]] = {}
+        for call in calls:
+            if call.want_head:
+                wanted.setdefault(call.item.queue, []).append(call.item.conversation)
 
-        async def run(conn: psycopg.AsyncConnection) -> None:
+        async def run(conn: psycopg.AsyncConnection) -> dict[tuple[str, str], WorkItem]:
             delete = ("DELETE FROM rcig_items WHERE (queue, item_id) IN "
                       "(SELECT * FROM unnest(%s::text[], %s::text[]))", (queues, item_ids))
-            if not keys:
-                await conn.execute(*delete)  # one statement: its own transaction
-                return
-            async with conn.transaction():
-                await conn.execute(*delete)
-                await conn.cursor().executemany(_REMEMBER, keys)
+            async with conn.pipeline():
+                if keys:
+                    async with conn.transaction():
+                        await conn.execute(*delete)
+                        await conn.cursor().executemany(_REMEMBER, keys)
+                else:
+                    await conn.execute(*delete)  # one statement: its own transaction
+                cursors = [
+                    (queue, await conn.execute(
+                        f"SELECT *, {_SETTLED_VALUE} FROM "
+                        f"({_heads('AND conversation = ANY(%(convs)s::text[])')}) h",
+                        {"queue": queue, "convs": convs}))
+                    for queue, convs in wanted.items()
+                ]
+            heads = {}
+            for queue, cur in cursors:
+                for row in await cur.fetchall():
+                    head = self._head_item(queue, row)
+                    heads[(queue, head.conversation)] = head
+            return heads
 
-        await self._call(run, mutating=True)
-        return [None] * len(calls)
+        heads = await self._call(run, mutating=True)
+        return [heads.get((call.item.queue, call.item.conversation)) if call.want_head else None
+                for call in calls]
 
     async def update_item(self, item: WorkItem) -> None:
         await self._write(
