@@ -314,6 +314,27 @@ class Store(abc.ABC):
     async def complete(self, item: WorkItem, remember: list[str] | None = None) -> None:
         """Delete a finished item; optionally remember extra dedupe keys in the same write."""
 
+    async def relay_context(
+        self, page_id: str, igsid: str, seen_key: str | None = None
+    ) -> tuple[Page | None, bool, Conversation | None]:
+        """``page(page_id)``, ``seen(seen_key)`` (False without a key) and
+        ``conversation(page_id, igsid)``: what the relay reads before every item, which
+        a store may answer in one round trip."""
+        page = await self.page(page_id)
+        seen = seen_key is not None and await self.seen(seen_key)
+        return page, seen, await self.conversation(page_id, igsid)
+
+    async def complete_then_head(
+        self, item: WorkItem, remember: list[str] | None = None
+    ) -> WorkItem | None:
+        """:meth:`complete`, then :meth:`head` of the item's conversation.
+
+        A worker draining a conversation asks both after every item; a store may answer
+        them in one round trip.
+        """
+        await self.complete(item, remember)
+        return await self.head(item.queue, item.conversation)
+
     @abc.abstractmethod
     async def update_item(self, item: WorkItem) -> None:
         """Persist ``attempts``, ``next_try_at``, ``last_error``, ``progress`` and

@@ -131,6 +131,10 @@ _SETTLED_VALUE = ("NOT EXISTS (SELECT 1 FROM rcig_inbox b WHERE b.received_at < 
 _SETTLED = ("AND NOT EXISTS (SELECT 1 FROM rcig_inbox b WHERE b.received_at < h.queued_at) ")
 
 
+#: A conversation row ``c`` that has not expired: recently active, or with work queued.
+_LIVE = ("(updated_at > %(idle)s OR EXISTS "
+         "(SELECT 1 FROM rcig_items i WHERE i.conversation = c.key))")
+
 #: Conversation locks held by any session of this database, as unsigned keys.
 _LOCKED = ("SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted "
            "AND objsubid = 2 AND classid = %(ns)s::oid "
@@ -155,6 +159,61 @@ _REMEMBER = ("INSERT INTO rcig_dedupe (key, exp) VALUES (%s, %s) "
 
 def _item(row: tuple[Any, ...]) -> WorkItem:
     return WorkItem(**dict(zip(_ITEM_COLUMNS, row, strict=False)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Completion:
+    """One finished item waiting for the next group commit."""
+
+    item: WorkItem
+    remember: list[str]
+    want_head: bool
+
+
+class _GroupCommit:
+    """Calls that share one transaction: whatever is waiting when a commit starts.
+
+    While one batch is being committed (its round trip and WAL flush), the next calls
+    pile up by themselves, so the batch size follows the load with no timer, as the
+    TinyDB store's writer does. Batches commit one at a time, in call order; every
+    caller gets its own part of the result, or the batch's exception.
+    """
+
+    def __init__(self, name: str, commit: Callable[[list[Any]], Awaitable[list[Any]]]) -> None:
+        self._name = name
+        self._commit = commit
+        self._waiting: list[tuple[Any, asyncio.Future[Any]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, call: Any) -> Any:
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.append((call, waiter))
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=self._name)
+        return await waiter
+
+    async def _run(self) -> None:
+        batch: list[tuple[Any, asyncio.Future[Any]]] = []
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                try:
+                    results = await self._commit([call for call, _ in batch])
+                except Exception as exc:  # every caller of the batch must be answered
+                    for _, waiter in batch:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                    continue
+                for (_, waiter), result in zip(batch, results, strict=True):
+                    if not waiter.done():
+                        waiter.set_result(result)
+        except BaseException:
+            for _, waiter in batch + self._waiting:
+                waiter.cancel()
+            self._waiting = []
+            raise
+        finally:
+            self._task = None
 
 
 class _Pool:
@@ -224,9 +283,9 @@ class PostgresStore(Store):
         self._next_expire = 0.0
         self._expiring = False
         self.commits = 0
-        # Enqueues waiting for the next group commit, in call order (see enqueue).
-        self._enqueues: list[tuple[list[dict[str, Any]], asyncio.Future[list[int | None]]]] = []
-        self._enqueuer: asyncio.Task[None] | None = None
+        # Enqueues and completions waiting for their next group commit (see enqueue).
+        self._enqueues = _GroupCommit("store-enqueue", self._commit_enqueues)
+        self._completions = _GroupCommit("store-complete", self._commit_completions)
 
     # -- sessions ----------------------------------------------------------------------
     async def _connect(self) -> psycopg.AsyncConnection:
@@ -460,15 +519,27 @@ class PostgresStore(Store):
     # -- conversations -----------------------------------------------------------------
     async def _live_conversation(self, where: str, value: str) -> Conversation | None:
         rows = await self._read(
-            f"SELECT doc FROM rcig_conversations c WHERE {where} = %(value)s "
-            "AND (updated_at > %(idle)s OR EXISTS "
-            "(SELECT 1 FROM rcig_items i WHERE i.conversation = c.key)) LIMIT 1",
+            f"SELECT doc FROM rcig_conversations c WHERE {where} = %(value)s AND {_LIVE} LIMIT 1",
             {"value": value, "idle": self.clock() - self.conversation_ttl})
         # An expired one is gone already for its caller; expire() drops the row.
         return self._conv_record(rows[0][0]) if rows else None
 
     async def conversation(self, page_id: str, igsid: str) -> Conversation | None:
         return await self._live_conversation("key", f"{page_id}:{igsid}")
+
+    async def relay_context(
+        self, page_id: str, igsid: str, seen_key: str | None = None
+    ) -> tuple[Page | None, bool, Conversation | None]:
+        now = self.clock()
+        rows = await self._read(
+            "SELECT (SELECT doc FROM rcig_pages WHERE page_id = %(page)s), "
+            "EXISTS (SELECT 1 FROM rcig_dedupe WHERE key = %(seen)s AND exp > %(now)s), "
+            f"(SELECT doc FROM rcig_conversations c WHERE key = %(conv)s AND {_LIVE})",
+            {"page": page_id, "seen": seen_key, "now": now, "conv": f"{page_id}:{igsid}",
+             "idle": now - self.conversation_ttl})
+        page_doc, seen, conv_doc = rows[0]
+        return (self._page_record(page_doc) if page_doc is not None else None, bool(seen),
+                self._conv_record(conv_doc) if conv_doc is not None else None)
 
     async def conversation_by_token(self, visitor_token: str) -> Conversation | None:
         return await self._live_conversation("visitor_token", visitor_token)
@@ -528,11 +599,7 @@ class PostgresStore(Store):
 
         if self._pool is None:
             raise StorageError("the store is not open")
-        waiter: asyncio.Future[list[int | None]] = asyncio.get_running_loop().create_future()
-        self._enqueues.append((params, waiter))
-        if self._enqueuer is None:
-            self._enqueuer = asyncio.create_task(self._commit_enqueues(), name="store-enqueue")
-        seqs = await waiter
+        seqs = await self._enqueues.submit(params)
         added = []
         for item, seq in zip(items, seqs, strict=True):
             if seq is not None:
@@ -543,47 +610,35 @@ class PostgresStore(Store):
                 added.append(item)
         return added
 
-    async def _commit_enqueues(self) -> None:
-        """Commit waiting enqueues together, in call order, until none is left.
+    async def _commit_enqueues(self, calls: list[list[dict[str, Any]]]) -> list[list[int | None]]:
+        """One transaction for the enqueues waiting together, in call order.
 
         Call order is visibility order, as with TinyDB's single writer: an item enqueued
         after another (a later webhook) never becomes visible first, which concurrent
         transactions on several sessions would allow. One transaction per batch also
         shares the commit's WAL flush among all the callers.
         """
-        try:
-            while self._enqueues:
-                batch, self._enqueues = self._enqueues, []
-                params = [p for call, _ in batch for p in call]
+        params = [p for call in calls for p in call]
 
-                async def run(conn: psycopg.AsyncConnection,
-                              params: list[dict[str, Any]] = params) -> list[int | None]:
-                    seqs: list[int | None] = []
-                    async with conn.transaction():
-                        cur = conn.cursor()
-                        # Pipelined: one round trip; statement n sees what 1..n-1 stored.
-                        await cur.executemany(_ENQUEUE, params, returning=True)
-                        while True:
-                            row = await cur.fetchone()
-                            seqs.append(row[0] if row else None)
-                            if not cur.nextset():
-                                break
-                    return seqs
+        async def run(conn: psycopg.AsyncConnection) -> list[int | None]:
+            seqs: list[int | None] = []
+            async with conn.transaction():
+                cur = conn.cursor()
+                # Pipelined: one round trip; statement n sees what 1..n-1 stored.
+                await cur.executemany(_ENQUEUE, params, returning=True)
+                while True:
+                    row = await cur.fetchone()
+                    seqs.append(row[0] if row else None)
+                    if not cur.nextset():
+                        break
+            return seqs
 
-                try:
-                    seqs = await self._call(run, mutating=True)
-                except Exception as exc:  # every caller of the batch must be answered
-                    for _, waiter in batch:
-                        if not waiter.done():
-                            waiter.set_exception(exc)
-                    continue
-                start = 0
-                for call, waiter in batch:
-                    if not waiter.done():
-                        waiter.set_result(seqs[start:start + len(call)])
-                    start += len(call)
-        finally:
-            self._enqueuer = None
+        seqs = await self._call(run, mutating=True)
+        out, start = [], 0
+        for call in calls:
+            out.append(seqs[start:start + len(call)])
+            start += len(call)
+        return out
 
     async def next_items(
         self, queue: QueueName, now: float, exclude: set[str], limit: int
@@ -730,10 +785,12 @@ class PostgresStore(Store):
         rows = await self._read(
             f"SELECT *, {_SETTLED_VALUE} FROM ({_heads('AND conversation = %(conv)s')}) h",
             {"queue": queue, "conv": conversation})
-        if not rows:
-            return None
-        item = _item(rows[0])
-        if queue == "inbound" and not rows[0][-1]:
+        return self._head_item(queue, rows[0]) if rows else None
+
+    def _head_item(self, queue: QueueName, row: tuple[Any, ...]) -> WorkItem:
+        """A head row (with its ``settled`` flag last) as the item a worker may take."""
+        item = _item(row)
+        if queue == "inbound" and not row[-1]:
             item.next_try_at = max(item.next_try_at, self.clock() + UNSETTLED_RECHECK)
         return item
 
@@ -744,20 +801,58 @@ class PostgresStore(Store):
         return [_item(row) for row in rows]
 
     async def complete(self, item: WorkItem, remember: list[str] | None = None) -> None:
+        await self._completions.submit(_Completion(item, list(remember or ()), False))
+
+    async def complete_then_head(
+        self, item: WorkItem, remember: list[str] | None = None
+    ) -> WorkItem | None:
+        return await self._completions.submit(_Completion(item, list(remember or ()), True))
+
+    async def _commit_completions(self, calls: list[_Completion]) -> list[WorkItem | None]:
+        """One round trip for the completions waiting together (their order is free).
+
+        Every finished item is a commit; alone, each would hold a pooled session for a
+        WAL flush, and with dozens of conversations in flight the relay's reads queued
+        behind them (bench_inbound (b): 224 ms per ``complete`` with four sessions).
+        The heads asked for come back in the same pipeline, one query per queue.
+        """
         exp = self.clock() + self.dedupe_ttl
-        keys = list(remember or ())
+        queues = [call.item.queue for call in calls]
+        item_ids = [call.item.item_id for call in calls]
+        # Sorted: one lock order for the dedupe rows, whichever replica commits.
+        keys = sorted((key, exp) for call in calls for key in call.remember)
+        wanted: dict[str, list[str]] = {}
+        for call in calls:
+            if call.want_head:
+                wanted.setdefault(call.item.queue, []).append(call.item.conversation)
 
-        async def run(conn: psycopg.AsyncConnection) -> None:
-            delete = ("DELETE FROM rcig_items WHERE queue = %s AND item_id = %s",
-                      (item.queue, item.item_id))
-            if not keys:
-                await conn.execute(*delete)  # one statement: its own transaction
-                return
-            async with conn.transaction():
-                await conn.execute(*delete)
-                await conn.cursor().executemany(_REMEMBER, [(k, exp) for k in keys])
+        async def run(conn: psycopg.AsyncConnection) -> dict[tuple[str, str], WorkItem]:
+            delete = ("DELETE FROM rcig_items WHERE (queue, item_id) IN "
+                      "(SELECT * FROM unnest(%s::text[], %s::text[]))", (queues, item_ids))
+            async with conn.pipeline():
+                if keys:
+                    async with conn.transaction():
+                        await conn.execute(*delete)
+                        await conn.cursor().executemany(_REMEMBER, keys)
+                else:
+                    await conn.execute(*delete)  # one statement: its own transaction
+                cursors = [
+                    (queue, await conn.execute(
+                        f"SELECT *, {_SETTLED_VALUE} FROM "
+                        f"({_heads('AND conversation = ANY(%(convs)s::text[])')}) h",
+                        {"queue": queue, "convs": convs}))
+                    for queue, convs in wanted.items()
+                ]
+            heads = {}
+            for queue, cur in cursors:
+                for row in await cur.fetchall():
+                    head = self._head_item(queue, row)
+                    heads[(queue, head.conversation)] = head
+            return heads
 
-        await self._call(run, mutating=True)
+        heads = await self._call(run, mutating=True)
+        return [heads.get((call.item.queue, call.item.conversation)) if call.want_head else None
+                for call in calls]
 
     async def update_item(self, item: WorkItem) -> None:
         await self._write(

@@ -615,6 +615,25 @@ class TinyDBStore(Store):
     async def complete(self, item: WorkItem, remember: list[str] | None = None) -> None:
         await self._write(self._complete, item.queue, item.item_id, list(remember or ()))
 
+    async def relay_context(
+        self, page_id: str, igsid: str, seen_key: str | None = None
+    ) -> tuple[Page | None, bool, Conversation | None]:
+        def run() -> tuple[Page | None, bool, Conversation | None]:
+            seen = seen_key is not None and self._seen(seen_key, self.clock())
+            return (self._page(page_id), seen,
+                    self._live_conversation(f"{page_id}:{igsid}"))
+
+        return await self._read(run)
+
+    async def complete_then_head(
+        self, item: WorkItem, remember: list[str] | None = None
+    ) -> WorkItem | None:
+        def run() -> WorkItem | None:
+            self._complete(item.queue, item.item_id, list(remember or ()))
+            return self._head(item.queue, item.conversation)
+
+        return await self._write(run)
+
     def _complete(self, queue: QueueName, item_id: str, remember: list[str]) -> None:
         if self._queues[queue].remove(item_id):
             self._items_t[queue].remove(doc_ids=[item_id])

@@ -334,7 +334,9 @@ class InboundRelay:
         payload = item.payload
         page_id, igsid = payload["page_id"], payload["igsid"]
         event: dict[str, Any] = payload.get("event") or {}
-        page = await self.store.page(page_id)
+        unsent_key = (unsend_item_id(str((event.get("message") or {}).get("mid", "")))
+                      if item.kind == MESSAGE else None)
+        page, unsent, conv = await self.store.relay_context(page_id, igsid, unsent_key)
         if page is None or not page.subscribed:
             log.info("dropping %s %s: page %s is %s", item.kind, item.item_id, page_id,
                      "not connected" if page is None else "unsubscribed")
@@ -350,16 +352,13 @@ class InboundRelay:
                 await self.notify_admins(policy_text(event, page.name, page_id))
             self.metrics.relayed.labels("inbound", POLICY).inc()
             return Done()
-        if item.kind == MESSAGE and await self.store.seen(
-            unsend_item_id(str((event.get("message") or {}).get("mid", "")))
-        ):
+        if unsent:
             # The visitor unsent it before we showed it (the unsend is queued behind it,
             # or came first): never show it (Meta's App Review checks unsend).
             log.info("not showing %s: the visitor unsent it", item.item_id)
             self.metrics.dropped.labels("inbound", "unsent").inc()
             return Done()
 
-        conv = await self.store.conversation(page_id, igsid)
         if item.kind == REACTION and (conv is None or conv.room_id is None):
             # A reaction is about a conversation in a room; on its own it never opens one.
             log.info("reaction %s for %s: no open room; not shown", item.item_id,

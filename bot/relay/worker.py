@@ -160,9 +160,10 @@ class QueueWorker:
                     log.warning("%s item %s (%s) set aside: %s", self._queue, item.item_id,
                                 item.kind, outcome.reason)
                     await self._store.set_aside(item, outcome.reason)
+                    item = await self._store.head(self._queue, conversation)
                 else:
-                    await self._store.complete(item, remember=outcome.remember or None)
-                item = await self._store.head(self._queue, conversation)
+                    item = await self._store.complete_then_head(
+                        item, remember=outcome.remember or None)
                 if item is not None and item.next_try_at > self._clock():
                     return
         except asyncio.CancelledError:

@@ -93,9 +93,27 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+_IMMUTABLE = (str, int, float, bool, type(None), datetime, timedelta, bytes)
+
+
+def _clone(value: Any) -> Any:
+    """A deep copy of JSON-like data (dicts, lists, scalars, datetimes).
+
+    ``copy.deepcopy`` costs several times more (its memo and dispatch), and the sandbox
+    copies every document it hands out; anything else still goes through it.
+    """
+    if isinstance(value, _IMMUTABLE):
+        return value
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clone(v) for v in value]
+    return copy.deepcopy(value)
+
+
 def _public(doc: Doc) -> Doc:
     """A deep copy without the sandbox's private keys (leading ``__``)."""
-    return {k: copy.deepcopy(v) for k, v in doc.items() if not k.startswith("__")}
+    return {k: _clone(v) for k, v in doc.items() if not k.startswith("__")}
 
 
 def stream_frame(collection: str, event: str, args: list[Any]) -> Doc:
@@ -141,9 +159,9 @@ class State:
         for sid, (value, public) in defaults.SETTINGS.items():
             self.settings[sid] = {
                 "_id": sid,
-                "value": copy.deepcopy(value),
+                "value": _clone(value),
                 "public": public,
-                "packageValue": copy.deepcopy(value),
+                "packageValue": _clone(value),
                 "_updatedAt": now,
             }
         self.rooms["GENERAL"] = {
@@ -332,7 +350,7 @@ class State:
             out["statusLivechat"] = user["statusLivechat"]
         if full:
             out["roles"] = list(user["roles"])
-            out["emails"] = copy.deepcopy(user["emails"])
+            out["emails"] = _clone(user["emails"])
             out["createdAt"] = user["createdAt"]
             out["_updatedAt"] = user["_updatedAt"]
         return out
@@ -427,7 +445,7 @@ class State:
             "_updatedAt": now,
         }
         if room["t"] == "l":
-            sub["v"] = copy.deepcopy(room["v"])
+            sub["v"] = _clone(room["v"])
             if room.get("departmentId"):
                 sub["department"] = room["departmentId"]
         self.subscriptions[key] = sub
@@ -651,13 +669,13 @@ class State:
             "e2e",
         ):
             if key in message and message[key] is not None:
-                msg[key] = copy.deepcopy(message[key])
+                msg[key] = _clone(message[key])
         if msg.get("tmid"):
             parent = self.messages.get(msg["tmid"])
             if parent is not None and parent.get("tmid"):
                 msg["tmid"] = parent["tmid"]  # nested threads are flattened to the root
         if extra:
-            msg.update(copy.deepcopy(extra))
+            msg.update(_clone(extra))
         return self._store_message(room, msg)
 
     def _store_message(self, room: Doc, msg: Doc, *, sender_token: str | None = None) -> Doc:
@@ -817,7 +835,7 @@ class State:
                 continue
             for coll, ev in list(session.subs.values()):
                 if coll == "stream-notify-user" and ev == name:
-                    session.push(stream_frame(coll, name, copy.deepcopy(args)))
+                    session.push(stream_frame(coll, name, _clone(args)))
 
     def ephemeral(self, uid: str, rid: str | None, text: str) -> None:
         """A rocket.cat ephemeral message on ``<uid>/message`` [LIS notify.ephemeralMessage]."""
@@ -1214,10 +1232,10 @@ class State:
             "ts": msg["ts"],
             "rid": msg["rid"],
             "_updatedAt": msg.get("_updatedAt"),
-            "u": copy.deepcopy(msg["u"]),
+            "u": _clone(msg["u"]),
         }
         if msg.get("blocks"):
-            out["blocks"] = copy.deepcopy(msg["blocks"])
+            out["blocks"] = _clone(msg["blocks"])
         if msg.get("editedAt"):
             out["editedAt"] = msg["editedAt"]
         if msg["u"]["username"] != room["v"]["username"]:
@@ -1225,9 +1243,9 @@ class State:
         if msg.get("t") == "livechat-close":
             out["closingMessage"] = True
         if msg.get("file"):
-            out["file"] = copy.deepcopy(msg["file"])
-            out["attachments"] = copy.deepcopy(msg.get("attachments", []))
-            out["fileUpload"] = copy.deepcopy(msg.get("__fileUpload"))
+            out["file"] = _clone(msg["file"])
+            out["attachments"] = _clone(msg.get("attachments", []))
+            out["fileUpload"] = _clone(msg.get("__fileUpload"))
         return out
 
     def guest_info(self, room: Doc) -> Doc:
@@ -1239,12 +1257,12 @@ class State:
             "name": visitor.get("name"),
             "username": visitor.get("username"),
             "department": visitor.get("department"),
-            "customFields": copy.deepcopy(visitor.get("livechatData", {})),
+            "customFields": _clone(visitor.get("livechatData", {})),
         }
         if visitor.get("visitorEmails"):
-            v["email"] = copy.deepcopy(visitor["visitorEmails"])
+            v["email"] = _clone(visitor["visitorEmails"])
         if visitor.get("phone"):
-            v["phone"] = copy.deepcopy(visitor["phone"])
+            v["phone"] = _clone(visitor["phone"])
         out: Doc = {
             "_id": room["_id"],
             "label": room.get("fname"),
@@ -1252,7 +1270,7 @@ class State:
             "createdAt": room["ts"],
             "lastMessageAt": room.get("lm"),
             "tags": list(room.get("tags") or []),
-            "customFields": copy.deepcopy(room.get("livechatData", {})),
+            "customFields": _clone(room.get("livechatData", {})),
             "visitor": {k: val for k, val in v.items() if val is not None},
         }
         served = room.get("servedBy")
@@ -1265,7 +1283,7 @@ class State:
                 "email": agent["emails"][0]["address"] if agent.get("emails") else None,
             }
         if room.get("crmData") is not None:
-            out["crmData"] = copy.deepcopy(room["crmData"])
+            out["crmData"] = _clone(room["crmData"])
         return {k: val for k, val in out.items() if val is not None}
 
     def _send_livechat_webhook(
@@ -1279,9 +1297,9 @@ class State:
         payload["type"] = kind
         if kind == "LivechatSession":
             payload["departmentId"] = room.get("departmentId")
-            payload["servedBy"] = copy.deepcopy(room.get("servedBy"))
+            payload["servedBy"] = _clone(room.get("servedBy"))
             payload["closedAt"] = room.get("closedAt")
-            payload["closedBy"] = copy.deepcopy(room.get("closedBy"))
+            payload["closedBy"] = _clone(room.get("closedBy"))
             payload["closer"] = room.get("closer")
             payload = {k: v for k, v in payload.items() if v is not None}
             messages = [
@@ -1291,7 +1309,7 @@ class State:
             ]
             messages.sort(key=lambda m: m["ts"])
         elif kind == "LivechatSessionTaken":
-            payload["servedBy"] = copy.deepcopy(room.get("servedBy"))
+            payload["servedBy"] = _clone(room.get("servedBy"))
         if messages is not None:
             payload["messages"] = [self._crm_message(room, m) for m in messages]
         self.webhook_sink(kind, payload)

@@ -278,6 +278,18 @@ async def test_concurrent_writes_share_fsyncs(store):
     assert 1 <= commits < 100
 
 
+async def test_concurrent_completions_share_commits(store):
+    """Items finished together are deleted by far fewer commits (both stores)."""
+    added = await store.enqueue([item(f"m{n}", conversation=f"p1:u{n}") for n in range(200)])
+    before = (await store.stats())["commits"]
+    await asyncio.gather(*(store.complete(one, remember=[f"done-{one.item_id}"])
+                           for one in added))
+    commits = (await store.stats())["commits"] - before
+    assert 1 <= commits < 100
+    assert (await store.stats())["inbound"] == 0
+    assert all([await store.seen(f"done-{one.item_id}") for one in added])
+
+
 @tinydb_only
 async def test_journal_is_compacted_so_files_stay_small(make_store, store_path):
     """Processed work does not pile up on disk: compaction keeps the journal bounded."""

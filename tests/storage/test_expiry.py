@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from storage import DEFAULT_CONVERSATION_TTL, DEFAULT_DEDUPE_TTL, Conversation, LoginState
+from storage import DEFAULT_CONVERSATION_TTL, DEFAULT_DEDUPE_TTL, Conversation, LoginState, Page
 from tests.storage.helpers import item
 
 DAY = 24 * 3600.0
@@ -94,6 +94,22 @@ async def test_idle_conversation_expires_after_90_days(store, clock):
     await store.save_conversation(Conversation("p1", "u1", "instagram-p1-u1"))
     fresh = await store.conversation("p1", "u1")
     assert fresh is not None and fresh.room_id is None
+
+
+async def test_relay_context_reads_page_seen_key_and_live_conversation(store, clock):
+    """relay_context answers as page(), seen() and conversation() would, expiry included."""
+    await store.save_page(Page("p1", "Shop", "ig1", page_token="secret-token"))
+    await store.save_conversation(Conversation("p1", "u1", "instagram-p1-u1", room_id="r1"))
+    await store.remember("unsent:m1")
+    page, seen, conv = await store.relay_context("p1", "u1", "unsent:m1")
+    assert page.name == "Shop" and page.page_token == "secret-token"
+    assert seen and conv.room_id == "r1"
+    assert (await store.relay_context("p1", "u1"))[1] is False
+    assert await store.relay_context("p2", "u9", "unsent:m2") == (None, False, None)
+    clock.advance(DAY + 1)
+    assert (await store.relay_context("p1", "u1", "unsent:m1"))[1] is False  # key expired
+    clock.advance(90 * DAY)
+    assert (await store.relay_context("p1", "u1"))[2] is None  # conversation expired
 
 
 async def test_saving_keeps_a_conversation_alive(make_store, clock):

@@ -125,6 +125,21 @@ async def test_duplicate_webhook_enqueues_once(store):
     assert await store.queue_depth("inbound") == 0
 
 
+async def test_complete_then_head_answers_the_next_item_of_the_conversation(store):
+    """Finishing items hands back each conversation's next one, also when many finish at once."""
+    added = await store.enqueue([item(f"{c}-{n}", f"p1:u{c}", order_ts=float(n))
+                                 for n in range(3) for c in range(20)])
+    firsts = [one for one in added if one.item_id.endswith("-0")]
+    heads = await asyncio.gather(*(store.complete_then_head(one, remember=[f"k{one.item_id}"])
+                                   for one in firsts))
+    assert [h.item_id for h in heads] == [f"{c}-1" for c in range(20)]
+    assert await store.seen("k0-0")
+    assert (await store.complete_then_head(heads[0])).item_id == "0-2"
+    last = await store.head("inbound", "p1:u0")
+    assert await store.complete_then_head(last) is None
+    assert await store.queue_depth("inbound") == 60 - 20 - 2
+
+
 async def test_duplicate_inside_one_batch_is_stored_once(store):
     """Two copies of an event in one webhook delivery become one item."""
     added = await store.enqueue([item("m1"), item("m1"), item("m2")])
