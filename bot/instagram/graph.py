@@ -39,7 +39,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from json import dumps as json_dumps
 from typing import Any
@@ -328,7 +328,8 @@ class GraphClient:
         #: Per-read timeout of attachment uploads: Meta stores up to 25 MB before answering.
         self.media_timeout = media_timeout
         self.retries = retries
-        self._backoff = backoff
+        #: Seconds to pause before retry n (tests lengthen it to hold a send mid-retry).
+        self.backoff = backoff
         self._observe = observe  # (call, seconds) per HTTP request, for the latency metric
         self._on_retry = on_retry  # (call, error) per retry made here, for the retries metric
         self._session = pooled_session(self.base_url, max_workers)
@@ -500,8 +501,12 @@ class GraphClient:
         *,
         messaging_type: str = "RESPONSE",
         tag: str | None = None,
+        still_wanted: Callable[[], Awaitable[bool]] | None = None,
     ) -> str:
-        """Send API: deliver ``message`` to the IGSID ``recipient``; return the ``message_id``."""
+        """Send API: deliver ``message`` to the IGSID ``recipient``; return the ``message_id``.
+
+        A throttled send is retried here after a pause, unless ``still_wanted`` (asked
+        before each retry) says otherwise."""
         payload: dict[str, Any] = {
             "recipient": {"id": recipient},
             "messaging_type": messaging_type,
@@ -515,6 +520,7 @@ class GraphClient:
             token=page_token,
             json=payload,
             idempotent=False,  # a 5xx may still have delivered; the relay decides
+            still_wanted=still_wanted,
         )
         mid = body.get("message_id") if isinstance(body, dict) else None
         if not mid:
@@ -610,8 +616,12 @@ class GraphClient:
         idempotent: bool = True,
         secrets: tuple[str, ...] = (),
         pace: str | None = None,
+        still_wanted: Callable[[], Awaitable[bool]] | None = None,
     ) -> Any:
         """One logical call with retries; returns the parsed JSON body of a 2xx answer.
+
+        ``still_wanted`` is asked before each retry; False gives the caller the failure
+        instead (a send whose place in the conversation was taken meanwhile).
 
         Credentials never travel in the URL (URLs end up in proxy and library debug
         logs): the token goes in the ``Authorization`` header, the app secret and codes
@@ -638,7 +648,7 @@ class GraphClient:
                 may_retry = idempotent or isinstance(exc, GraphThrottled)
                 if not may_retry or attempt > self.retries:
                     raise
-                delay = self._backoff(attempt)
+                delay = self.backoff(attempt)
                 if self._on_retry is not None:
                     self._on_retry(call, exc)
                 log.warning(
@@ -646,6 +656,8 @@ class GraphClient:
                     call, exc.code or exc.status or "network", attempt, self.retries, delay,
                 )
                 await asyncio.sleep(delay)
+                if still_wanted is not None and not await still_wanted():
+                    raise
 
     async def _once(
         self,

@@ -346,6 +346,12 @@ class OutboundRelay:
             return Retry(self.clock(), "an earlier item arrived meanwhile")
         return await self._send_parts(item, page, igsid, parts, decision)
 
+    async def _still_first(self, item: WorkItem) -> bool:
+        """Before a throttled send is tried again: False when an earlier reply was queued
+        during the pause (and none of this item's parts has gone yet), so the queue hands
+        that one out first instead of this one overtaking it."""
+        return item.progress > 0 or not await self._overtaken(item)
+
     async def _overtaken(self, item: WorkItem) -> bool:
         """Whether an item ordered before this one was queued while this one was being
         looked at (a late webhook, or replies the order check just found): the queue
@@ -421,6 +427,7 @@ class OutboundRelay:
                     message,
                     messaging_type=decision.messaging_type,
                     tag=decision.tag,
+                    still_wanted=lambda: self._still_first(item),
                 )
             except GraphError as exc:
                 return await self._graph_failure(item, page, exc, index, len(parts))

@@ -7,15 +7,17 @@ import asyncio
 
 import pytest
 
-from tests.scenarios.harness import ADMIN, BOT_USER, Bridge
+from tests.scenarios.harness import ADMIN, BOT_USER, WEBHOOK_SECRET, Bridge
 from tests.scenarios.outbound_helpers import (
     enable_omnichannel_webhooks,
     notes,
+    post_webhook,
     reply,
     sends,
     sent_texts,
     visitor_with_room,
     wait_for,
+    webhook_bodies,
 )
 
 
@@ -35,6 +37,26 @@ async def test_throttled_once_then_delivered_once_in_order(live: Bridge) -> None
         reply(live, rid, text)
     await wait_for(lambda: sent_texts(live, igsid) == texts)
     assert [s["error_code"] for s in sends(live, igsid, ok=False)] == [613]
+
+
+async def test_earlier_reply_arriving_during_a_throttled_pause_goes_first(live: Bridge) -> None:
+    """A reply whose webhook arrives while a later one waits out a throttle is sent first:
+    the later one, held in the Graph client's pause, does not overtake it."""
+    igsid, rid = await visitor_with_room(live)
+    live.bot.graph.backoff = lambda attempt: 1.0  # a pause long enough to act in
+    live.rc.set_setting("Livechat_webhook_on_agent_message", False)
+    first = reply(live, rid, "first")  # its webhook is late: we post it below
+    live.rc.set_setting("Livechat_webhook_on_agent_message", True)
+    await asyncio.sleep(0.01)  # typed later: never in the same millisecond
+    live.meta.inject_send_errors(igsid, [613])
+    reply(live, rid, "second")
+    await wait_for(lambda: len(sends(live, igsid, ok=False)) == 1)  # "second" is pausing
+    (body,) = webhook_bodies(live, "Message")
+    body["messages"] = [dict(body["messages"][0], _id=first["_id"], msg="first",
+                             ts=first["ts"])]
+    assert await post_webhook(live, body, {"X-RocketChat-Livechat-Token": WEBHOOK_SECRET}) == 200
+    await wait_for(lambda: sorted(sent_texts(live, igsid)) == ["first", "second"], timeout=10)
+    assert sent_texts(live, igsid) == ["first", "second"]
 
 
 @pytest.mark.parametrize("codes", [[613, 613, 613, 613], [2], [1200, 1], [4, 32, 17]])
