@@ -98,6 +98,20 @@ def reply(bridge: Bridge, rid: str, text: str) -> dict[str, Any]:
     return bridge.rc.agent_reply(AGENT, rid, text)
 
 
+async def replies_in_turn(bridge: Bridge, rid: str, texts: list[str]) -> list[dict[str, Any]]:
+    """The agent sends several replies quickly, each stamped a later millisecond.
+
+    Rocket.Chat stamps ``ts`` to the millisecond and POSTs each message's webhook on its
+    own, so replies stamped in the same millisecond carry no order the bridge could
+    keep: their webhooks may arrive either way round. A person typing never does that.
+    """
+    sent = []
+    for text in texts:
+        sent.append(reply(bridge, rid, text))
+        await asyncio.sleep(0.002)
+    return sent
+
+
 async def post_webhook(bridge: Bridge, body: Any, headers: dict[str, str] | None) -> int:
     """POST a body to the bot's Omnichannel webhook as Rocket.Chat would; returns the status."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()

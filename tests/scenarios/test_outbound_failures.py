@@ -12,6 +12,7 @@ from tests.scenarios.outbound_helpers import (
     enable_omnichannel_webhooks,
     notes,
     post_webhook,
+    replies_in_turn,
     reply,
     sends,
     sent_texts,
@@ -67,8 +68,7 @@ async def test_persistent_throttling_and_transient_errors_retry_durably_in_order
     igsid, rid = await visitor_with_room(live)
     live.meta.inject_send_errors(igsid, codes)
     texts = [f"message {i}" for i in range(4)]
-    for text in texts:
-        reply(live, rid, text)
+    await replies_in_turn(live, rid, texts)
     await wait_for(lambda: sent_texts(live, igsid) == texts, timeout=15)
     assert sorted(s["error_code"] for s in sends(live, igsid, ok=False)) == sorted(codes)
     assert notes(live, rid) == []

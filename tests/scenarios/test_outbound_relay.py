@@ -11,6 +11,7 @@ from tests.scenarios.outbound_helpers import (
     enable_omnichannel_webhooks,
     notes,
     post_webhook,
+    replies_in_turn,
     reply,
     sends,
     sent_texts,
@@ -65,8 +66,7 @@ async def test_replies_keep_their_order(live: Bridge) -> None:
     """Several quick replies arrive at the visitor in the order the agent wrote them."""
     igsid, rid = await visitor_with_room(live)
     texts = [f"reply {i}" for i in range(8)]
-    for text in texts:
-        reply(live, rid, text)
+    await replies_in_turn(live, rid, texts)
     await wait_for(lambda: sent_texts(live, igsid) == texts)
 
 

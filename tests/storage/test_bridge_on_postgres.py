@@ -10,7 +10,7 @@ from storage import PostgresStore
 from tests.scenarios.harness import ADMIN, BOT_USER, running_bridge, start_bot, stop_bot
 from tests.scenarios.outbound_helpers import (
     enable_omnichannel_webhooks,
-    reply,
+    replies_in_turn,
     sent_texts,
     visitor_with_room,
     wait_for,
@@ -31,9 +31,8 @@ async def test_bridge_relays_both_ways_with_storage_url(rocketchat, meta, tmp_pa
                 event = bridge.meta.text_event(bridge.ig_id, igsid, f"message {n}")
                 assert (await bridge.deliver(event))[0] == 200
             await wait_for(lambda: bridge.texts(igsid)[-5:] == [f"message {n}" for n in range(5)])
-            for n in range(3):
-                reply(bridge, rid, f"reply {n}")
             expected = [f"reply {n}" for n in range(3)]
+            await replies_in_turn(bridge, rid, expected)
             await wait_for(lambda: sent_texts(bridge, igsid) == expected)
 
             async def drained() -> bool:
