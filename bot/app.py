@@ -266,9 +266,10 @@ class Bot:
         """Open the store, log in, and start serving; the realtime client starts in run()."""
         await self.store.open()
         if not self.config.storage.encryption_key.reveal():
+            storage = self.config.storage
             log.warning("storage.encryption_key is not set: page and user access tokens are "
-                        "stored in plain text in %s (mode 0600); see README \"Security\"",
-                        self.config.storage.path)
+                        "stored in plain text in %s%s; see README \"Security\"", storage.where,
+                        "" if storage.url else " (mode 0600)")
         # When the previous run was last known alive: what a restart may have missed.
         alive = await self.store.mark(ALIVE)
         self.reply_order.resume(alive)

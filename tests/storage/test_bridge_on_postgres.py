@@ -20,7 +20,7 @@ from tests.storage import postgres_server
 
 
 async def test_bridge_relays_both_ways_with_storage_url(rocketchat, meta, tmp_path, pg_url,
-                                                       eventually):
+                                                       eventually, caplog):
     """With storage.url set, DMs reach the room in order and replies reach the visitor."""
     with postgres_server.fresh_schema(pg_url) as url:
         async with running_bridge(rocketchat, meta, tmp_path, store_url=url) as bridge:
@@ -41,6 +41,8 @@ async def test_bridge_relays_both_ways_with_storage_url(rocketchat, meta, tmp_pa
 
             await eventually(drained)  # the replies' echoes too
         assert not (tmp_path / "data").exists()  # no TinyDB file was written
+        [plain] = [r.getMessage() for r in caplog.records if "plain text" in r.getMessage()]
+        assert "in postgresql://" in plain and ".json" not in plain
 
 
 async def test_two_replicas_answer_each_command_once(rocketchat, meta, tmp_path, pg_url,
