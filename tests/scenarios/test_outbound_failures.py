@@ -34,8 +34,7 @@ async def test_throttled_once_then_delivered_once_in_order(live: Bridge) -> None
     igsid, rid = await visitor_with_room(live)
     live.meta.inject_send_errors(igsid, [613])
     texts = ["first", "second", "third"]
-    for text in texts:
-        reply(live, rid, text)
+    await replies_in_turn(live, rid, texts)
     await wait_for(lambda: sent_texts(live, igsid) == texts)
     assert [s["error_code"] for s in sends(live, igsid, ok=False)] == [613]
 

@@ -22,6 +22,7 @@ from storage.base import WorkItem, conversation_key
 from tests.scenarios.harness import AGENT, Bridge, running_bridge, start_bot, stop_bot
 from tests.scenarios.outbound_helpers import (
     enable_omnichannel_webhooks,
+    replies_in_turn,
     sends,
     visitor_with_room,
     wait_for,
@@ -218,8 +219,7 @@ async def test_replies_typed_while_down_go_out_in_typing_order(bridge: Bridge) -
     attempts = bridge.rc.webhook_max_attempts
     bridge.rc.webhook_max_attempts = 1  # Rocket.Chat gives up on these at once
     typed = [f"typed while down {n}" for n in range(3)]
-    for text in typed:
-        bridge.rc.agent_reply(AGENT, rid, text)
+    await replies_in_turn(bridge, rid, typed)
     await wait_for(lambda: sum(1 for w in bridge.rc.webhooks_sent()
                                if w["type"] == "Message" and w["status"] != 200) >= 3)
     bridge.rc.webhook_max_attempts = attempts
