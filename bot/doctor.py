@@ -420,6 +420,74 @@ async def check_webhook(c: Checkup) -> CheckResult:
                        f"on (read from {source})")
 
 
+#: What the admin changes so the bot may read a room's files without the link's JWT.
+FILE_ACCESS_FIX = (
+    "Administration > Settings > File Upload: 'Restrict file access to users who can "
+    "access room' on and 'Restrict file access to room members' off (the bot's "
+    "livechat-manager role can access livechat rooms); on servers without the first "
+    "setting (before 2024) only turning 'room members' off helps, which lets any logged-in "
+    "user read files (README \"Outbound attachments\")"
+)
+
+
+async def check_file_access(c: Checkup) -> CheckResult:
+    """Whether the bot may read an agent's file without the link's one-hour JWT.
+
+    The bot fetches ``/file-upload/…`` with the link's ``?token=`` and its own
+    credentials (``RocketChatREST.download``). After the hour (a reply delayed by a Meta
+    outage or a page awaiting re-authorization), or with JWTs off, only its own access
+    counts, and by default only room members pass: the file is refused and the agent told
+    (``requestCanAccessFiles``; ``sandbox/rocketchat/files.py``). The file-access settings
+    are privileged: a bot without ``view-privileged-setting`` gets a WARN, not a guess.
+    """
+    name = "rocketchat.file_access"
+    if not c.logged_in:
+        return _skipped(name, "no login")
+    try:
+        protected = await c.setting("FileUpload_ProtectFiles")
+    except RocketChatError:
+        protected = True
+    if protected is False:
+        return CheckResult(name, PASS, "uploaded files are not protected (FileUpload_ProtectFiles "
+                           "off): the bot can fetch every file, however late")
+    try:
+        members_only = await c.setting("FileUpload_Restrict_to_room_members")
+        jwt = await c.setting("FileUpload_Enable_json_web_token_for_files")
+    except RocketChatError:
+        return CheckResult(
+            name, WARN,
+            "cannot verify: the file-access settings are privileged (view-privileged-setting); "
+            "with Rocket.Chat's defaults a file in a reply delayed more than an hour is refused "
+            "and the agent told",
+            "check by hand: " + FILE_ACCESS_FIX,
+        )
+    try:
+        can_access = await c.setting("FileUpload_Restrict_to_users_who_can_access_room")
+    except RocketChatError:
+        can_access = None  # a server from before the setting (RocketChat/Rocket.Chat#32329)
+    if members_only is not True and can_access is not True:
+        return CheckResult(name, PASS, "any logged-in user may read room files: the bot can "
+                           "fetch every file, however late")
+    if can_access is True and members_only is not True:
+        return CheckResult(name, PASS, "users who can access a room may read its files: the "
+                           "bot (livechat-manager) can fetch every file, however late")
+    rule = ("both file-access restrictions are on, so nobody passes"
+            if can_access is True else "only room members may read a room's files")
+    if jwt is not True:
+        return CheckResult(
+            name, FAIL,
+            f"{rule} and file links carry no JWT (FileUpload_Enable_json_web_token_for_files "
+            "off): every file an agent sends is refused to the bot",
+            FILE_ACCESS_FIX + "; or turn 'Enable json web tokens protection to file uploads' on",
+        )
+    return CheckResult(
+        name, WARN,
+        f"{rule}: a file in a reply delayed more than the link's hour (a Meta outage, a page "
+        "awaiting re-authorization) is refused to the bot and the agent told",
+        FILE_ACCESS_FIX,
+    )
+
+
 async def check_admins(c: Checkup) -> CheckResult:
     """Someone holds one of ``rocketchat.admin_roles`` (else no admin command can run)."""
     name = "rocketchat.admins"
@@ -1042,7 +1110,8 @@ async def run_checks(
     try:
         for check in (check_rocketchat_reachable, check_login, check_permissions,
                       check_admins, check_departments, check_slash_commands,
-                      check_omnichannel_enabled, check_webhook, check_rate_limiter,
+                      check_omnichannel_enabled, check_webhook, check_file_access,
+                      check_rate_limiter,
                       check_public_url_https, check_public_url, check_meta_app,
                       check_instagram_login_app):
             try:

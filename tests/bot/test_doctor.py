@@ -153,8 +153,10 @@ async def test_all_green_sandbox_passes(setup: Setup, rc_version: str) -> None:
     # Loopback http is fine for the sandbox; the bot itself is not running here. Up to
     # 7.0 the admins can only be listed over DDP, which the doctor does not open.
     old = rc_version < "7.1"
-    assert warned == {"public_url.https", "public_url.reachable"} | (
+    # The file-access settings are privileged: the bot can only say it cannot verify them.
+    assert warned == {"public_url.https", "public_url.reachable", "rocketchat.file_access"} | (
         {"rocketchat.admins"} if old else set())
+    assert "cannot verify" in results["rocketchat.file_access"].detail
     if not old:
         assert results["rocketchat.admins"].detail == "admins (admin): admin.alice"
     assert "livechat/integrations.settings" in results["omnichannel.webhook"].detail
@@ -309,6 +311,41 @@ async def test_unreadable_webhook_settings_warn_cannot_verify(setup: Setup) -> N
     r = results["omnichannel.webhook"]
     assert r.status == WARN and "cannot verify" in r.detail
     assert "Omnichannel > Webhooks" in r.fix
+
+
+@pytest.mark.parametrize(
+    ("settings", "status", "words"),
+    [
+        ({}, WARN, "only room members may read"),
+        ({"FileUpload_Restrict_to_room_members": False,
+          "FileUpload_Restrict_to_users_who_can_access_room": True}, PASS, "livechat-manager"),
+        ({"FileUpload_Restrict_to_room_members": False}, PASS, "any logged-in user"),
+        ({"FileUpload_Restrict_to_users_who_can_access_room": True}, WARN, "nobody passes"),
+        ({"FileUpload_Enable_json_web_token_for_files": False}, FAIL, "every file an agent"),
+        ({"FileUpload_ProtectFiles": False}, PASS, "not protected"),
+    ],
+)
+async def test_file_access_says_whether_late_files_reach_the_visitor(
+    setup: Setup, settings: dict[str, bool], status: str, words: str
+) -> None:
+    """With the privileged settings readable, the line follows Rocket.Chat's file-access
+    rule for a bot that is no room member: Rocket.Chat's defaults refuse it a file whose
+    link's hour is over (WARN), and refuse it every file when links carry no JWT (FAIL)."""
+    setup.rc.set_permission("view-privileged-setting", ["admin", "bot"])
+    for sid, value in settings.items():
+        setup.rc.set_setting(sid, value)
+    result = (await setup.check())["rocketchat.file_access"]
+    assert (result.status, words in result.detail) == (status, True), result
+    if status != PASS:
+        assert "Restrict file access to users who can access room" in result.fix
+
+
+async def test_file_access_off_protection_is_read_without_privileges(setup: Setup) -> None:
+    """FileUpload_ProtectFiles is a public setting: a bot without view-privileged-setting
+    still finds out that files are open."""
+    setup.rc.set_setting("FileUpload_ProtectFiles", False)
+    result = (await setup.check())["rocketchat.file_access"]
+    assert result.status == PASS and "not protected" in result.detail
 
 
 @pytest.mark.parametrize(
