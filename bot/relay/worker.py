@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from storage.base import QueueName, Store, WorkItem
+from storage.base import QueueName, Store, WorkItem, conversation_label
 
 log = logging.getLogger("bot.relay")
 
@@ -170,7 +170,9 @@ class QueueWorker:
             raise
         except Exception:
             # Storage failed: the item stays queued; the next pass retries it.
-            log.exception("%s worker: storage error in conversation %s", self._queue, conversation)
+            page_id, _, igsid = conversation.partition(":")
+            log.exception("%s worker: storage error in conversation %s", self._queue,
+                          conversation_label(page_id, igsid))
         finally:
             self._busy.pop(conversation, None)
             self._wake.set()

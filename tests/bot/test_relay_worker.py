@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+from pytest_mock import MockerFixture
+
 from bot.relay.worker import Done, Outcome, QueueWorker
 from storage import open_store
-from storage.base import WorkItem
+from storage.base import WorkItem, conversation_label
 
 
 def _items(conversations: int) -> list[WorkItem]:
@@ -113,6 +116,42 @@ async def test_full_worker_does_not_query_when_the_next_item_is_due(tmp_path: Pa
                 break
             await asyncio.sleep(0.01)
         assert sorted(done) == [f"c{n}" for n in range(4)]
+    finally:
+        await worker.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await store.close()
+
+
+async def test_storage_error_keeps_the_item_and_logs_no_igsid(
+    tmp_path: Path, mocker: MockerFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store that fails to complete an item leaves it queued for the next pass, and the
+    error line names the conversation by its label, never by the visitor's IGSID."""
+    store = open_store(str(tmp_path / "store.json"))
+    await store.open()
+    igsid = "6543210000007919"
+    item = WorkItem(item_id="i0", queue="inbound", conversation=f"p1:{igsid}", kind="text",
+                    payload={}, order_ts=1.0)
+    mocker.patch.object(store, "complete_then_head", side_effect=OSError("disk unplugged"))
+    processed: list[str] = []
+
+    async def process(item: WorkItem) -> Outcome:
+        processed.append(item.item_id)
+        return Done()
+
+    worker = QueueWorker(store, "inbound", process, concurrency=1)
+    task = asyncio.create_task(worker.run())
+    try:
+        await store.enqueue([item])
+        worker.notify()
+        for _ in range(200):
+            if any("storage error" in r.getMessage() for r in caplog.records):
+                break
+            await asyncio.sleep(0.01)
+        [line] = [r.getMessage() for r in caplog.records if "storage error" in r.getMessage()]
+        assert conversation_label("p1", igsid) in line and igsid not in line
+        assert await store.queue_depth("inbound") == 1 and processed[:1] == ["i0"]
     finally:
         await worker.stop()
         task.cancel()
