@@ -649,8 +649,6 @@ class GraphClient:
                 if not may_retry or attempt > self.retries:
                     raise
                 delay = self.backoff(attempt)
-                if self._on_retry is not None:
-                    self._on_retry(call, exc)
                 log.warning(
                     "graph %s failed (%s), retry %d/%d in %.2fs",
                     call, exc.code or exc.status or "network", attempt, self.retries, delay,
@@ -658,6 +656,10 @@ class GraphClient:
                 await asyncio.sleep(delay)
                 if still_wanted is not None and not await still_wanted():
                     raise
+                # Counted only once the retry is certain: a caller that no longer wants
+                # the call reschedules it and counts that retry itself.
+                if self._on_retry is not None:
+                    self._on_retry(call, exc)
 
     async def _once(
         self,

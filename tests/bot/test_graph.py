@@ -176,6 +176,38 @@ async def test_send_retries_throttling_but_not_transient_failures(
     assert all(s["had_proof"] and s["proof_valid"] for s in meta.sent_messages())
 
 
+async def test_a_retry_is_counted_only_when_made(meta: SandboxMeta) -> None:
+    """``on_retry`` (the retries metric) counts a throttled send retried here; one its
+    caller no longer wants is handed back uncounted, since the caller counts its own."""
+    retried: list[str] = []
+    client = GraphClient(meta.graph_url, meta.api_version, meta.app_id, APP_SECRET,
+                         backoff=lambda attempt: 0.0,
+                         on_retry=lambda call, exc: retried.append(call))
+    token = meta.issue_page_token(DEFAULT_PAGE_ID)
+    igsid = meta.new_igsid()
+    meta.set_last_inbound(DEFAULT_PAGE_ID, igsid)
+
+    async def wanted() -> bool:
+        return True
+
+    async def given_up() -> bool:
+        return False
+
+    try:
+        meta.inject_send_errors(igsid, [613])
+        await client.send_message(DEFAULT_PAGE_ID, token, igsid, {"text": "a"},
+                                  still_wanted=wanted)
+        assert retried == [f"POST /{DEFAULT_PAGE_ID}/messages"]
+        meta.inject_send_errors(igsid, [4])
+        with pytest.raises(GraphThrottled):
+            await client.send_message(DEFAULT_PAGE_ID, token, igsid, {"text": "b"},
+                                      still_wanted=given_up)
+        assert len(retried) == 1
+        assert len(meta.sent_messages(recipient=igsid, ok=False)) == 2
+    finally:
+        await client.close()
+
+
 async def test_send_with_human_agent_tag(meta: SandboxMeta, graph: GraphClient) -> None:
     """A MESSAGE_TAG/HUMAN_AGENT send reaches a visitor outside the 24-hour window."""
     token = meta.issue_page_token(DEFAULT_PAGE_ID)
