@@ -55,7 +55,8 @@ The sandboxes run in this process (threads); the bot and the no-op server are se
 processes, so the numbers include real sockets, HMAC, JSON and durable storage.
 ``--store postgres`` runs every bot on the PostgreSQL store (a throwaway local cluster
 unless ``--store-url``; a fresh schema per bot, see :mod:`tests.benchmarks.stores`);
-``--parts`` picks the parts.
+``--parts`` picks the parts; ``--replicas 2`` (PostgreSQL) runs (b) and (b2) on two bots
+sharing one store, the webhooks spread over both as a round-robin balancer would.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ from typing import Any
 
 import aiohttp
 
+from bot.instagram.events import rc_message_id
 from bot.relay.pressure import LINGER
 from sandbox.meta import (
     DEFAULT_IG_ID,
@@ -130,32 +132,41 @@ class Env:
         self.department = setup_rocketchat(self.rc)
         self.meta.set_echoes(False)
         self.runs = 0
+        self.last_store: str | None = None  # the store of the bot started last
 
     def close(self) -> None:
         self.rc.stop()
         self.meta.stop()
 
-    async def start_bot(self) -> tuple[subprocess.Popen[bytes], str]:
-        """A fresh bot (new store) with the sandbox page connected; returns (proc, url)."""
+    async def start_bot(
+        self, replica_of: str | None = None
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        """A fresh bot (new store) with the sandbox page connected; returns (proc, url).
+
+        ``replica_of``: a PostgreSQL store URL a running bot uses; this one joins it as a
+        second replica (same config but its port) instead of getting a store of its own.
+        """
         self.runs += 1
         run_dir = self.workdir / f"bot{self.runs}"
         run_dir.mkdir()
         port = free_port()
-        store_path = self.stores.location(run_dir)
+        store_path = replica_of or self.stores.location(run_dir)
         import yaml
 
         config = run_dir / "config.yaml"
         raw = config_dict(self.rc.url, self.meta, store_path, f"127.0.0.1:{port}")
         raw["storage"] = self.stores.storage_config(store_path)
         config.write_text(yaml.safe_dump(raw))
-        store = open_store(store_path)
-        await store.open()
-        await store.save_page(Page(
-            page_id=DEFAULT_PAGE_ID, name=DEFAULT_PAGE_NAME, instagram_id=DEFAULT_IG_ID,
-            page_token=self.meta.issue_page_token(DEFAULT_PAGE_ID),
-            department_id=self.department,
-        ))
-        await store.close()
+        if replica_of is None:
+            store = open_store(store_path)
+            await store.open()
+            await store.save_page(Page(
+                page_id=DEFAULT_PAGE_ID, name=DEFAULT_PAGE_NAME, instagram_id=DEFAULT_IG_ID,
+                page_token=self.meta.issue_page_token(DEFAULT_PAGE_ID),
+                department_id=self.department,
+            ))
+            await store.close()
+        self.last_store = store_path
         exe = Path(sys.executable).parent / "rc-instagram"
         log = (run_dir / "bot.log").open("ab")
         proc = subprocess.Popen(
@@ -233,28 +244,32 @@ def build_bodies(meta: SandboxMeta, visitors: list[str], count: int, per_body: i
     return out
 
 
-async def hammer(url: str, bodies: list[tuple[bytes, dict[str, str], list[str]]],
+async def hammer(url: str | list[str], bodies: list[tuple[bytes, dict[str, str], list[str]]],
                  concurrency: int) -> tuple[float, list[float], int]:
-    """POST every body with ``concurrency`` connections; (seconds, latencies, non-200s)."""
+    """POST every body with ``concurrency`` connections; (seconds, latencies, non-200s).
+
+    Several URLs (replicas behind a balancer): the connections take them in turn.
+    """
+    urls = [url] if isinstance(url, str) else url
     latencies: list[float] = []
     failures = 0
     queue = list(reversed(bodies))
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
 
-        async def worker() -> None:
+        async def worker(target: str) -> None:
             nonlocal failures
             while queue:
                 body, headers, _ = queue.pop()
                 started = time.perf_counter()
-                async with session.post(url, data=body, headers=headers) as resp:
+                async with session.post(target, data=body, headers=headers) as resp:
                     await resp.read()
                     if resp.status != 200:
                         failures += 1
                 latencies.append(time.perf_counter() - started)
 
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(urls[n % len(urls)]) for n in range(concurrency)))
         elapsed = time.perf_counter() - started
     return elapsed, latencies, failures
 
@@ -418,56 +433,89 @@ async def wait_for_messages(env: Env, target: int, timeout: float) -> float:
     return time.perf_counter()
 
 
+async def wait_for_every(env: Env, mids: list[str], done: float, timeout: float) -> float:
+    """When the last of ``mids`` was in a room: ``done`` if all are already there.
+
+    The sandbox counts a call when it arrives, before the injected latency and the
+    store, so the count can be reached with the last messages still in flight (or with
+    a message missing, had a call been retried).
+    """
+    missing = [m for m in mids if env.rc.message(rc_message_id(f"ig:{m}")) is None]
+    if not missing:
+        return done
+    deadline = time.perf_counter() + timeout
+    while missing:
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"{len(missing)} messages not in their rooms after {timeout}s")
+        await asyncio.sleep(0.05)
+        missing = [m for m in missing if env.rc.message(rc_message_id(f"ig:{m}")) is None]
+    return time.perf_counter()
+
+
 async def bench_throughput(
     env: Env, conversations: int, per_conversation: int, label: str = "(b)",
-    prefix: str = "relay",
+    prefix: str = "relay", replicas: int = 1,
 ) -> dict[str, float]:
     """End-to-end throughput: ``conversations`` new visitors, ``per_conversation`` each.
 
     (b) is 1,000 × 10 (first contacts are a tenth of the messages); (b2), first-contact
-    heavy, is 1,000 × 3 (a third). The figures are keyed ``<prefix>_…``.
+    heavy, is 1,000 × 3 (a third). The figures are keyed ``<prefix>_…``. ``replicas``
+    > 1 (PostgreSQL): that many bots on one store, the webhooks spread over them like a
+    round-robin balancer would; the bot CPU is the sum of theirs.
     """
     env.rc.rest_latency = 0.02
     visitors = [env.meta.new_igsid() for _ in range(conversations)]
     total = conversations * per_conversation
     bodies = build_bodies(env.meta, visitors, total // 50, per_body=50)
-    proc, url = await env.start_bot()
+    bots = [await env.start_bot()]
     try:
+        for _ in range(replicas - 1):
+            bots.append(await env.start_bot(replica_of=env.last_store))
+        urls = [url for _, url in bots]
         base = env.message_count()
         calls_before = env.rc.call_counts()
-        bot_cpu_before = cpu_seconds(proc.pid)
+        bot_cpu_before = sum(cpu_seconds(proc.pid) for proc, _ in bots)
         own_cpu_before = time.process_time()
         server_cpu_before = env.stores.server_cpu_seconds()
         started = time.perf_counter()
-        elapsed_post, _, failures = await hammer(url, bodies, 8)
+        elapsed_post, _, failures = await hammer(urls, bodies, 8)
         done = await wait_for_messages(env, base + total, timeout=300)
+        # Every message of the run must be in its room, under its deterministic id.
+        done = await wait_for_every(env, [mid for *_, mids in bodies for mid in mids],
+                                    done, timeout=300)
         calls = {route: n - calls_before.get(route, 0)
                  for route, n in env.rc.call_counts().items()
                  if n - calls_before.get(route, 0)}
-        bot_cpu = cpu_seconds(proc.pid) - bot_cpu_before
+        bot_cpu = sum(cpu_seconds(proc.pid) for proc, _ in bots) - bot_cpu_before
         own_cpu = time.process_time() - own_cpu_before
         server_cpu_after = env.stores.server_cpu_seconds()
     finally:
-        stop(proc)
+        for proc, _ in bots:
+            stop(proc)
     seconds = done - started
+    extra = env.message_count() - base - total
     print(f"    Rocket.Chat REST calls during the run: {calls}")
     server_cpu = (None if server_cpu_before is None or server_cpu_after is None
                   else server_cpu_after - server_cpu_before)
     server = ("" if server_cpu is None
               else f", PostgreSQL server {server_cpu / total * 1000:.2f} ms")
-    print(f"    CPU per message: bot {bot_cpu / total * 1000:.2f} ms, this process "
+    bot_label = "bot" if replicas == 1 else f"{replicas} replicas together"
+    print(f"    CPU per message: {bot_label} {bot_cpu / total * 1000:.2f} ms, this process "
           f"(sandboxes, load generator) {own_cpu / total * 1000:.2f} ms{server}")
-    print(f"{label} end-to-end throughput ({env.stores.kind}): {total} messages, "
+    shape = "" if replicas == 1 else f", {replicas} replicas on one store"
+    print(f"{label} end-to-end throughput ({env.stores.kind}{shape}): {total} messages, "
           f"{conversations} new conversations ({per_conversation} messages each), "
           f"20 ms injected on every Rocket.Chat REST response")
     print(f"    all acknowledged in {elapsed_post:.2f} s ({failures} non-200); all in rooms "
-          f"after {seconds:.2f} s -> {total / seconds:.0f} messages/s (goal >= 500)")
+          f"after {seconds:.2f} s -> {total / seconds:.0f} messages/s (goal >= 500)"
+          + (f"; {extra} livechat/message calls beyond the messages sent" if extra else ""))
     print(f"    (first message of each conversation also registers the visitor and opens "
           f"the room: {conversations} x livechat/visitor + livechat/room + Graph profile)")
     return {f"{prefix}_messages": total, f"{prefix}_conversations": conversations,
             f"{prefix}_messages_per_s": total / seconds, f"{prefix}_seconds": seconds,
             f"{prefix}_bot_cpu_ms_per_message": bot_cpu / total * 1000,
             f"{prefix}_sandbox_cpu_ms_per_message": own_cpu / total * 1000,
+            **({} if replicas == 1 else {f"{prefix}_replicas": replicas}),
             **({} if server_cpu is None else
                {f"{prefix}_server_cpu_ms_per_message": server_cpu / total * 1000})}
 
@@ -506,8 +554,6 @@ async def bench_latency(
         await wait_for_messages(env, base + count, timeout=120)
     finally:
         stop(proc)
-    from bot.instagram.events import rc_message_id
-
     latencies = []
     for mid, sent in sent_at.items():
         message = env.rc.message(rc_message_id(f"ig:{mid}"))
@@ -542,6 +588,9 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=5,
                         help="rounds of (a)-(a3); the medians are reported (default 5)")
     bench_stores.add_arguments(parser)
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="(b) and (b2) with this many bots on one PostgreSQL store, "
+                             "the webhooks spread over them (default 1)")
     parser.add_argument("--load-generator", nargs=3, metavar=("BODIES", "URL", "CONCURRENCY"),
                         help=argparse.SUPPRESS)  # internal: the child of hammer_in_child
     args = parser.parse_args()
@@ -550,15 +599,18 @@ async def main() -> None:
         await load_generator(path, url, int(concurrency))
         return
     parts = ["ack"] if args.ack_only else args.parts
+    if args.replicas > 1 and args.store == "tinydb" and not args.store_url:
+        parser.error("--replicas needs --store postgres: a TinyDB file has one process")
     figures: dict[str, float] = {}
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
           f"load {os.getloadavg()[0]:.2f}")
     runs = {
         "ack": lambda env: bench_ack(env, 1000 if args.quick else 5000, 32,
                                      1 if args.quick else args.rounds),
-        "relay": lambda env: bench_throughput(env, 1000, 2 if args.quick else 10),
+        "relay": lambda env: bench_throughput(env, 1000, 2 if args.quick else 10,
+                                              replicas=args.replicas),
         "first_contact": lambda env: bench_throughput(
-            env, 300 if args.quick else 1000, 3, "(b2)", "first_contact"),
+            env, 300 if args.quick else 1000, 3, "(b2)", "first_contact", args.replicas),
         "latency": lambda env: bench_latency(env, 100.0, 3 if args.quick else 10, 200),
     }
     with tempfile.TemporaryDirectory(prefix="bench-inbound-") as tmp, \
