@@ -562,9 +562,9 @@ class PostgresStore(Store):
 
     async def visitors_since(self, since: float) -> dict[str, int]:
         rows = await self._read(
-            "SELECT doc->>'page_id', count(*) FROM rcig_conversations "
-            "WHERE jsonb_typeof(doc->'last_inbound_at') = 'number' "
-            "AND (doc->>'last_inbound_at')::double precision >= %s GROUP BY 1", (since,))
+            "SELECT page_id, count(*) FROM rcig_conversations "
+            "WHERE last_inbound_at IS NOT NULL AND last_inbound_at >= %s GROUP BY 1",
+            (since,))
         return {page_id: int(n) for page_id, n in rows}
 
     # -- work queues -------------------------------------------------------------------

@@ -114,6 +114,18 @@ MIGRATIONS: tuple[str, ...] = (
         value double precision NOT NULL
     );
     """,
+    # 5: this month's visitors per page (/metrics, /instagram pages) from an index, not
+    # a scan of every conversation's document. Generated, so every writer of ``doc``
+    # keeps them right; adding them rewrites the table once.
+    """
+    ALTER TABLE rcig_conversations
+        ADD COLUMN page_id text GENERATED ALWAYS AS (doc->>'page_id') STORED,
+        ADD COLUMN last_inbound_at double precision GENERATED ALWAYS AS (
+            CASE WHEN jsonb_typeof(doc->'last_inbound_at') = 'number'
+                 THEN (doc->>'last_inbound_at')::double precision END) STORED;
+    CREATE INDEX rcig_conversations_inbound ON rcig_conversations (last_inbound_at, page_id)
+        WHERE last_inbound_at IS NOT NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from storage import StorageError, WorkItem, mask_url, open_store
+from storage import Conversation, StorageError, WorkItem, mask_url, open_store
 from storage.postgres_schema import SCHEMA_VERSION
 from tests.storage import postgres_server
 from tests.storage.helpers import crash, item
@@ -58,14 +58,20 @@ async def test_older_schema_is_migrated_on_start_keeping_the_data(replicas, pg_l
     """A database left at schema 1 gets the later migrations on start; nothing is lost."""
     store = await replicas()
     await store.enqueue([item("m1")])
+    await store.save_conversation(Conversation("p1", "u1", "t1", last_inbound_at=1000.0))
+    await store.save_conversation(Conversation("p1", "u2", "t2"))  # never wrote
     await store.close()
-    # Back to schema 1 as it was: without what migrations 2, 3 and 4 added.
+    # Back to schema 1 as it was: without what migrations 2 to 5 added.
     sql(pg_location, "DROP TABLE rcig_set_aside; ALTER TABLE rcig_inbox DROP COLUMN "
         "received_at; ALTER TABLE rcig_items DROP COLUMN queued_at; ALTER TABLE rcig_items "
-        "DROP COLUMN sending_at; DROP TABLE rcig_marks")
+        "DROP COLUMN sending_at; DROP TABLE rcig_marks; ALTER TABLE rcig_conversations "
+        "DROP COLUMN page_id, DROP COLUMN last_inbound_at")
     sql(pg_location, "UPDATE rcig_meta SET value = '1'::jsonb WHERE key = 'schema'")
     store = await replicas()
     assert [i.item_id for i in await store.pending_items("inbound", "p1:u1")] == ["m1"]
+    # Migration 5 derived the columns this month's visitors are counted by from the rows.
+    assert await store.visitors_since(999.0) == {"p1": 1}
+    assert await store.visitors_since(1001.0) == {}
     await store.set_aside((await store.pending_items("inbound", "p1:u1"))[0], "refused")
     assert [kept.item.item_id for kept in await store.set_aside_items()] == ["m1"]
     assert sql(pg_location, "SELECT value FROM rcig_meta WHERE key = 'schema'") == [
