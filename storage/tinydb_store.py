@@ -44,7 +44,7 @@ import logging
 import os
 import secrets
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -136,6 +136,12 @@ def _replace_with(doc: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
     return replace
 
 
+def _wrote_since(doc: dict[str, Any], since: float) -> bool:
+    """Whether the conversation's visitor last wrote at or after ``since``."""
+    last = doc.get("last_inbound_at")
+    return isinstance(last, (int, float)) and last >= since
+
+
 def _put(table: Table, doc_id: str, doc: dict[str, Any]) -> None:
     """Insert or replace one document by id (O(1) on a JournalTable)."""
     if not table.update(_replace_with(doc), doc_ids=[doc_id]):
@@ -191,6 +197,11 @@ class TinyDBStore(Store):
         self._conv_by_token: dict[str, str] = {}
         self._conv_activity: OrderedDict[str, float] = OrderedDict()  # oldest first
         self._waiting: set[str] = set()
+        # Conversations whose visitor wrote since ``_visitors_from`` (their page ids):
+        # the month's visitors, counted on every /metrics scrape, without a scan of
+        # every conversation (rebuilt when asked from another instant: once a month).
+        self._visitors_from: float | None = None
+        self._visitors: dict[str, str] = {}
         self._queues: dict[str, QueueIndex] = {q: QueueIndex() for q in QUEUES}
         self._dedupe_heap: list[tuple[float, str]] = []
         self._seq = 0
@@ -482,12 +493,15 @@ class TinyDBStore(Store):
             self._waiting.add(key)
         else:
             self._waiting.discard(key)
+        if self._visitors_from is not None and _wrote_since(doc, self._visitors_from):
+            self._visitors[key] = doc["page_id"]
 
     def _unindex_conversation(self, key: str, doc: dict[str, Any]) -> None:
         if self._conv_by_token.get(doc["visitor_token"]) == key:
             del self._conv_by_token[doc["visitor_token"]]
         self._conv_activity.pop(key, None)
         self._waiting.discard(key)
+        self._visitors.pop(key, None)
 
     def _has_work(self, key: str) -> bool:
         return any(index.has_conversation(key) for index in self._queues.values())
@@ -533,12 +547,11 @@ class TinyDBStore(Store):
 
     async def visitors_since(self, since: float) -> dict[str, int]:
         def count() -> dict[str, int]:
-            counts: dict[str, int] = {}
-            for doc in self._convs_t.all():
-                last = doc.get("last_inbound_at")
-                if isinstance(last, (int, float)) and last >= since:
-                    counts[doc["page_id"]] = counts.get(doc["page_id"], 0) + 1
-            return counts
+            if since != self._visitors_from:
+                self._visitors = {doc.doc_id: doc["page_id"] for doc in self._convs_t
+                                  if _wrote_since(doc, since)}
+                self._visitors_from = since
+            return dict(Counter(self._visitors.values()))
 
         return await self._read(count)
 

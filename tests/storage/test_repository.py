@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from storage import Conversation, LoginState, Page, StorageError, WorkItem
+from storage import DEFAULT_CONVERSATION_TTL, Conversation, LoginState, Page, StorageError, WorkItem
 from tests.storage.helpers import item
 
 
@@ -112,6 +112,33 @@ async def test_visitors_since_counts_recent_writers_per_page(store):
                                                    last_inbound_at=last))
     assert await store.visitors_since(100.0) == {"p1": 2, "p2": 1}
     assert await store.visitors_since(1000.0) == {}
+
+
+async def test_visitors_since_follows_every_change_after_a_count(make_store, clock):
+    """Counted once, the month's visitors stay right through later writes, a visitor's
+    earlier time, expiry and a restart (the count is asked for on every /metrics)."""
+    store = await make_store()
+
+    def conv(igsid: str, last: float | None, page_id: str = "p1") -> Conversation:
+        return Conversation(page_id, igsid, f"instagram-{page_id}-{igsid}",
+                            last_inbound_at=last)
+
+    await store.save_conversation(conv("a", 250.0))
+    await store.save_conversation(conv("b", 100.0))
+    assert await store.visitors_since(200.0) == {"p1": 1}
+    await store.save_conversation(conv("b", 300.0))  # b writes again this month
+    await store.save_conversation(conv("c", 400.0, "p2"))  # a new visitor
+    assert await store.visitors_since(200.0) == {"p1": 2, "p2": 1}
+    await store.save_conversation(conv("a", 150.0))  # (a record restored from before)
+    assert await store.visitors_since(200.0) == {"p1": 1, "p2": 1}
+    assert await store.visitors_since(100.0) == {"p1": 2, "p2": 1}  # asked from elsewhere
+    assert await store.visitors_since(200.0) == {"p1": 1, "p2": 1}
+    await store.close()
+    store = await make_store()
+    assert await store.visitors_since(200.0) == {"p1": 1, "p2": 1}
+    clock.advance(DEFAULT_CONVERSATION_TTL + 1)
+    await store.expire(clock())
+    assert await store.visitors_since(200.0) == {}
 
 
 # -- queues ------------------------------------------------------------------------------
