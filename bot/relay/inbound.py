@@ -58,7 +58,14 @@ from bot.rocketchat.rest import (
     RoomClosed,
     Unavailable,
 )
-from storage.base import Conversation, Page, Store, WorkItem, conversation_label
+from storage.base import (
+    Conversation,
+    Page,
+    Store,
+    WorkItem,
+    conversation_key,
+    conversation_label,
+)
 
 log = logging.getLogger("bot.relay")
 
@@ -825,6 +832,11 @@ class InboundRelay:
             return Retry(item.created_at + self.echo_grace, "echo grace")
         conv = await self.store.conversation(page.page_id, igsid)
         if conv is None or conv.room_id is None:
+            if await self.store.head("inbound", conversation_key(page.page_id, igsid)):
+                # The visitor's messages are still on their way in (a first contact, a
+                # room waiting for an agent): the room they open is where this belongs.
+                delay = retry_delay(item.attempts + 1, base=1.0, cap=10.0)
+                return Retry(self.clock() + delay, "echo waits for the visitor's room")
             log.info("echo %s (sent from the Instagram app) for %s: no open room; not shown",
                      item.item_id, conversation_label(page.page_id, igsid))
             self.metrics.dropped.labels("inbound", "echo_no_room").inc()

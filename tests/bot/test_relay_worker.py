@@ -149,8 +149,11 @@ async def test_storage_error_keeps_the_item_and_logs_no_igsid(
             if any("storage error" in r.getMessage() for r in caplog.records):
                 break
             await asyncio.sleep(0.01)
-        [line] = [r.getMessage() for r in caplog.records if "storage error" in r.getMessage()]
-        assert conversation_label("p1", igsid) in line and igsid not in line
+        # The next pass may already have failed again: every such line is checked.
+        lines = [r.getMessage() for r in caplog.records if "storage error" in r.getMessage()]
+        assert lines
+        assert all(conversation_label("p1", igsid) in line and igsid not in line
+                   for line in lines), lines
         assert await store.queue_depth("inbound") == 1 and processed[:1] == ["i0"]
     finally:
         await worker.stop()

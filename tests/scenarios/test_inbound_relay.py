@@ -207,6 +207,33 @@ async def test_shuffled_batch_keeps_per_visitor_order(bridge: Bridge, eventually
         assert bridge.texts(igsid) == [f"{igsid} #{k}" for k in range(4)]
 
 
+async def test_echo_typed_while_the_first_message_waits_reaches_the_room_it_opens(
+    bridge: Bridge, eventually
+):
+    """A reply typed in the Instagram app before the visitor has a room (their first
+    message waits for an agent) waits for that room, then shows in it, once."""
+    bot, meta, ig = bridge.bot, bridge.meta, bridge.ig_id
+    bot.inbound.gate.base, bot.inbound.gate.cap = 0.1, 0.3
+    bot.inbound.echo_grace = 0.0
+    bridge.rc.set_agent_status(AGENT, "offline")
+    igsid = visitor(bridge)
+    await bridge.deliver(meta.text_event(ig, igsid, "anyone there?"))
+    await eventually(lambda: bridge.rc.call_counts().get("livechat/room", 0) >= 1)
+    await bridge.deliver(meta.echo_event(ig, igsid, "typed in the app", meta.new_mid()))
+    await asyncio.sleep(1.5)  # more than one echo retry, the visitor still without a room
+    assert bridge.rooms(igsid) == []
+    bridge.rc.set_agent_status(AGENT, "online")
+    await eventually(lambda: bridge.texts(igsid) == ["anyone there?"], timeout=10)
+    rid = bridge.rooms(igsid)[0]["_id"]
+
+    def echoes() -> list[str]:
+        return [m["msg"] for m in bridge.rc.room_messages(rid)
+                if "typed in the app" in m.get("msg", "")]
+
+    await eventually(lambda: len(echoes()) == 1, timeout=15)
+    assert echoes() == [messages.IN_ECHO.format(text="typed in the app")]
+
+
 async def test_no_agent_online_sends_offline_text_once_then_delivers_in_order(
     bridge: Bridge, eventually
 ):
